@@ -1,0 +1,46 @@
+"""The agent engine: agents, tools, model providers and the resumable turn loop.
+
+It knows no HTTP and no database: the executor drives it and stores what it reports.
+"""
+
+from app.engine.agent import Agent
+from app.engine.approvals import DecisionInput
+from app.engine.config import RunConfig
+from app.engine.context import RunContext
+from app.engine.engine import Engine
+from app.engine.errors import ModelError
+from app.engine.events import RunEvent, RunObserver, TextDelta
+from app.engine.model import ModelProvider, ModelRequest, ModelResponse
+from app.engine.outcomes import Completed, Failed, HandedOff, Paused, RunAgain, TurnResult
+from app.engine.providers import ModelRouter, OpenAIProvider
+from app.engine.state import ApprovalRequest, RunState, RunStatus, Usage
+from app.engine.tools import Tool, tool
+
+__all__ = [
+    "Agent",
+    "ApprovalRequest",
+    "Completed",
+    "DecisionInput",
+    "Engine",
+    "Failed",
+    "HandedOff",
+    "ModelError",
+    "ModelProvider",
+    "ModelRequest",
+    "ModelResponse",
+    "ModelRouter",
+    "OpenAIProvider",
+    "Paused",
+    "RunAgain",
+    "RunConfig",
+    "RunContext",
+    "RunEvent",
+    "RunObserver",
+    "RunState",
+    "RunStatus",
+    "TextDelta",
+    "Tool",
+    "TurnResult",
+    "Usage",
+    "tool",
+]

@@ -1,0 +1,92 @@
+"""Agents: instructions, a model, tools and the agents they may hand off to."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from app.engine.context import RunContext
+from app.engine.schema import function_schema
+from app.engine.tools import Tool, as_tool, check_tool_name
+
+if TYPE_CHECKING:
+    from app.engine.state import ApprovalRequest
+
+Instructions = str | Callable[[RunContext], str | Awaitable[str]]
+"""A fixed text, or a sync or async function of the context, resolved every turn."""
+
+HandlerVerdict = bool | tuple[bool, str | None] | None
+"""`True` approves, `False` or `(False, reason)` rejects, `None` asks a human."""
+
+ApprovalHandler = Callable[
+    ["ApprovalRequest", RunContext], HandlerVerdict | Awaitable[HandlerVerdict]
+]
+
+HANDOFF_PREFIX = "transfer_to_"
+
+
+@dataclass(eq=False)
+class Agent:
+    """An instruction-following model with tools, in the turn loop.
+
+    `tools` may hold `@tool` objects or plain functions; `handoffs` are offered to the model as
+    `transfer_to_<name>` tools. `model` is `"model"` (default provider) or `"provider/model"`.
+    """
+
+    name: str
+    instructions: Instructions = ""
+    model: str | None = None
+    tools: Sequence[Tool | Callable[..., Any]] = field(default_factory=list)
+    handoffs: Sequence[Agent] = field(default_factory=list)
+    description: str = ""
+    temperature: float | None = None
+    max_tokens: int | None = None
+    parallel_tool_calls: bool | None = None
+    approval_handler: ApprovalHandler | None = None
+
+    def __post_init__(self) -> None:
+        check_tool_name(HANDOFF_PREFIX + self.name)
+        self.tools = [as_tool(candidate) for candidate in self.tools]
+        self.handoffs = list(self.handoffs)
+        self.tool_table()
+
+    def tool_table(self) -> dict[str, Tool]:
+        """Every tool the model may call this turn, by name, the handoff tools included.
+
+        Built on each call because `handoffs` may be filled in after construction (two agents
+        that hand off to each other); raises `ValueError` when two tools share a name.
+        """
+        table: dict[str, Tool] = {}
+        handoff_tools = [agent.handoff_tool for agent in self.handoffs]
+        for tool in [*map(as_tool, self.tools), *handoff_tools]:
+            if tool.name in table:
+                raise ValueError(f"agent {self.name!r} has two tools named {tool.name!r}")
+            table[tool.name] = tool
+        return table
+
+    @functools.cached_property
+    def handoff_tool(self) -> Tool:
+        """The `transfer_to_<name>` tool that hands a run to this agent."""
+
+        async def transfer() -> Agent:
+            return self
+
+        name = HANDOFF_PREFIX + self.name
+        summary = f"Hand the conversation off to the {self.name} agent."
+        description = f"{summary} {self.description}".strip()
+        return Tool(
+            name=name,
+            function=transfer,
+            schema=function_schema(transfer, name=name, description=description),
+            effect="read",
+        )
+
+    async def resolve_instructions(self, ctx: RunContext) -> str:
+        if isinstance(self.instructions, str):
+            return self.instructions
+        resolved = self.instructions(ctx)
+        if isinstance(resolved, Awaitable):
+            resolved = await resolved
+        return str(resolved)

@@ -1,0 +1,170 @@
+"""Decisions on tool calls that need approval: from a handler, a remembered approval or a human."""
+
+from __future__ import annotations
+
+import inspect
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio.to_thread
+import pydantic
+import structlog
+
+from app.engine import events
+from app.engine.agent import Agent, HandlerVerdict
+from app.engine.calls import rejected_output, validation_errors
+from app.engine.context import RunContext
+from app.engine.errors import (
+    CallAlreadyDecided,
+    InvalidDecision,
+    RunEnded,
+    RunNotPending,
+    UnknownCall,
+)
+from app.engine.events import RunEvent
+from app.engine.registry import AgentRegistry
+from app.engine.state import (
+    ApprovalRequest,
+    CallStatus,
+    Decision,
+    DecisionSource,
+    RunState,
+    RunStatus,
+    ToolCall,
+)
+
+log = structlog.get_logger("app.engine")
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionInput:
+    """A decision as a person sends it; `arguments` replaces the call's when approving."""
+
+    call_id: str
+    approved: bool
+    reason: str | None = None
+    arguments: dict[str, Any] | None = None
+    remember: bool = False
+
+
+async def ask_handler(agent: Agent, request: ApprovalRequest, ctx: RunContext) -> HandlerVerdict:
+    """The agent's handler verdict; a handler that raises or answers nonsense asks a human."""
+    handler = agent.approval_handler
+    if handler is None:
+        return None
+    try:
+        if inspect.iscoroutinefunction(handler):
+            verdict = await handler(request, ctx)
+        else:
+            verdict = await anyio.to_thread.run_sync(handler, request, ctx)
+        if inspect.isawaitable(verdict):
+            verdict = await verdict
+    except Exception:
+        log.exception("approval_handler.failed", run_id=ctx.run_id, call_id=request.call_id)
+        return None
+    if verdict is None or isinstance(verdict, bool):
+        return verdict
+    if isinstance(verdict, tuple) and len(verdict) == 2 and isinstance(verdict[0], bool):
+        return verdict[0], None if verdict[1] is None else str(verdict[1])
+    log.error("approval_handler.bad_verdict", run_id=ctx.run_id, verdict=repr(verdict))
+    return None
+
+
+def record_decision(
+    state: RunState,
+    call: ToolCall,
+    *,
+    approved: bool,
+    reason: str | None,
+    source: DecisionSource,
+    decided_by: str | None = None,
+) -> list[RunEvent]:
+    """Apply a decision to its call and keep it with the run; a rejected call is done."""
+    if approved:
+        call.status = CallStatus.QUEUED
+    else:
+        call.status = CallStatus.REJECTED
+        call.output = rejected_output(reason, in_doubt=call.in_doubt)
+    decision = Decision(
+        call_id=call.call_id,
+        approved=approved,
+        reason=reason,
+        arguments=dict(call.arguments or {}) if approved else {},
+        decided_by=decided_by,
+        decided_at=datetime.now(UTC),
+        source=source,
+    )
+    state.decisions.append(decision)
+    decided = [events.approval_decided(decision)]
+    return decided if approved else [*decided, events.tool_call_completed(call)]
+
+
+def apply_decisions(
+    state: RunState,
+    agents: AgentRegistry,
+    decisions: Sequence[DecisionInput],
+    decided_by: str | None,
+) -> list[RunEvent]:
+    """Check every decision first, then apply them all, so a bad one changes nothing."""
+    if state.status.ended:
+        raise RunEnded(f"the run has ended ({state.status.value})")
+    if state.status is not RunStatus.PENDING_APPROVAL:
+        raise RunNotPending(f"the run is {state.status.value}, not pending_approval")
+    calls = {call.call_id: call for call in state.current_calls}
+    tools = agents.get(state.steps[-1].agent).tool_table()
+    seen: set[str] = set()
+    remembered_here: set[str] = set()
+    for decision in decisions:
+        call = calls.get(decision.call_id)
+        if call is None:
+            raise UnknownCall(f"the run has no tool call {decision.call_id!r}")
+        if decision.call_id in seen:
+            raise InvalidDecision(f"call {decision.call_id!r} is decided twice in one request")
+        seen.add(decision.call_id)
+        if call.status is not CallStatus.AWAITING_APPROVAL or call.name in remembered_here:
+            raise CallAlreadyDecided(f"call {decision.call_id!r} is already decided")
+        if decision.approved and decision.remember:
+            remembered_here.add(call.name)
+        if decision.approved and decision.arguments is not None:
+            try:
+                tools[call.name].schema.validate(decision.arguments)
+            except pydantic.ValidationError as exc:
+                raise InvalidDecision(
+                    f"the arguments for {call.call_id!r} do not fit {call.name}",
+                    validation_errors(exc),
+                ) from exc
+
+    emitted: list[RunEvent] = []
+    for decision in decisions:
+        call = calls[decision.call_id]
+        if decision.approved and decision.arguments is not None:
+            call.arguments = decision.arguments
+            call.raw_arguments = json.dumps(decision.arguments)
+        emitted += record_decision(
+            state,
+            call,
+            approved=decision.approved,
+            reason=decision.reason,
+            source="human",
+            decided_by=decided_by,
+        )
+        if decision.approved and decision.remember:
+            emitted.extend(_remember(state, call.name, decided_by))
+    if not state.pending_approvals:
+        state.status = RunStatus.RUNNING
+    return emitted
+
+
+def _remember(state: RunState, tool_name: str, decided_by: str | None) -> list[RunEvent]:
+    if tool_name not in state.remembered_tools:
+        state.remembered_tools.append(tool_name)
+    emitted: list[RunEvent] = []
+    for call in state.current_calls:
+        if call.name == tool_name and call.status is CallStatus.AWAITING_APPROVAL:
+            emitted += record_decision(
+                state, call, approved=True, reason=None, source="remember", decided_by=decided_by
+            )
+    return emitted

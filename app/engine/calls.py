@@ -1,0 +1,103 @@
+"""Helpers for a turn's tool calls: reading the model's request, result texts, closing a step."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pydantic
+import pydantic_core
+
+from app.engine import events
+from app.engine.events import RunEvent
+from app.engine.state import CallStatus, RunState, ToolCall
+from app.engine.tools import Tool
+
+_CANCELLED_OUTPUT = "Tool call cancelled: the run was cancelled before it finished."
+
+
+def parse_call(raw_call: dict[str, Any]) -> ToolCall:
+    """A `ToolCall` for one entry of the assistant's `tool_calls`; bad JSON fails the call."""
+    function = raw_call.get("function") or {}
+    name = str(function.get("name") or "")
+    raw_arguments = str(function.get("arguments") or "")
+    call = ToolCall(str(raw_call.get("id")), name, raw_arguments, None, CallStatus.QUEUED)
+    try:
+        # Models send "" for a function without parameters.
+        arguments = json.loads(raw_arguments) if raw_arguments.strip() else {}
+    except json.JSONDecodeError as exc:
+        fail(
+            call, f"Error: the arguments of {name} are not valid JSON ({exc}). Send a JSON object."
+        )
+        return call
+    if not isinstance(arguments, dict):
+        fail(call, f"Error: the arguments of {name} must be a JSON object.")
+        return call
+    call.arguments = arguments
+    return call
+
+
+def fail(call: ToolCall, output: str) -> None:
+    call.status = CallStatus.FAILED
+    call.tool_failed = True
+    call.output = output
+
+
+def unknown_tool_output(name: str, tools: dict[str, Tool]) -> str:
+    available = ", ".join(tools) or "none"
+    return f"Error: there is no tool named {name!r}. Available tools: {available}."
+
+
+def invalid_arguments_output(name: str, error: pydantic.ValidationError) -> str:
+    problems = "; ".join(f"{item['loc']}: {item['msg']}" for item in validation_errors(error))
+    return f"Error: invalid arguments for {name}: {problems}"
+
+
+def validation_errors(error: pydantic.ValidationError) -> list[dict[str, str]]:
+    """Pydantic's errors as `{loc, msg}`, the location dotted (`items.0.name`)."""
+    return [
+        {"loc": ".".join(str(part) for part in item["loc"]) or "arguments", "msg": item["msg"]}
+        for item in error.errors(include_url=False)
+    ]
+
+
+def raised_output(name: str, exc: Exception) -> str:
+    return f"Error: the tool {name} raised {type(exc).__name__}: {exc}"
+
+
+def rejected_output(reason: str | None, *, in_doubt: bool) -> str:
+    if in_doubt:
+        text = (
+            "The tool call was not done: it was interrupted before its result was stored, "
+            "and a person decided not to run it again."
+        )
+    else:
+        text = "The tool call was rejected and not run."
+    return f"{text} Reason: {reason}" if reason else text
+
+
+def output_text(result: Any) -> str:
+    """What the model sees of a tool's return value: text as is, anything else as JSON."""
+    if isinstance(result, str):
+        return result
+    try:
+        return pydantic_core.to_json(result).decode()
+    except pydantic_core.PydanticSerializationError:
+        return str(result)
+
+
+def close_step(state: RunState, unfinished_output: str = _CANCELLED_OUTPUT) -> list[RunEvent]:
+    """End the open step: calls without a result are cancelled, then every call's result joins
+    the history in call order, so the conversation stays valid for a model."""
+    emitted: list[RunEvent] = []
+    for call in state.current_calls:
+        if not call.status.final:
+            call.status = CallStatus.CANCELLED
+            call.output = unfinished_output
+            emitted.append(events.tool_call_completed(call))
+    for call in state.current_calls:
+        tool_message = call.message()
+        state.messages.append(tool_message)
+        emitted.append(events.message(tool_message))
+    state.open_step = False
+    return emitted

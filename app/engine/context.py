@@ -1,0 +1,29 @@
+"""The context a tool or a dynamic instruction sees while a run executes."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class RunContext:
+    """What the service passes to tools, instructions and approval handlers.
+
+    `variables` is read-only: it is the client's context for the run, stored with it, and a tool
+    running in a thread must not race the engine that serializes it.
+    """
+
+    variables: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    run_id: str | None = None
+    session_id: str | None = None
+    call_id: str | None = None
+    _cancel_event: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the run is cancelled or timed out; safe to poll from a sync tool's thread."""
+        return self._cancel_event.is_set()

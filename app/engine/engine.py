@@ -1,0 +1,94 @@
+"""The engine's front door: start a run, advance it a turn at a time, decide, cancel."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from app.engine import calls
+from app.engine.agent import Agent
+from app.engine.approvals import DecisionInput, apply_decisions
+from app.engine.config import RunConfig
+from app.engine.errors import RunEnded
+from app.engine.events import NullObserver, RunEvent, RunObserver
+from app.engine.outcomes import HandedOff, RunAgain, TurnResult
+from app.engine.providers.router import ModelRouter
+from app.engine.registry import AgentRegistry
+from app.engine.state import Message, RunState, RunStatus
+from app.engine.turn import Turn, ensure_running
+
+
+def input_messages(run_input: str | Sequence[Message]) -> list[Message]:
+    """A string is one user message; a list is taken as Chat Completions messages."""
+    if isinstance(run_input, str):
+        return [{"role": "user", "content": run_input}]
+    return [dict(message) for message in run_input]
+
+
+class Engine:
+    """Runs agents turn by turn over a `RunState` that any process can store and continue."""
+
+    def __init__(self, agents: Iterable[Agent], models: ModelRouter) -> None:
+        self.agents = AgentRegistry(agents)
+        self.models = models
+
+    def start(
+        self,
+        agent: str,
+        run_input: str | Sequence[Message],
+        *,
+        history: Sequence[Message] = (),
+        config: RunConfig | None = None,
+        variables: dict[str, Any] | None = None,
+        run_id: str | None = None,
+        session_id: str | None = None,
+    ) -> RunState:
+        """A new run's state; raises `UnknownAgent`."""
+        self.agents.get(agent)
+        return RunState(
+            agent=agent,
+            current_agent=agent,
+            config=config or RunConfig(),
+            messages=[*(dict(m) for m in history), *input_messages(run_input)],
+            variables=dict(variables or {}),
+            run_id=run_id,
+            session_id=session_id,
+        )
+
+    async def advance(self, state: RunState, observer: RunObserver | None = None) -> TurnResult:
+        """Run one turn (or the rest of an open one) and return how it ended.
+
+        `state` is updated in place; cancelling the calling task abandons the turn, after which
+        `cancel` closes the run.
+        """
+        ensure_running(state)
+        turn = Turn(self, state, observer or NullObserver())
+        outcome = await turn.run()
+        return TurnResult(state, outcome, turn.events)
+
+    async def run(self, state: RunState, observer: RunObserver | None = None) -> TurnResult:
+        """Advance until the run rests: completed, failed or pending approval."""
+        events: list[RunEvent] = []
+        while True:
+            result = await self.advance(state, observer)
+            events += result.events
+            if not isinstance(result.outcome, RunAgain | HandedOff):
+                return TurnResult(state, result.outcome, events)
+
+    def decide(
+        self, state: RunState, decisions: Sequence[DecisionInput], *, decided_by: str | None = None
+    ) -> list[RunEvent]:
+        """Apply decisions on pending calls; once none is pending the run is running again.
+
+        Raises `RunEnded`, `RunNotPending`, `UnknownCall`, `CallAlreadyDecided` or
+        `InvalidDecision`, and then changes nothing.
+        """
+        return apply_decisions(state, self.agents, decisions, decided_by)
+
+    def cancel(self, state: RunState) -> list[RunEvent]:
+        """End the run as cancelled; calls without a result end cancelled, with a result text."""
+        if state.status.ended:
+            raise RunEnded(f"the run has ended ({state.status.value})")
+        emitted = calls.close_step(state) if state.open_step else []
+        state.status = RunStatus.CANCELLED
+        return emitted

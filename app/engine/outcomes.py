@@ -1,0 +1,54 @@
+"""What one turn led to. The loop dispatches on these with `match`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from app.engine.events import RunEvent
+from app.engine.state import ApprovalRequest, RunError, RunState
+
+
+@dataclass(frozen=True, slots=True)
+class RunAgain:
+    """The tool results are in the history; the same agent takes the next turn."""
+
+
+@dataclass(frozen=True, slots=True)
+class HandedOff:
+    """The tool results are in the history; `to_agent` takes the next turn."""
+
+    from_agent: str
+    to_agent: str
+
+
+@dataclass(frozen=True, slots=True)
+class Completed:
+    """The model answered with text and no tool calls."""
+
+    output: str
+
+
+@dataclass(frozen=True, slots=True)
+class Paused:
+    """Some tool calls wait for a decision; the run rests at `pending_approval`."""
+
+    pending: list[ApprovalRequest]
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """The run ended with an error."""
+
+    error: RunError
+
+
+TurnOutcome = RunAgain | HandedOff | Completed | Paused | Failed
+
+
+@dataclass(frozen=True, slots=True)
+class TurnResult:
+    """The state after the turn, how the turn ended, and every event it produced."""
+
+    state: RunState
+    outcome: TurnOutcome
+    events: list[RunEvent]

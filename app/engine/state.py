@@ -1,0 +1,178 @@
+"""A run's whole engine state: JSON-serializable, so any process can continue it."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import TypeAdapter
+
+from app.engine.config import RunConfig
+
+Message = dict[str, Any]
+"""A Chat Completions message, stored exactly as sent to the model."""
+
+ErrorCode = Literal["max_turns_exceeded", "timeout", "model_error", "tool_error", "internal_error"]
+DecisionSource = Literal["human", "handler", "remember"]
+
+
+class RunStatus(enum.StrEnum):
+    """Where the engine left the run."""
+
+    RUNNING = "running"  # another `advance` continues it
+    PENDING_APPROVAL = "pending_approval"  # waits for decisions on its pending calls
+    COMPLETED = "completed"  # ended with a text answer
+    FAILED = "failed"  # ended with `error`
+    CANCELLED = "cancelled"  # ended by a cancel
+
+    @property
+    def ended(self) -> bool:
+        return self in (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED)
+
+
+class CallStatus(enum.StrEnum):
+    """The life of one tool call; the last four are final."""
+
+    QUEUED = "queued"  # will run (no approval needed, or approved)
+    AWAITING_APPROVAL = "awaiting_approval"  # waits for a decision
+    RUNNING = "running"  # started, no result stored yet
+    COMPLETED = "completed"  # ran and returned
+    FAILED = "failed"  # bad call or the tool raised; the output is the error text
+    REJECTED = "rejected"  # not run: a decision said no
+    CANCELLED = "cancelled"  # not run, or abandoned, because the run ended
+
+    @property
+    def final(self) -> bool:
+        return self in _FINAL_CALL_STATUSES
+
+
+_FINAL_CALL_STATUSES = frozenset(
+    {CallStatus.COMPLETED, CallStatus.FAILED, CallStatus.REJECTED, CallStatus.CANCELLED}
+)
+
+
+@dataclass(slots=True)
+class Usage:
+    """Tokens and requests summed over every model call of the run."""
+
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+    def add(self, other: Usage) -> None:
+        self.requests += other.requests
+        self.prompt_tokens += other.prompt_tokens
+        self.completion_tokens += other.completion_tokens
+        self.total_tokens += other.total_tokens
+
+
+@dataclass(slots=True)
+class ToolCall:
+    """One tool call of a turn, from the model's request to its result."""
+
+    call_id: str
+    name: str
+    raw_arguments: str  # as the model sent them
+    arguments: dict[str, Any] | None  # parsed; None when the JSON did not parse
+    status: CallStatus
+    output: str | None = None
+    in_doubt: bool = False  # started before a crash, with no stored result
+    handoff_to: str | None = None  # the agent this call hands off to
+    tool_failed: bool = False  # bad arguments, unknown tool or a raising tool
+
+    def message(self) -> Message:
+        return {"role": "tool", "tool_call_id": self.call_id, "content": self.output or ""}
+
+
+@dataclass(slots=True)
+class Step:
+    """One turn: a model call and the tool calls it asked for."""
+
+    agent: str
+    duration_ms: float = 0.0
+    tool_calls: list[ToolCall] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class ApprovalRequest:
+    """A tool call waiting for a decision, as an approval UI or handler sees it."""
+
+    call_id: str
+    tool: str
+    arguments: dict[str, Any]
+    agent: str
+    in_doubt: bool = False
+
+
+@dataclass(slots=True)
+class Decision:
+    """A decision on a call that needed approval, kept for audit."""
+
+    call_id: str
+    approved: bool
+    reason: str | None
+    arguments: dict[str, Any]
+    decided_by: str | None
+    decided_at: datetime
+    source: DecisionSource
+
+
+@dataclass(slots=True)
+class RunError:
+    code: ErrorCode
+    message: str
+
+
+@dataclass(slots=True)
+class RunState:
+    """Everything needed to continue a run in any process.
+
+    While `open_step` is true the last step's tool calls are still being decided or run; their
+    tool messages join `messages` (in call order) once every call has a result.
+    """
+
+    agent: str
+    current_agent: str
+    config: RunConfig
+    messages: list[Message]
+    variables: dict[str, Any] = field(default_factory=dict)
+    run_id: str | None = None
+    session_id: str | None = None
+    status: RunStatus = RunStatus.RUNNING
+    turns: int = 0
+    steps: list[Step] = field(default_factory=list)
+    open_step: bool = False
+    usage: Usage = field(default_factory=Usage)
+    decisions: list[Decision] = field(default_factory=list)
+    remembered_tools: list[str] = field(default_factory=list)
+    elapsed_ms: float = 0.0
+    final_output: str | None = None
+    error: RunError | None = None
+
+    @property
+    def current_calls(self) -> list[ToolCall]:
+        """The tool calls of the turn in progress (empty between turns)."""
+        return self.steps[-1].tool_calls if self.open_step else []
+
+    @property
+    def pending_approvals(self) -> list[ApprovalRequest]:
+        agent = self.steps[-1].agent if self.open_step else self.current_agent
+        return [
+            ApprovalRequest(call.call_id, call.name, call.arguments or {}, agent, call.in_doubt)
+            for call in self.current_calls
+            if call.status is CallStatus.AWAITING_APPROVAL
+        ]
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-compatible dict that `RunState.from_json` restores."""
+        return _STATE_ADAPTER.dump_python(self, mode="json")  # type: ignore[no-any-return]
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RunState:
+        return _STATE_ADAPTER.validate_python(data)
+
+
+_STATE_ADAPTER = TypeAdapter(RunState)

@@ -1,0 +1,31 @@
+"""A scripted OpenAI-compatible model for testing agents without a real LLM."""
+
+from app.testing.fake_model import FakeModel
+from app.testing.script import (
+    FakeError,
+    FakeToolCall,
+    Reply,
+    Rule,
+    Script,
+    call,
+    calls,
+    error,
+    load_scripts,
+    text,
+)
+from app.testing.server import FakeModelServer
+
+__all__ = [
+    "FakeError",
+    "FakeModel",
+    "FakeModelServer",
+    "FakeToolCall",
+    "Reply",
+    "Rule",
+    "Script",
+    "call",
+    "calls",
+    "error",
+    "load_scripts",
+    "text",
+]
