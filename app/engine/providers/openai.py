@@ -48,11 +48,8 @@ class OpenAIProvider(ModelProvider):
                     text = assembler.add(chunk)
                     if text and on_text is not None:
                         await on_text(text)
-        except openai.APIStatusError as exc:
-            raise ModelError(
-                f"model {request.model!r}: HTTP {exc.status_code}: {exc.message}"
-            ) from exc
         except openai.APIError as exc:
+            # The SDK's message carries the HTTP status ("Error code: 500 - ...") when there is one.
             raise ModelError(f"model {request.model!r}: {exc.message}") from exc
         return assembler.response()
 
