@@ -1,0 +1,42 @@
+"""Settings from the environment and `.env`, named as in the contract. Read only at the edges."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./agent-runs.db"
+
+
+class ProviderSettings(BaseModel):
+    """One entry of `MODEL_PROVIDERS`: an OpenAI-compatible server."""
+
+    base_url: str
+    api_key: SecretStr | None = None
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    database_url: str = Field(DEFAULT_DATABASE_URL, description="SQLAlchemy URL of the store.")
+    openai_api_key: SecretStr | None = Field(None, description="Key of the default provider.")
+    openai_base_url: str | None = Field(None, description="Base URL of the default provider.")
+    model_providers: dict[str, ProviderSettings] = Field(
+        default_factory=dict, description='JSON: {"name": {"base_url": ..., "api_key": ...}}.'
+    )
+    default_model: str = Field("gpt-4o-mini", description="Model of agents that name none.")
+    agents_module: str = Field(
+        "app.examples.agents", description="Module whose `agents` list is registered."
+    )
+    model_max_retries: int = Field(2, ge=0, le=10, description="Retries of a failed model call.")
+    model_timeout_seconds: float = Field(60, gt=0, description="Timeout of one model request.")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    concurrency: int = Field(16, ge=1, le=1000, description="Runs one process drives at once.")
+    poll_interval_seconds: float = Field(
+        1.0, gt=0, le=60, description="How often an idle executor looks for work."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "console"] = "json"
