@@ -85,6 +85,10 @@ class Engine:
         """
         return apply_decisions(state, self.agents, decisions, decided_by)
 
+    async def aclose(self) -> None:
+        """Close the model providers' connections."""
+        await self.models.aclose()
+
     def cancel(self, state: RunState) -> list[RunEvent]:
         """End the run as cancelled; calls without a result end cancelled, with a result text."""
         if state.status.ended:

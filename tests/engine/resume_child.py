@@ -18,6 +18,7 @@ async def main(base_url: str) -> None:
         state = RunState.from_json(stored)
         await engine.run(state)
         finished.append(state.to_json())
+    await engine.aclose()
     print(json.dumps(finished))
 
 

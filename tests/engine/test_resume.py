@@ -54,6 +54,7 @@ async def test_a_state_saved_after_any_turn_finishes_the_same_elsewhere(
         if result.outcome == Completed("All sums done."):
             break
         assert len(saved_after_turn) < 10
+    await engine.aclose()
     uninterrupted = comparable(state.to_json())
     assert uninterrupted["current_agent"] == "billing"
     assert uninterrupted["turns"] == 5
