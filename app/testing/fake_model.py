@@ -13,7 +13,7 @@ import json
 import re
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -30,9 +30,12 @@ Message = dict[str, Any]
 class FakeModel:
     """The scripts, the requests seen, and the ASGI app serving them (`.app`)."""
 
-    def __init__(self, scripts: Mapping[str, Script | list[Reply]] | None = None) -> None:
+    def __init__(
+        self, scripts: Mapping[str, Script | list[Reply]] | None = None, *, keep_requests: int = 10_000
+    ) -> None:
         self.scripts: dict[str, Script] = {}
-        self.requests: list[dict[str, Any]] = []
+        # Bounded, so a long-lived `agent-runs fake-model` does not grow without end.
+        self.requests: deque[dict[str, Any]] = deque(maxlen=keep_requests)
         self._attempts: Counter[str] = Counter()
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
@@ -75,7 +78,8 @@ class FakeModel:
         with self._lock:
             self.requests.append(body)
             reply = self._pick(model, messages)
-            attempts = self._count_attempt(model, messages)
+            failing = isinstance(reply, Reply) and reply.error is not None
+            attempts = self._count_attempt(model, messages) if failing else 0
         if isinstance(reply, str):
             return _error(400, reply)
         if reply.delay:
