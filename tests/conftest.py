@@ -1,11 +1,22 @@
-"""Fixtures shared by every test: the anyio backend and the fake model over HTTP."""
+"""Fixtures shared by every test: the anyio backend, the fake model over HTTP, the database.
+
+The database is SQLite by default and PostgreSQL when TEST_DATABASE_URL is set. Its schema is
+built by the Alembic migrations only, once per session; each test starts from empty tables.
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+from pathlib import Path
 
+import anyio
 import pytest
+from sqlalchemy import delete
 
+from app.store.database import Database
+from app.store.migrations import downgrade, upgrade
+from app.store.models import Base
 from app.testing import FakeModel, FakeModelServer
 
 
@@ -26,3 +37,47 @@ def fake(fake_server: FakeModelServer) -> Iterator[FakeModel]:
     fake_server.fake.reset()
     yield fake_server.fake
     fake_server.fake.reset()
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    url = os.environ.get("TEST_DATABASE_URL")
+    if url:
+        return url
+    return f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('db') / 'test.db'}"
+
+
+@pytest.fixture(scope="session")
+def migrated_url(database_url: str) -> str:
+    """The test database with every migration applied (from scratch, whatever was there)."""
+
+    async def rebuild() -> None:
+        db = Database(database_url)
+        try:
+            await downgrade(db.engine, "base")
+            await upgrade(db.engine, "head")
+        finally:
+            await db.dispose()
+
+    anyio.run(rebuild)
+    return database_url
+
+
+@pytest.fixture
+async def db_url(migrated_url: str) -> str:
+    """The migrated test database, emptied before the test."""
+    db = Database(migrated_url)
+    try:
+        async with db.session_scope() as session:
+            for table in reversed(Base.metadata.sorted_tables):
+                await session.execute(delete(table))
+    finally:
+        await db.dispose()
+    return migrated_url
+
+
+def is_postgres(url: str) -> bool:
+    return url.startswith("postgres")
+
+
+ROOT = Path(__file__).resolve().parents[1]

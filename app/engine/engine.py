@@ -14,7 +14,7 @@ from app.engine.events import NullObserver, RunEvent, RunObserver
 from app.engine.outcomes import HandedOff, RunAgain, TurnResult
 from app.engine.providers.router import ModelRouter
 from app.engine.registry import AgentRegistry
-from app.engine.state import Message, RunState, RunStatus
+from app.engine.state import Message, RunError, RunState, RunStatus
 from app.engine.turn import Turn, ensure_running
 
 
@@ -50,6 +50,7 @@ class Engine:
             current_agent=agent,
             config=config or RunConfig(),
             messages=[*(dict(m) for m in history), *input_messages(run_input)],
+            history_length=len(history),
             variables=dict(variables or {}),
             run_id=run_id,
             session_id=session_id,
@@ -95,4 +96,14 @@ class Engine:
             raise RunEnded(f"the run has ended ({state.status.value})")
         emitted = calls.close_step(state) if state.open_step else []
         state.status = RunStatus.CANCELLED
+        return emitted
+
+    def fail(self, state: RunState, error: RunError) -> list[RunEvent]:
+        """End the run as failed from outside the loop (the executor's own failure)."""
+        if state.status.ended:
+            raise RunEnded(f"the run has ended ({state.status.value})")
+        unfinished = f"Tool call not completed: the run failed ({error.code})."
+        emitted = calls.close_step(state, unfinished) if state.open_step else []
+        state.status = RunStatus.FAILED
+        state.error = error
         return emitted

@@ -138,6 +138,7 @@ class RunState:
     current_agent: str
     config: RunConfig
     messages: list[Message]
+    history_length: int = 0  # messages loaded from earlier runs; the rest are this run's
     variables: dict[str, Any] = field(default_factory=dict)
     run_id: str | None = None
     session_id: str | None = None
@@ -151,6 +152,11 @@ class RunState:
     elapsed_ms: float = 0.0
     final_output: str | None = None
     error: RunError | None = None
+
+    @property
+    def new_messages(self) -> list[Message]:
+        """This run's messages: its input and everything after, without the loaded history."""
+        return self.messages[self.history_length :]
 
     @property
     def current_calls(self) -> list[ToolCall]:

@@ -31,14 +31,17 @@ class FakeModel:
     """The scripts, the requests seen, and the ASGI app serving them (`.app`)."""
 
     def __init__(
-        self, scripts: Mapping[str, Script | list[Reply]] | None = None, *, keep_requests: int = 10_000
+        self,
+        scripts: Mapping[str, Script | list[Reply]] | None = None,
+        *,
+        keep_requests: int = 10_000,
     ) -> None:
         self.scripts: dict[str, Script] = {}
         # Bounded, so a long-lived `agent-runs fake-model` does not grow without end.
         self.requests: deque[dict[str, Any]] = deque(maxlen=keep_requests)
         self._attempts: Counter[str] = Counter()
         self._ids = itertools.count(1)
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()
         for name, script in (scripts or {}).items():
             self.script(name, script)
         routes = [
@@ -57,6 +60,17 @@ class FakeModel:
     def requests_for(self, model: str) -> list[dict[str, Any]]:
         with self._lock:
             return [body for body in self.requests if body.get("model") == model]
+
+    def wait_for_requests(self, count: int, model: str | None = None, timeout: float = 10) -> bool:
+        """Block until `count` requests (for `model`, or any) have arrived; False on timeout."""
+
+        def arrived() -> bool:
+            return (
+                sum(1 for b in self.requests if model is None or b.get("model") == model) >= count
+            )
+
+        with self._lock:
+            return self._lock.wait_for(arrived, timeout)
 
     def reset(self) -> None:
         with self._lock:
@@ -77,6 +91,7 @@ class FakeModel:
             return _error(400, "the body must be JSON with `model` and `messages`")
         with self._lock:
             self.requests.append(body)
+            self._lock.notify_all()
             reply = self._pick(model, messages)
             failing = isinstance(reply, Reply) and reply.error is not None
             attempts = self._count_attempt(model, messages) if failing else 0

@@ -1,0 +1,1 @@
+"""The HTTP layer: parse, call the service, shape the response."""

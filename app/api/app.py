@@ -1,0 +1,114 @@
+"""The app factory: build everything in the lifespan, never at import time."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+import structlog
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.api import errors
+from app.api.deps import Services
+from app.api.routes import agents, health, runs, sessions
+from app.executor.agents import AgentsModule, build_engine, load_agents_module
+from app.executor.service import RunService
+from app.executor.wakeups import Wakeups
+from app.executor.worker import Executor
+from app.settings import Settings
+from app.store.database import Database
+from app.store.migrations import ensure_schema
+
+log = structlog.get_logger("app.api")
+
+DESCRIPTION = """Run LLM agents as durable REST resources: create a run, poll it or wait for it,
+decide the tool calls that need a human, cancel it. Errors are `application/problem+json`."""
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    agents_module: AgentsModule | None = None,
+    with_executor: bool = True,
+) -> FastAPI:
+    """The service. `with_executor=False` serves the API only (workers run elsewhere)."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        db = Database(settings.database_url)
+        db.claim_sqlite_file()
+        try:
+            await ensure_schema(db)
+            module = agents_module or load_agents_module(settings.agents_module)
+            engine = build_engine(settings, module)
+            wakeups = Wakeups()
+            executor = (
+                Executor(
+                    db,
+                    engine,
+                    wakeups,
+                    concurrency=settings.concurrency,
+                    poll_interval=settings.poll_interval_seconds,
+                )
+                if with_executor
+                else None
+            )
+            app.state.services = Services(
+                settings, db, engine, RunService(db, engine, wakeups), executor
+            )
+            async with anyio.create_task_group() as group:
+                if executor is not None:
+                    group.start_soon(executor.run)
+                yield
+                if executor is not None:
+                    executor.stop()
+            await engine.aclose()
+        finally:
+            await db.dispose()
+
+    app = FastAPI(
+        title="agent-runs",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    errors.install(app)
+    for router in (runs.router, agents.router, sessions.router, health.router):
+        app.include_router(router)
+    app.add_middleware(RequestLog)
+    return app
+
+
+class RequestLog:
+    """One log line per request, with its status and duration."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            log.info(
+                "request",
+                method=scope["method"],
+                path=scope["path"],
+                status=status,
+                duration_ms=round((time.perf_counter() - started) * 1000, 1),
+            )

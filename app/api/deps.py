@@ -1,0 +1,47 @@
+"""Request dependencies: what the app built at start, handed to routes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+
+from app.api.schemas import Problem
+from app.engine import Engine
+from app.executor.service import RunService
+from app.executor.worker import Executor
+from app.settings import Settings
+from app.store.database import Database
+
+
+@dataclass
+class Services:
+    """Everything the lifespan builds, once per app."""
+
+    settings: Settings
+    db: Database
+    engine: Engine
+    runs: RunService
+    executor: Executor | None
+
+
+def get_services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+def get_runs(request: Request) -> RunService:
+    return get_services(request).runs
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+RunsDep = Annotated[RunService, Depends(get_runs)]
+
+
+def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for the problem answers a route gives."""
+    return {
+        status: {"model": Problem, "content": {"application/problem+json": {}}}
+        for status in statuses
+    }

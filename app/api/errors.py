@@ -1,0 +1,144 @@
+"""One problem+json shape (RFC 9457) for every 4xx and 5xx, mapped from domain errors here."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from app.api.schemas import Problem, ProblemError
+from app.engine.errors import (
+    CallAlreadyDecided,
+    EngineError,
+    InvalidDecision,
+    RunEnded,
+    RunNotPending,
+    UnknownAgent,
+    UnknownCall,
+)
+from app.executor.errors import IdempotencyKeyInUse, IdempotencyKeyReused, NotFound, SessionBusy
+
+log = structlog.get_logger("app.api")
+
+MEDIA_TYPE = "application/problem+json"
+
+# Domain error -> (status, problem type, title), most specific first.
+_DOMAIN: list[tuple[type[EngineError], int, str, str]] = [
+    (NotFound, 404, "not-found", "Not found"),
+    (UnknownAgent, 422, "validation-error", "Unknown agent"),
+    (RunEnded, 409, "run-ended", "Run has ended"),
+    (RunNotPending, 409, "run-not-pending", "Run is not pending approval"),
+    (CallAlreadyDecided, 409, "call-already-decided", "Call already decided"),
+    (UnknownCall, 422, "validation-error", "Unknown tool call"),
+    (InvalidDecision, 422, "validation-error", "Invalid decision"),
+    (SessionBusy, 409, "session-busy", "Session is busy"),
+    (IdempotencyKeyInUse, 409, "idempotency-key-in-use", "Idempotency key in use"),
+    (IdempotencyKeyReused, 422, "idempotency-key-reused", "Idempotency key reused"),
+]
+
+_BY_STATUS = {
+    400: ("validation-error", "Bad request"),
+    401: ("unauthorized", "Unauthorized"),
+    403: ("forbidden", "Forbidden"),
+    404: ("not-found", "Not found"),
+    405: ("not-found", "Method not allowed"),
+    413: ("payload-too-large", "Payload too large"),
+    422: ("validation-error", "Validation error"),
+}
+
+
+class ApiError(Exception):
+    """An HTTP-level refusal raised by the API layer itself (a bad cursor, say)."""
+
+    def __init__(self, status: int, detail: str, errors: Sequence[ProblemError] = ()) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.errors = list(errors)
+
+
+def problem(
+    status: int,
+    detail: str,
+    *,
+    kind: str | None = None,
+    title: str | None = None,
+    errors: Sequence[ProblemError] | None = None,
+    error_id: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    default_kind, default_title = _BY_STATUS.get(status, ("internal-error", "Error"))
+    body = Problem(
+        type=f"/problems/{kind or default_kind}",
+        title=title or default_title,
+        status=status,
+        detail=detail,
+        errors=list(errors) if errors is not None else None,
+        error_id=error_id,
+    )
+    return JSONResponse(
+        body.model_dump(exclude_none=True),
+        status_code=status,
+        media_type=MEDIA_TYPE,
+        headers=headers,
+    )
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(HTTPException, _http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(ApiError, _api_error)  # type: ignore[arg-type]
+    app.add_exception_handler(EngineError, _domain_error)  # type: ignore[arg-type]
+    app.add_exception_handler(Exception, _unexpected_error)
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = [_problem_error(item) for item in exc.errors()]
+    if any(item.get("type") == "json_invalid" for item in exc.errors()):
+        return problem(400, "The request body is not valid JSON.", errors=errors)
+    summary = "; ".join(f"{'.'.join(map(str, e.loc))}: {e.msg}" for e in errors)
+    return problem(422, summary or "The request is not valid.", errors=errors)
+
+
+def _problem_error(item: Any) -> ProblemError:
+    loc = [part if isinstance(part, int) else str(part) for part in item.get("loc", ())]
+    return ProblemError(loc=loc, msg=str(item.get("msg", "")))
+
+
+async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    return problem(exc.status_code, str(exc.detail), headers=dict(exc.headers or {}))
+
+
+async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+    return problem(exc.status, exc.detail, errors=exc.errors or None)
+
+
+async def _domain_error(request: Request, exc: EngineError) -> JSONResponse:
+    for error_type, status, kind, title in _DOMAIN:
+        if isinstance(exc, error_type):
+            errors = None
+            if isinstance(exc, UnknownAgent):
+                errors = [ProblemError(loc=["body", "agent"], msg=str(exc))]
+            elif isinstance(exc, InvalidDecision) and exc.errors:
+                errors = [ProblemError(loc=[e["loc"]], msg=e["msg"]) for e in exc.errors]
+            return problem(status, str(exc), kind=kind, title=title, errors=errors)
+    return await _unexpected_error(request, exc)
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    error_id = uuid.uuid4().hex
+    log.error(
+        "request.failed",
+        error_id=error_id,
+        method=request.method,
+        path=request.url.path,
+        exc_info=exc,
+    )
+    detail = f"An unexpected error occurred; quote error id {error_id} to the operator."
+    return problem(500, detail, kind="internal-error", title="Internal error", error_id=error_id)

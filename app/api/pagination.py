@@ -1,0 +1,31 @@
+"""Opaque cursors: what a page needs to continue, base64url-encoded JSON."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Any
+
+from app.api.errors import ApiError
+from app.api.schemas import ProblemError
+
+
+def encode(position: dict[str, Any]) -> str:
+    raw = json.dumps(position, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode(cursor: str | None, key: str, kind: type) -> Any:
+    """The position a cursor holds under `key`, or None without a cursor; 422 when forged."""
+    if cursor is None:
+        return None
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        value = json.loads(base64.urlsafe_b64decode(padded))[key]
+    except (ValueError, KeyError, TypeError, binascii.Error):
+        value = None
+    if not isinstance(value, kind) or isinstance(value, bool):
+        error = ProblemError(loc=["query", "cursor"], msg="not a cursor this list gave out")
+        raise ApiError(422, "The cursor is not valid for this list.", [error])
+    return value

@@ -1,0 +1,100 @@
+"""`/runs`: create, read, list and cancel runs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Response
+
+from app.api import pagination
+from app.api.deps import RunsDep, problems
+from app.api.schemas import CreateRun, Page, RunOut
+from app.executor.service import Idempotency, NewRun
+from app.store.status import Status
+
+router = APIRouter(prefix="/runs", tags=["runs"])
+
+Wait = Annotated[
+    float,
+    Query(ge=0, le=60, description="Hold the answer up to this many seconds until the run rests."),
+]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(min_length=1, max_length=255, description="Makes retries of this request safe."),
+]
+
+
+@router.post(
+    "",
+    status_code=201,
+    responses={
+        200: {"model": RunOut, "description": "A repeat of an earlier request with the same key"},
+        **problems(400, 409, 422),
+    },
+)
+async def create_run(
+    body: CreateRun,
+    response: Response,
+    runs: RunsDep,
+    wait: Wait = 0,
+    idempotency_key: IdempotencyKey = None,
+) -> RunOut:
+    """Create a run; it is queued for an executor at once."""
+    idempotency = Idempotency(idempotency_key, _fingerprint(body)) if idempotency_key else None
+    new = NewRun(
+        agent=body.agent,
+        input=body.input_value(),
+        session_id=body.session_id,
+        context=body.context,
+        config=body.config,
+        metadata=body.metadata,
+        if_busy=body.if_busy,
+    )
+    run, created = await runs.create(new, idempotency)
+    run = await runs.wait_until_resting(run, wait)
+    response.status_code = 201 if created else 200
+    response.headers["Location"] = f"/runs/{run.id}"
+    return RunOut.of(run)
+
+
+@router.get("", responses=problems(422))
+async def list_runs(
+    runs: RunsDep,
+    status: Annotated[list[Status] | None, Query(description="Repeat to allow several.")] = None,
+    agent: Annotated[str | None, Query(description="The agent the run started with.")] = None,
+    session_id: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page.")] = None,
+) -> Page[RunOut]:
+    """Runs, newest first."""
+    found = await runs.page(
+        statuses=status or [],
+        agent=agent,
+        session_id=session_id,
+        before_seq=pagination.decode(cursor, "seq", int),
+        limit=limit + 1,
+    )
+    more = len(found) > limit
+    next_cursor = pagination.encode({"seq": found[limit - 1].seq}) if more else None
+    return Page[RunOut](items=[RunOut.of(run) for run in found[:limit]], next_cursor=next_cursor)
+
+
+@router.get("/{run_id}", responses=problems(404))
+async def get_run(run_id: str, runs: RunsDep) -> RunOut:
+    """The run, whole."""
+    return RunOut.of(await runs.get(run_id))
+
+
+@router.post("/{run_id}/cancel", status_code=202, responses=problems(404, 409))
+async def cancel_run(run_id: str, runs: RunsDep) -> RunOut:
+    """Cancel a run that has not ended: queued and parked runs at once, running ones at their
+    next await."""
+    return RunOut.of(await runs.cancel(run_id))
+
+
+def _fingerprint(body: CreateRun) -> str:
+    """Equal for bodies that mean the same, whatever their key order or spacing."""
+    canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()

@@ -1,0 +1,29 @@
+"""`/sessions`: a session's stored conversation."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+
+from app.api.deps import RunsDep, problems
+from app.api.schemas import SessionOut
+
+router = APIRouter(prefix="/sessions", tags=["sessions"])
+
+
+@router.get("/{session_id}", responses=problems(404))
+async def get_session(session_id: str, runs: RunsDep) -> SessionOut:
+    """The session's conversation: every stored message of its runs, in order."""
+    view = await runs.get_session(session_id)
+    return SessionOut(
+        id=view.session.id,
+        messages=view.messages,
+        created_at=view.session.created_at,
+        updated_at=view.session.updated_at,
+    )
+
+
+@router.delete("/{session_id}", status_code=204, responses=problems(404, 409))
+async def delete_session(session_id: str, runs: RunsDep) -> Response:
+    """Forget the session's conversation; refused while a run of it is unfinished."""
+    await runs.delete_session(session_id)
+    return Response(status_code=204)

@@ -1,0 +1,237 @@
+"""HTTP shapes: request bodies and responses, so the OpenAPI document gives SDKs real types."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.engine import RunConfig, RunState
+from app.engine.state import CallStatus, ToolCall
+from app.store.models import Run
+from app.store.status import Status
+
+T = TypeVar("T")
+
+ToolCallStatus = Literal[
+    "pending", "running", "completed", "failed", "rejected", "cancelled", "in_doubt"
+]
+
+
+class ChatMessage(BaseModel):
+    """A Chat Completions message; fields beyond these are kept as sent."""
+
+    model_config = ConfigDict(extra="allow")
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[dict[str, Any]] | None = None
+    name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+
+
+class CreateRun(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    agent: str = Field(min_length=1, max_length=64, description="The agent the run starts with.")
+    input: str | list[ChatMessage] = Field(
+        description="One user message, or Chat Completions messages.", min_length=1
+    )
+    session_id: str | None = Field(
+        None,
+        min_length=1,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9_.:@-]+$",
+        description="History is loaded before the run and its new messages saved after.",
+    )
+    context: dict[str, Any] = Field(
+        default_factory=dict, description="Variables for tools and dynamic instructions."
+    )
+    config: RunConfig = Field(default_factory=RunConfig)
+    metadata: dict[str, Any] = Field(default_factory=dict, description="Any JSON, kept as is.")
+    if_busy: Literal["enqueue", "reject", "interrupt"] = Field(
+        "enqueue", description="What to do when the session already has an unfinished run."
+    )
+
+    def input_value(self) -> str | list[dict[str, Any]]:
+        if isinstance(self.input, str):
+            return self.input
+        return [message.model_dump(exclude_none=True) for message in self.input]
+
+
+class Usage(BaseModel):
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+
+class ToolCallOut(BaseModel):
+    call_id: str
+    name: str
+    arguments: dict[str, Any] | None = Field(description="Null when the model's JSON was invalid.")
+    output: str | None
+    status: ToolCallStatus
+
+
+class Step(BaseModel):
+    agent: str
+    duration_ms: int
+    tool_calls: list[ToolCallOut]
+
+
+class PendingApproval(BaseModel):
+    call_id: str
+    tool: str
+    arguments: dict[str, Any]
+    agent: str
+    in_doubt: bool
+
+
+class DecisionOut(BaseModel):
+    call_id: str
+    approved: bool
+    reason: str | None
+    arguments: dict[str, Any]
+    decided_by: str | None
+    decided_at: datetime
+    source: Literal["human", "handler", "remember"]
+
+
+class RunErrorOut(BaseModel):
+    code: Literal["max_turns_exceeded", "timeout", "model_error", "tool_error", "internal_error"]
+    message: str
+
+
+class RunOut(BaseModel):
+    """A run, whole."""
+
+    id: str
+    status: Status
+    agent: str
+    current_agent: str
+    session_id: str | None
+    config: RunConfig
+    metadata: dict[str, Any]
+    final_output: str | None
+    messages: list[dict[str, Any]]
+    steps: list[Step]
+    usage: Usage
+    pending_approvals: list[PendingApproval]
+    decisions: list[DecisionOut]
+    error: RunErrorOut | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @classmethod
+    def of(cls, run: Run) -> RunOut:
+        state = RunState.from_json(run.state) if run.state is not None else None
+        return cls(
+            id=run.id,
+            status=Status(run.status),
+            agent=run.agent,
+            current_agent=run.current_agent,
+            session_id=run.session_id,
+            config=RunConfig.model_validate(run.config),
+            metadata=run.run_metadata,
+            final_output=run.final_output,
+            messages=state.messages if state else list(run.input),
+            steps=[_step(step.agent, step.duration_ms, step.tool_calls) for step in state.steps]
+            if state
+            else [],
+            usage=Usage.model_validate(state.usage, from_attributes=True) if state else Usage(),
+            pending_approvals=[
+                PendingApproval.model_validate(p, from_attributes=True)
+                for p in state.pending_approvals
+            ]
+            if state and run.status == Status.PENDING_APPROVAL
+            else [],
+            decisions=[DecisionOut.model_validate(d, from_attributes=True) for d in state.decisions]
+            if state
+            else [],
+            error=RunErrorOut.model_validate(run.error) if run.error else None,
+            created_at=run.created_at,
+            started_at=run.started_at,
+            finished_at=run.finished_at,
+        )
+
+
+def _step(agent: str, duration_ms: float, calls: list[ToolCall]) -> Step:
+    return Step(
+        agent=agent,
+        duration_ms=round(duration_ms),
+        tool_calls=[
+            ToolCallOut(
+                call_id=call.call_id,
+                name=call.name,
+                arguments=call.arguments,
+                output=call.output,
+                status=_call_status(call),
+            )
+            for call in calls
+        ],
+    )
+
+
+def _call_status(call: ToolCall) -> ToolCallStatus:
+    match call.status:
+        case CallStatus.AWAITING_APPROVAL:
+            return "in_doubt" if call.in_doubt else "pending"
+        case CallStatus.QUEUED:
+            return "pending"
+        case CallStatus.RUNNING:
+            return "running"
+        case CallStatus.COMPLETED | CallStatus.FAILED | CallStatus.REJECTED | CallStatus.CANCELLED:
+            return call.status.value  # type: ignore[return-value]
+
+
+class Page(BaseModel, Generic[T]):
+    """A page of a list, newest first; pass `next_cursor` as `cursor` for the next one."""
+
+    items: list[T]
+    next_cursor: str | None
+
+
+class ToolOut(BaseModel):
+    name: str
+    description: str
+    parameters: dict[str, Any] = Field(description="The JSON schema of the arguments.")
+    effect: Literal["read", "idempotent", "unsafe"]
+    needs_approval: Literal["always", "never", "conditional"]
+
+
+class AgentOut(BaseModel):
+    name: str
+    description: str
+    model: str
+    tools: list[ToolOut]
+    handoffs: list[str]
+
+
+class SessionOut(BaseModel):
+    id: str
+    messages: list[dict[str, Any]]
+    created_at: datetime
+    updated_at: datetime
+
+
+class Health(BaseModel):
+    status: Literal["ok", "ready"]
+
+
+class ProblemError(BaseModel):
+    loc: list[str | int]
+    msg: str
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem: every 4xx and 5xx answer has this shape."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    errors: list[ProblemError] | None = None
+    error_id: str | None = None

@@ -1,0 +1,124 @@
+"""`agent-runs serve | worker | migrate | fake-model`."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from typing import Annotated
+
+import anyio
+import typer
+import uvicorn
+
+from app.settings import Settings
+
+cli = typer.Typer(
+    name="agent-runs",
+    help="Run LLM agents as durable REST resources.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+EXAMPLE_SCRIPT = Path(__file__).parent / "examples" / "fake_model.json"
+
+Host = Annotated[str | None, typer.Option(help="Address to bind [env: HOST; default 127.0.0.1].")]
+Port = Annotated[int | None, typer.Option(help="Port to bind [env: PORT; default 8000].")]
+Concurrency = Annotated[
+    int | None, typer.Option(help="Runs driven at once [env: CONCURRENCY; default 16].")
+]
+
+
+def _settings(**overrides: object) -> Settings:
+    from app.logs import configure_logging
+
+    settings = Settings()
+    settings = settings.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    configure_logging(settings.log_level, settings.log_format)
+    return settings
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.secho(f"agent-runs: {message}", err=True, fg=typer.colors.RED)
+    return typer.Exit(code=2)
+
+
+@cli.command()
+def serve(
+    host: Host = None,
+    port: Port = None,
+    concurrency: Concurrency = None,
+    executor: Annotated[
+        bool, typer.Option(help="Run the embedded executor in this process.")
+    ] = True,
+) -> None:
+    """The API, with an embedded executor (SQLite: migrated on start)."""
+    from app.api.app import create_app
+
+    settings = _settings(host=host, port=port, concurrency=concurrency)
+    app = create_app(settings, with_executor=executor)
+    try:
+        uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, access_log=False)
+    except Exception as exc:  # errors of the lifespan (a busy SQLite file, no schema) end here
+        raise _fail(str(exc)) from exc
+
+
+@cli.command()
+def worker(concurrency: Concurrency = None) -> None:
+    """Only the executor: takes queued runs from PostgreSQL until SIGTERM or SIGINT."""
+    from app.executor.worker import run_worker
+    from app.store.database import normalize_url
+
+    settings = _settings(concurrency=concurrency)
+    if normalize_url(settings.database_url).get_backend_name() == "sqlite":
+        raise _fail(
+            "`worker` needs PostgreSQL: SQLite serves one process, and `agent-runs serve` "
+            "already runs the executor. Set DATABASE_URL=postgresql://..."
+        )
+    try:
+        anyio.run(run_worker, settings, (signal.SIGTERM, signal.SIGINT))
+    except Exception as exc:
+        raise _fail(str(exc)) from exc
+
+
+@cli.command()
+def migrate() -> None:
+    """Apply the database migrations (run once before starting PostgreSQL processes)."""
+    from app.store.database import Database
+    from app.store.migrations import upgrade
+
+    settings = _settings()
+
+    async def apply() -> None:
+        db = Database(settings.database_url)
+        try:
+            await upgrade(db.engine)
+        finally:
+            await db.dispose()
+
+    anyio.run(apply)
+    typer.echo("migrations applied")
+
+
+@cli.command("fake-model")
+def fake_model(
+    scripts: Annotated[
+        Path,
+        typer.Option(help="JSON scripts: model name -> replies; '*' answers any model."),
+    ] = EXAMPLE_SCRIPT,
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = 8100,
+) -> None:
+    """A scripted OpenAI-compatible model, to test agents without an API key.
+
+    Point the service at it with OPENAI_BASE_URL=http://HOST:PORT/v1.
+    """
+    from app.testing import FakeModel, load_scripts
+
+    _settings()
+    fake = FakeModel(load_scripts(scripts))
+    typer.echo(f"fake model on http://{host}:{port}/v1 answering from {scripts}", err=True)
+    uvicorn.run(fake.app, host=host, port=port, log_config=None, access_log=False)
+
+
+def main() -> None:
+    cli()

@@ -1,0 +1,1 @@
+"""The bundled example agents and a fake-model script that plays them without an API key."""

@@ -1,0 +1,63 @@
+"""Loading the user's agents module and building the engine from settings."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from app.engine import Agent, Engine, ModelProvider, ModelRouter, OpenAIProvider
+from app.settings import Settings
+
+
+class AgentsModuleError(RuntimeError):
+    """The agents module could not be loaded or does not define `agents`."""
+
+
+@dataclass(frozen=True)
+class AgentsModule:
+    agents: list[Agent]
+    providers: Mapping[str, ModelProvider] = field(default_factory=dict)
+
+
+def load_agents_module(path: str) -> AgentsModule:
+    """Import `path`; its list `agents` is required, its dict `providers` optional."""
+    try:
+        module = importlib.import_module(path)
+    except ImportError as exc:
+        raise AgentsModuleError(f"cannot import AGENTS_MODULE {path!r}: {exc}") from exc
+    agents = getattr(module, "agents", None)
+    if not isinstance(agents, list | tuple) or not all(isinstance(a, Agent) for a in agents):
+        raise AgentsModuleError(f"{path}.agents must be a list of app.Agent")
+    providers = getattr(module, "providers", None) or {}
+    if not isinstance(providers, Mapping) or not all(
+        isinstance(p, ModelProvider) for p in providers.values()
+    ):
+        raise AgentsModuleError(f"{path}.providers must map names to app.ModelProvider objects")
+    return AgentsModule(list(agents), dict(providers))
+
+
+def build_engine(settings: Settings, module: AgentsModule) -> Engine:
+    """The engine over the module's agents, with providers from settings and from the module."""
+
+    def openai_provider(base_url: str | None, api_key: str | None) -> OpenAIProvider:
+        return OpenAIProvider(
+            base_url=base_url,
+            api_key=api_key,
+            max_retries=settings.model_max_retries,
+            timeout_seconds=settings.model_timeout_seconds,
+        )
+
+    default_key = settings.openai_api_key
+    default = openai_provider(
+        settings.openai_base_url, default_key.get_secret_value() if default_key else None
+    )
+    providers: dict[str, ModelProvider] = {
+        name: openai_provider(
+            entry.base_url, entry.api_key.get_secret_value() if entry.api_key else None
+        )
+        for name, entry in settings.model_providers.items()
+    }
+    providers.update(module.providers)
+    router = ModelRouter(default, providers, default_model=settings.default_model)
+    return Engine(module.agents, router)

@@ -1,0 +1,33 @@
+"""Errors of the runs domain. They know nothing of HTTP: `app/api/errors.py` maps them."""
+
+from __future__ import annotations
+
+from app.engine.errors import EngineError
+
+
+class NotFound(EngineError):
+    """No such resource."""
+
+
+class RunNotFound(NotFound):
+    """No run has that id."""
+
+
+class SessionNotFound(NotFound):
+    """No session has that id."""
+
+
+class SessionBusy(EngineError):
+    """The session has an unfinished run."""
+
+
+class IdempotencyKeyInUse(EngineError):
+    """A request with this Idempotency-Key is still being processed; retry shortly."""
+
+
+class IdempotencyKeyReused(EngineError):
+    """This Idempotency-Key was used with a different request body."""
+
+
+class LeaseLost(EngineError):
+    """Another executor owns this run now; this one must stop driving it."""

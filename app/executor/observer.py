@@ -1,0 +1,65 @@
+"""The executor's observer: writes each engine checkpoint, with its events, to the store."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app.engine import RunState, RunStatus
+from app.engine.events import RunEvent, TextDelta
+from app.executor.errors import LeaseLost
+from app.executor.lifecycle import event_records, lifecycle_event, now, save_to_session
+from app.executor.wakeups import Wakeups
+from app.store.database import Database
+from app.store.models import Run
+from app.store.runs import Claim, RunRepository
+from app.store.status import Status
+
+_LIFECYCLE = {
+    RunStatus.PENDING_APPROVAL: ("run.pending_approval", Status.PENDING_APPROVAL),
+    RunStatus.COMPLETED: ("run.completed", Status.COMPLETED),
+    RunStatus.FAILED: ("run.failed", Status.FAILED),
+    RunStatus.CANCELLED: ("run.cancelled", Status.CANCELLED),
+}
+
+
+class StoreObserver:
+    """Stores the run after every engine checkpoint, fenced by the executor's lease."""
+
+    def __init__(self, db: Database, wakeups: Wakeups, claim: Claim, run: Run) -> None:
+        self.db = db
+        self.wakeups = wakeups
+        self.claim = claim
+        self.run = run  # a detached copy kept in step with what is stored
+
+    async def on_delta(self, delta: TextDelta) -> None:
+        return None  # deltas go live to watchers with the events issue; they are never stored
+
+    async def checkpoint(self, state: RunState, events: list[RunEvent]) -> None:
+        await self.store(state, event_records(events))
+
+    async def store(self, state: RunState, records: list[tuple[str, dict[str, Any]]]) -> None:
+        """Write the state, its events, and on a rest its status with the lifecycle event."""
+        run = self.run
+        stamp = now()
+        values: dict[str, Any] = {"state": state.to_json(), "current_agent": state.current_agent}
+        run.current_agent = state.current_agent
+        resting = _LIFECYCLE.get(state.status)
+        if resting is not None:
+            event_name, status = resting
+            run.status = status
+            run.error = (
+                {"code": state.error.code, "message": state.error.message} if state.error else None
+            )
+            values.update(status=status, error=run.error, claimed_by=None, lease_expires_at=None)
+            if state.status.ended:
+                run.final_output = state.final_output
+                run.finished_at = stamp
+                values.update(final_output=state.final_output, finished_at=stamp)
+            records = [*records, lifecycle_event(run, event_name, state)]
+        async with self.db.session_scope() as session:
+            stored = await RunRepository(session).save_fenced(self.claim, values, records, stamp)
+            if not stored:
+                raise LeaseLost(f"run {run.id} is no longer held by this executor")
+            if state.status.ended:
+                await save_to_session(session, run, state)
+        self.wakeups.run_changed(run.id)

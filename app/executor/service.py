@@ -1,0 +1,247 @@
+"""The runs service: what the API asks of runs and sessions. Routes stay thin; SQL stays in
+repositories; each public method is one transaction (or a short series of them)."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, Literal
+
+import anyio
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.engine import Engine, RunConfig
+from app.engine.engine import input_messages
+from app.engine.errors import RunEnded
+from app.executor.errors import (
+    IdempotencyKeyInUse,
+    IdempotencyKeyReused,
+    RunNotFound,
+    SessionBusy,
+    SessionNotFound,
+)
+from app.executor.lifecycle import cancel_resting_run, lifecycle_event, now
+from app.executor.wakeups import Wakeups
+from app.store.database import Database
+from app.store.idempotency import IdempotencyRepository
+from app.store.models import Run, Session
+from app.store.runs import RunRepository
+from app.store.sessions import SessionRepository
+from app.store.status import ENDED, RESTING, Status
+
+IfBusy = Literal["enqueue", "reject", "interrupt"]
+
+CREATE_SCOPE = "runs.create"
+# A reservation whose request died before binding it frees the key after this long.
+STALE_RESERVATION = timedelta(seconds=60)
+# Waiters re-read the run this often, for changes made by another process.
+WAIT_TICK_SECONDS = 0.2
+
+
+@dataclass(frozen=True)
+class NewRun:
+    agent: str
+    input: str | list[dict[str, Any]]
+    session_id: str | None = None
+    context: dict[str, Any] = field(default_factory=dict)
+    config: RunConfig = field(default_factory=RunConfig)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    if_busy: IfBusy = "enqueue"
+
+
+@dataclass(frozen=True)
+class Idempotency:
+    key: str
+    request_hash: str
+
+
+@dataclass(frozen=True)
+class SessionView:
+    session: Session
+    messages: list[dict[str, Any]]
+
+
+def new_run_id() -> str:
+    return f"run_{secrets.token_hex(12)}"
+
+
+class RunService:
+    def __init__(self, db: Database, engine: Engine, wakeups: Wakeups) -> None:
+        self.db = db
+        self.engine = engine
+        self.wakeups = wakeups
+
+    async def create(self, new: NewRun, idempotency: Idempotency | None = None) -> tuple[Run, bool]:
+        """The run and whether it was created now (False: an idempotent repeat)."""
+        self.engine.agents.get(new.agent)  # an unknown agent is refused before anything is stored
+        if idempotency is not None:
+            existing = await self._reserve(idempotency)
+            if existing is not None:
+                return existing, False
+        interrupted: list[str] = []
+        try:
+            run = await self._insert(new, idempotency, interrupted)
+        except BaseException:
+            if idempotency is not None:
+                with anyio.CancelScope(shield=True):
+                    async with self.db.session_scope() as session:
+                        await IdempotencyRepository(session).release(CREATE_SCOPE, idempotency.key)
+            raise
+        self._signal_cancels(interrupted)
+        self.wakeups.work_available()
+        return run, True
+
+    async def _reserve(self, idempotency: Idempotency) -> Run | None:
+        """Reserve the key, or answer for the request that holds it."""
+        async with self.db.session_scope() as session:
+            keys = IdempotencyRepository(session)
+            stamp = now()
+            if await keys.reserve(CREATE_SCOPE, idempotency.key, idempotency.request_hash, stamp):
+                return None
+            held = await keys.get(CREATE_SCOPE, idempotency.key)
+            assert held is not None
+            if held.request_hash != idempotency.request_hash:
+                raise IdempotencyKeyReused()
+            if held.run_id is None:
+                if stamp - held.created_at < STALE_RESERVATION:
+                    raise IdempotencyKeyInUse()
+                held.created_at = stamp  # its first request died: this one takes over
+                return None
+            run = await RunRepository(session).get(held.run_id)
+            if run is None:
+                raise RunNotFound(f"run {held.run_id} of this Idempotency-Key no longer exists")
+            return run
+
+    async def _insert(
+        self, new: NewRun, idempotency: Idempotency | None, interrupted: list[str]
+    ) -> Run:
+        async with self.db.session_scope() as session:
+            runs = RunRepository(session)
+            stamp = now()
+            if new.session_id is not None:
+                await SessionRepository(session).ensure(new.session_id, stamp)
+                interrupted += await self._make_way(session, runs, new.session_id, new.if_busy)
+            run = Run(
+                id=new_run_id(),
+                status=Status.QUEUED,
+                agent=new.agent,
+                current_agent=new.agent,
+                session_id=new.session_id,
+                input=input_messages(new.input),
+                config=new.config.model_dump(mode="json"),
+                context=new.context,
+                run_metadata=new.metadata,
+                state=None,
+                cancel_requested=False,
+                event_seq=0,
+                lease_token=0,
+                created_at=stamp,
+                updated_at=stamp,
+            )
+            runs.add(run)
+            await session.flush()
+            await runs.save(run, [lifecycle_event(run, "run.queued")], stamp)
+            if idempotency is not None:
+                await IdempotencyRepository(session).bind(CREATE_SCOPE, idempotency.key, run.id)
+            return run
+
+    async def _make_way(
+        self, session: AsyncSession, runs: RunRepository, session_id: str, if_busy: IfBusy
+    ) -> list[str]:
+        """Apply `if_busy`; returns the running runs whose executor must be told to cancel."""
+        unfinished = await runs.unfinished_in_session(session_id, for_update=True)
+        if not unfinished or if_busy == "enqueue":
+            return []
+        if if_busy == "reject":
+            ids = ", ".join(run.id for run in unfinished)
+            raise SessionBusy(f"session {session_id!r} has unfinished runs: {ids}")
+        return [run.id for run in unfinished if await self._cancel_locked(session, runs, run)]
+
+    async def get(self, run_id: str) -> Run:
+        async with self.db.session_scope() as session:
+            run = await RunRepository(session).get(run_id)
+        if run is None:
+            raise RunNotFound(f"no run has id {run_id!r}")
+        return run
+
+    async def page(
+        self,
+        *,
+        statuses: Sequence[str],
+        agent: str | None,
+        session_id: str | None,
+        before_seq: int | None,
+        limit: int,
+    ) -> list[Run]:
+        async with self.db.session_scope() as session:
+            return await RunRepository(session).page(
+                statuses=statuses,
+                agent=agent,
+                session_id=session_id,
+                before_seq=before_seq,
+                limit=limit,
+            )
+
+    async def cancel(self, run_id: str) -> Run:
+        """Cancel now when queued or parked; ask the driving executor when running."""
+        async with self.db.session_scope() as session:
+            runs = RunRepository(session)
+            run = await runs.get(run_id, for_update=True)
+            if run is None:
+                raise RunNotFound(f"no run has id {run_id!r}")
+            if run.status in ENDED:
+                raise RunEnded(f"run {run_id} has already ended ({run.status})")
+            signal = await self._cancel_locked(session, runs, run)
+        self._signal_cancels([run_id] if signal else [])
+        self.wakeups.run_changed(run_id)
+        self.wakeups.work_available()  # the session's next run may start now
+        return run
+
+    async def _cancel_locked(self, session: AsyncSession, runs: RunRepository, run: Run) -> bool:
+        """Cancel a locked run; True when it is running and its executor must stop it."""
+        if run.status == Status.RUNNING:
+            run.cancel_requested = True
+            run.updated_at = now()
+            return True
+        records = await cancel_resting_run(session, self.engine, run)
+        await runs.save(run, records, now())
+        return False
+
+    def _signal_cancels(self, run_ids: list[str]) -> None:
+        """After commit: an executor of this process stops at once; others see it on their
+        next heartbeat."""
+        for run_id in run_ids:
+            self.wakeups.cancel_requested(run_id)
+
+    async def wait_until_resting(self, run: Run, seconds: float) -> Run:
+        """The run once it rests (ended or pending approval), or as it is after `seconds`."""
+        if seconds <= 0 or run.status in RESTING:
+            return run
+        with self.wakeups.watch(run.id) as changed, anyio.move_on_after(seconds):
+            while run.status not in RESTING:
+                with anyio.move_on_after(WAIT_TICK_SECONDS):
+                    await changed.wait()
+                changed.clear()
+                run = await self.get(run.id)
+        return run
+
+    async def get_session(self, session_id: str) -> SessionView:
+        async with self.db.session_scope() as session:
+            sessions = SessionRepository(session)
+            found = await sessions.get(session_id)
+            if found is None:
+                raise SessionNotFound(f"no session has id {session_id!r}")
+            return SessionView(found, await sessions.messages(session_id))
+
+    async def delete_session(self, session_id: str) -> None:
+        async with self.db.session_scope() as session:
+            sessions = SessionRepository(session)
+            if await sessions.get(session_id, for_update=True) is None:
+                raise SessionNotFound(f"no session has id {session_id!r}")
+            unfinished = await RunRepository(session).unfinished_in_session(session_id)
+            if unfinished:
+                ids = ", ".join(run.id for run in unfinished)
+                raise SessionBusy(f"session {session_id!r} has unfinished runs: {ids}")
+            await sessions.delete(session_id)

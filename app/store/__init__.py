@@ -1,0 +1,1 @@
+"""The durable store: tables, repositories and the database (SQLite or PostgreSQL)."""

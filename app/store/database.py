@@ -1,0 +1,106 @@
+"""The database: engine creation, transactions, and the differences between SQLite and PostgreSQL.
+
+Everything that differs between the two dialects lives here, so repositories stay one code path.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event, text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+
+class DatabaseInUse(RuntimeError):
+    """Another agent-runs process is using this SQLite database."""
+
+
+def normalize_url(url: str) -> URL:
+    """Accept the usual spellings (`postgresql://`, `sqlite:///`) and pick the async drivers."""
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres", "postgresql+psycopg2"):
+        parsed = parsed.set(drivername="postgresql+asyncpg")
+    elif parsed.drivername == "sqlite":
+        parsed = parsed.set(drivername="sqlite+aiosqlite")
+    return parsed
+
+
+class Database:
+    """An async engine and its session factory; `session_scope()` owns commit and rollback."""
+
+    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+        self.url = normalize_url(url)
+        self.is_sqlite = self.url.get_backend_name() == "sqlite"
+        self._lock_file: int | None = None
+        options: dict[str, Any] = {"pool_pre_ping": not self.is_sqlite}
+        if self.is_sqlite:
+            # One process serves a SQLite file, and one connection serves that process: writers
+            # never wait on each other's locks, and transactions are short.
+            options.update(pool_size=1, max_overflow=0, pool_timeout=60)
+        else:
+            options.update(pool_size=pool_size, max_overflow=pool_size)
+        self.engine: AsyncEngine = create_async_engine(self.url, **options)
+        if self.is_sqlite:
+            event.listen(self.engine.sync_engine, "connect", _configure_sqlite)
+        self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+
+    @asynccontextmanager
+    async def session_scope(self) -> AsyncIterator[AsyncSession]:
+        """A session in a transaction, committed when the block ends, rolled back on error."""
+        async with self.sessions() as session, session.begin():
+            yield session
+
+    async def ping(self) -> None:
+        async with self.engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+
+    def claim_sqlite_file(self) -> None:
+        """Refuse to start when another process holds this SQLite file (SQLite serves one)."""
+        path = self.sqlite_path
+        if path is None:
+            return
+        lock_path = f"{path}.lock"
+        descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(descriptor)
+            raise DatabaseInUse(
+                f"another agent-runs process is using the SQLite database {path}. SQLite serves "
+                "one process (`agent-runs serve` with its embedded executor); for several "
+                "processes or workers, use PostgreSQL (DATABASE_URL=postgresql://...)."
+            ) from None
+        self._lock_file = descriptor
+
+    @property
+    def sqlite_path(self) -> Path | None:
+        database = self.url.database
+        if not self.is_sqlite or not database or database == ":memory:":
+            return None
+        return Path(database).resolve()
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+        if self._lock_file is not None:
+            os.close(self._lock_file)
+            self._lock_file = None
+
+
+def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.close()

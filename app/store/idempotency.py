@@ -1,0 +1,45 @@
+"""All SQL about idempotency keys."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.store.models import IdempotencyKey
+
+
+class IdempotencyRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def get(self, scope: str, key: str) -> IdempotencyKey | None:
+        query = select(IdempotencyKey).where(
+            IdempotencyKey.scope == scope, IdempotencyKey.key == key
+        )
+        result: IdempotencyKey | None = await self.session.scalar(query)
+        return result
+
+    async def reserve(self, scope: str, key: str, request_hash: str, now: datetime) -> bool:
+        """Insert the key unbound; False when it exists already."""
+        row = IdempotencyKey(
+            scope=scope, key=key, request_hash=request_hash, run_id=None, created_at=now
+        )
+        try:
+            async with self.session.begin_nested():
+                self.session.add(row)
+        except IntegrityError:
+            return False
+        return True
+
+    async def bind(self, scope: str, key: str, run_id: str) -> None:
+        row = await self.get(scope, key)
+        if row is not None:
+            row.run_id = run_id
+
+    async def release(self, scope: str, key: str) -> None:
+        await self.session.execute(
+            delete(IdempotencyKey).where(IdempotencyKey.scope == scope, IdempotencyKey.key == key)
+        )

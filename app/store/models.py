@@ -1,0 +1,150 @@
+"""Tables of the store. Alembic migrations build them; a test proves the two agree."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timestamps in UTC, aware when read back on SQLite too (it stores no offset)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("naive datetimes are not stored; use an aware UTC datetime")
+        return value.astimezone(UTC) if value is not None else None
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL wants a BIGINT identity.
+Serial = BigInteger().with_variant(Integer(), "sqlite")
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        datetime: UTCDateTime(),
+        dict[str, Any]: JSON,
+    }
+
+
+class Run(Base):
+    """A run: its request, where it is, and the engine state stored after every turn."""
+
+    __tablename__ = "runs"
+
+    seq: Mapped[int] = mapped_column(Serial, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(40), unique=True)
+    status: Mapped[str] = mapped_column(String(20))
+    agent: Mapped[str] = mapped_column(String(64))
+    current_agent: Mapped[str] = mapped_column(String(64))
+    # No foreign key: a forgotten (deleted) session leaves its runs labelled with it.
+    session_id: Mapped[str | None] = mapped_column(String(128))
+    input: Mapped[Any] = mapped_column(JSON)
+    config: Mapped[dict[str, Any]]
+    context: Mapped[dict[str, Any]]
+    run_metadata: Mapped[dict[str, Any]] = mapped_column("metadata", JSON)
+    state: Mapped[dict[str, Any] | None]
+    final_output: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[dict[str, Any] | None]
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    event_seq: Mapped[int] = mapped_column(Integer, default=0)
+    claimed_by: Mapped[str | None] = mapped_column(String(100))
+    lease_token: Mapped[int] = mapped_column(Integer, default=0)
+    lease_expires_at: Mapped[datetime | None]
+    created_at: Mapped[datetime]
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    updated_at: Mapped[datetime]
+
+    __table_args__ = (
+        Index(None, "status", "seq"),
+        Index(None, "session_id", "seq"),
+        Index(None, "agent", "seq"),
+    )
+
+
+class RunEvent(Base):
+    """One event of a run's log, numbered within the run."""
+
+    __tablename__ = "run_events"
+
+    id: Mapped[int] = mapped_column(Serial, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(String(40), ForeignKey("runs.id", ondelete="CASCADE"))
+    seq: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str] = mapped_column(String(40))
+    data: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime]
+
+    __table_args__ = (UniqueConstraint("run_id", "seq"),)
+
+
+class Session(Base):
+    """A conversation that runs continue."""
+
+    __tablename__ = "sessions"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class SessionMessage(Base):
+    """One message of a session's stored conversation, in order."""
+
+    __tablename__ = "session_messages"
+
+    id: Mapped[int] = mapped_column(Serial, primary_key=True, autoincrement=True)
+    session_id: Mapped[str] = mapped_column(
+        String(128), ForeignKey("sessions.id", ondelete="CASCADE")
+    )
+    position: Mapped[int] = mapped_column(Integer)
+    message: Mapped[dict[str, Any]]
+    run_id: Mapped[str | None] = mapped_column(String(40))
+    created_at: Mapped[datetime]
+
+    __table_args__ = (UniqueConstraint("session_id", "position"),)
+
+
+class IdempotencyKey(Base):
+    """A client's `Idempotency-Key`, reserved by its first request and bound to its effect."""
+
+    __tablename__ = "idempotency_keys"
+
+    scope: Mapped[str] = mapped_column(String(80), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    request_hash: Mapped[str] = mapped_column(String(64))
+    run_id: Mapped[str | None] = mapped_column(String(40))
+    created_at: Mapped[datetime]

@@ -1,0 +1,176 @@
+"""All SQL about runs and their events. Repositories never commit: the caller's scope does."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, exists, insert, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
+
+from app.store.models import Run, RunEvent
+from app.store.status import UNFINISHED, Status
+
+EventRecord = tuple[str, dict[str, Any]]
+"""An event to store: its name and JSON data."""
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A run an executor took, and the lease token that fences its writes."""
+
+    run_id: str
+    lease_token: int
+
+
+class RunRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    def add(self, run: Run) -> None:
+        self.session.add(run)
+
+    async def get(self, run_id: str, *, for_update: bool = False) -> Run | None:
+        query = select(Run).where(Run.id == run_id)
+        if for_update:
+            query = query.with_for_update()
+        result: Run | None = await self.session.scalar(query)
+        return result
+
+    async def page(
+        self,
+        *,
+        statuses: Sequence[str] = (),
+        agent: str | None = None,
+        session_id: str | None = None,
+        before_seq: int | None = None,
+        limit: int,
+    ) -> list[Run]:
+        """Newest first; `before_seq` continues after the last run of the previous page."""
+        query = select(Run).order_by(Run.seq.desc()).limit(limit)
+        if statuses:
+            query = query.where(Run.status.in_(statuses))
+        if agent is not None:
+            query = query.where(Run.agent == agent)
+        if session_id is not None:
+            query = query.where(Run.session_id == session_id)
+        if before_seq is not None:
+            query = query.where(Run.seq < before_seq)
+        return list(await self.session.scalars(query))
+
+    async def unfinished_in_session(
+        self, session_id: str, *, for_update: bool = False
+    ) -> list[Run]:
+        query = (
+            select(Run)
+            .where(Run.session_id == session_id, Run.status.in_(UNFINISHED))
+            .order_by(Run.seq)
+        )
+        if for_update:
+            query = query.with_for_update()
+        return list(await self.session.scalars(query))
+
+    async def claim(
+        self, worker: str, *, limit: int, now: datetime, lease_seconds: float
+    ) -> list[Claim]:
+        """Take up to `limit` runs: queued ones whose session has no earlier unfinished run, and
+        running ones whose lease expired. Pick with SKIP LOCKED, then a guarded UPDATE is the
+        real guard (SQLite ignores FOR UPDATE but serves a single process)."""
+        earlier = aliased(Run)
+        blocked_by_session = exists().where(
+            earlier.session_id == Run.session_id,
+            earlier.seq < Run.seq,
+            earlier.status.in_(UNFINISHED),
+        )
+        claimable = or_(
+            and_(Run.status == Status.QUEUED, ~blocked_by_session),
+            and_(Run.status == Status.RUNNING, Run.lease_expires_at < now),
+        )
+        candidates = (
+            select(Run.seq)
+            .where(claimable)
+            .order_by(Run.seq)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        seqs = list(await self.session.scalars(candidates))
+        if not seqs:
+            return []
+        result = await self.session.execute(
+            update(Run)
+            .where(Run.seq.in_(seqs), claimable)
+            .values(
+                status=Status.RUNNING,
+                claimed_by=worker,
+                lease_token=Run.lease_token + 1,
+                lease_expires_at=now + timedelta(seconds=lease_seconds),
+                updated_at=now,
+            )
+            .returning(Run.id, Run.lease_token)
+        )
+        return [Claim(run_id, token) for run_id, token in result.all()]
+
+    async def save_fenced(
+        self, claim: Claim, values: dict[str, Any], events: Sequence[EventRecord], now: datetime
+    ) -> bool:
+        """Write the driver's progress and its events, only while `claim` still holds the run.
+
+        False means the lease was lost: another executor owns the run, or it was released.
+        """
+        result = await self.session.execute(
+            update(Run)
+            .where(Run.id == claim.run_id, Run.lease_token == claim.lease_token)
+            .values(**values, event_seq=Run.event_seq + len(events), updated_at=now)
+            .returning(Run.event_seq)
+        )
+        last_seq = result.scalar_one_or_none()
+        if last_seq is None:
+            return False
+        await self._insert_events(claim.run_id, last_seq, events, now)
+        return True
+
+    async def save(self, run: Run, events: Sequence[EventRecord], now: datetime) -> None:
+        """Write changes made to a loaded (and locked) run, with their events."""
+        first_seq = run.event_seq + 1
+        run.event_seq += len(events)
+        run.updated_at = now
+        await self.session.flush()
+        await self._insert_events(run.id, first_seq + len(events) - 1, events, now)
+
+    async def renew_leases(
+        self, worker: str, run_ids: Iterable[str], *, expires_at: datetime
+    ) -> list[str]:
+        """Extend this worker's leases; returns the runs whose cancel was requested."""
+        ids = list(run_ids)
+        if not ids:
+            return []
+        result = await self.session.execute(
+            update(Run)
+            .where(Run.id.in_(ids), Run.claimed_by == worker, Run.status == Status.RUNNING)
+            .values(lease_expires_at=expires_at)
+            .returning(Run.id, Run.cancel_requested)
+        )
+        return [run_id for run_id, cancel in result.all() if cancel]
+
+    async def events_after(self, run_id: str, after_seq: int) -> list[RunEvent]:
+        query = (
+            select(RunEvent)
+            .where(RunEvent.run_id == run_id, RunEvent.seq > after_seq)
+            .order_by(RunEvent.seq)
+        )
+        return list(await self.session.scalars(query))
+
+    async def _insert_events(
+        self, run_id: str, last_seq: int, events: Sequence[EventRecord], now: datetime
+    ) -> None:
+        if not events:
+            return
+        first_seq = last_seq - len(events) + 1
+        rows = [
+            {"run_id": run_id, "seq": first_seq + i, "name": name, "data": data, "created_at": now}
+            for i, (name, data) in enumerate(events)
+        ]
+        await self.session.execute(insert(RunEvent), rows)

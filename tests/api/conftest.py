@@ -1,0 +1,84 @@
+"""The service under test: the app with its lifespan, over an httpx client."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
+
+import anyio.to_thread
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from app.api.app import create_app
+from app.api.deps import Services
+from app.executor.agents import load_agents_module
+from app.settings import Settings
+from app.testing import FakeModel, FakeModelServer
+from tests.api import agents as test_agents
+
+Client = httpx.AsyncClient
+ClientFactory = Callable[..., AbstractAsyncContextManager[Client]]
+
+
+@pytest.fixture
+def settings(db_url: str, fake_server: FakeModelServer) -> Settings:
+    return Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        database_url=db_url,
+        openai_base_url=fake_server.base_url,
+        default_model="m",
+        model_max_retries=1,
+        poll_interval_seconds=0.2,
+        concurrency=8,
+    )
+
+
+@asynccontextmanager
+async def serving(app: FastAPI) -> AsyncIterator[Client]:
+    """Run the app's lifespan and talk to it in-process."""
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://agent-runs") as client:
+            client.app = app  # type: ignore[attr-defined]
+            yield client
+
+
+def services_of(client: Client) -> Services:
+    services: Services = client.app.state.services  # type: ignore[attr-defined]
+    return services
+
+
+async def rested(client: Client, run_id: str, seconds: float = 10) -> dict[str, Any]:
+    """The run once it rests, awaited through the service's own wake-ups (bounded)."""
+    runs = services_of(client).runs
+    await runs.wait_until_resting(await runs.get(run_id), seconds)
+    run: dict[str, Any] = (await client.get(f"/runs/{run_id}")).json()
+    return run
+
+
+async def requests_arrived(fake: FakeModel, count: int, model: str | None = None) -> None:
+    assert await anyio.to_thread.run_sync(fake.wait_for_requests, count, model)
+
+
+@pytest.fixture
+def make_client(settings: Settings) -> ClientFactory:
+    test_agents.reset()
+    module = load_agents_module("tests.api.agents")
+
+    def make(
+        *, with_executor: bool = True, **overrides: Any
+    ) -> AbstractAsyncContextManager[Client]:
+        app = create_app(
+            settings.model_copy(update=overrides), agents_module=module, with_executor=with_executor
+        )
+        return serving(app)
+
+    return make
+
+
+@pytest.fixture
+async def client(make_client: ClientFactory) -> AsyncIterator[Client]:
+    async with make_client() as client:
+        yield client
