@@ -53,13 +53,19 @@ def serve(
 ) -> None:
     """The API, with an embedded executor (SQLite: migrated on start)."""
     from app.api.app import create_app
+    from app.store.database import Database, DatabaseInUse
 
     settings = _settings(host=host, port=port, concurrency=concurrency)
-    app = create_app(settings, with_executor=executor)
+    # Say plainly why a second process on one SQLite file cannot start, before uvicorn does.
+    probe = Database(settings.database_url)
     try:
-        uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, access_log=False)
-    except Exception as exc:  # errors of the lifespan (a busy SQLite file, no schema) end here
+        probe.claim_sqlite_file()
+    except DatabaseInUse as exc:
         raise _fail(str(exc)) from exc
+    finally:
+        probe.release_sqlite_file()
+    app = create_app(settings, with_executor=executor)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, access_log=False)
 
 
 @cli.command()
@@ -118,6 +124,22 @@ def fake_model(
     fake = FakeModel(load_scripts(scripts))
     typer.echo(f"fake model on http://{host}:{port}/v1 answering from {scripts}", err=True)
     uvicorn.run(fake.app, host=host, port=port, log_config=None, access_log=False)
+
+
+@cli.command()
+def openapi(
+    output: Annotated[
+        Path | None, typer.Option(help="Write here (openapi.yaml) instead of stdout.")
+    ] = None,
+) -> None:
+    """Print the OpenAPI document (regenerate the committed one with --output openapi.yaml)."""
+    from app.api.openapi import openapi_yaml
+
+    document = openapi_yaml()
+    if output is None:
+        typer.echo(document, nl=False)
+    else:
+        output.write_text(document)
 
 
 def main() -> None:

@@ -13,14 +13,20 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api import errors
 from app.api.deps import Services
+from app.api.openapi import problem_openapi
 from app.api.routes import agents, health, runs, sessions
-from app.executor.agents import AgentsModule, build_engine, load_agents_module
+from app.executor.agents import (
+    AgentsModule,
+    AgentsModuleError,
+    build_engine,
+    load_agents_module,
+)
 from app.executor.service import RunService
 from app.executor.wakeups import Wakeups
 from app.executor.worker import Executor
 from app.settings import Settings
-from app.store.database import Database
-from app.store.migrations import ensure_schema
+from app.store.database import Database, DatabaseInUse
+from app.store.migrations import SchemaNotReady, ensure_schema
 
 log = structlog.get_logger("app.api")
 
@@ -40,10 +46,14 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         db = Database(settings.database_url)
-        db.claim_sqlite_file()
         try:
-            await ensure_schema(db)
-            module = agents_module or load_agents_module(settings.agents_module)
+            try:
+                db.claim_sqlite_file()
+                await ensure_schema(db)
+                module = agents_module or load_agents_module(settings.agents_module)
+            except (DatabaseInUse, SchemaNotReady, AgentsModuleError) as exc:
+                log.error("startup.refused", reason=str(exc))
+                raise
             engine = build_engine(settings, module)
             wakeups = Wakeups()
             executor = (
@@ -75,7 +85,10 @@ def create_app(
         version="0.1.0",
         description=DESCRIPTION,
         lifespan=lifespan,
+        # Route names as operation ids give generated SDKs methods like `create_run`.
+        generate_unique_id_function=lambda route: route.name,
     )
+    app.openapi = lambda: problem_openapi(app)  # type: ignore[method-assign]
     errors.install(app)
     for router in (runs.router, agents.router, sessions.router, health.router):
         app.include_router(router)

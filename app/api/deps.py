@@ -40,8 +40,5 @@ RunsDep = Annotated[RunService, Depends(get_runs)]
 
 
 def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI `responses` for the problem answers a route gives."""
-    return {
-        status: {"model": Problem, "content": {"application/problem+json": {}}}
-        for status in statuses
-    }
+    """OpenAPI `responses` for the problem answers a route gives (see `app.api.openapi`)."""
+    return {status: {"model": Problem} for status in statuses}

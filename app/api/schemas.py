@@ -14,6 +14,8 @@ from app.store.status import Status
 
 T = TypeVar("T")
 
+RunStatus = Literal["queued", "running", "pending_approval", "completed", "failed", "cancelled"]
+
 ToolCallStatus = Literal[
     "pending", "running", "completed", "failed", "rejected", "cancelled", "in_doubt"
 ]
@@ -108,7 +110,7 @@ class RunOut(BaseModel):
     """A run, whole."""
 
     id: str
-    status: Status
+    status: RunStatus
     agent: str
     current_agent: str
     session_id: str | None
@@ -130,7 +132,7 @@ class RunOut(BaseModel):
         state = RunState.from_json(run.state) if run.state is not None else None
         return cls(
             id=run.id,
-            status=Status(run.status),
+            status=Status(run.status).value,
             agent=run.agent,
             current_agent=run.current_agent,
             session_id=run.session_id,
@@ -194,6 +196,10 @@ class Page(BaseModel, Generic[T]):
     next_cursor: str | None
 
 
+class RunPage(Page[RunOut]):
+    """A page of runs."""
+
+
 class ToolOut(BaseModel):
     name: str
     description: str
@@ -208,6 +214,10 @@ class AgentOut(BaseModel):
     model: str
     tools: list[ToolOut]
     handoffs: list[str]
+
+
+class AgentPage(Page[AgentOut]):
+    """A page of agents."""
 
 
 class SessionOut(BaseModel):

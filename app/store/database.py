@@ -90,11 +90,14 @@ class Database:
             return None
         return Path(database).resolve()
 
-    async def dispose(self) -> None:
-        await self.engine.dispose()
+    def release_sqlite_file(self) -> None:
         if self._lock_file is not None:
             os.close(self._lock_file)
             self._lock_file = None
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+        self.release_sqlite_file()
 
 
 def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:

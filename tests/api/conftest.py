@@ -25,7 +25,7 @@ ClientFactory = Callable[..., AbstractAsyncContextManager[Client]]
 @pytest.fixture
 def settings(db_url: str, fake_server: FakeModelServer) -> Settings:
     return Settings(
-        _env_file=None,  # type: ignore[call-arg]
+        _env_file=None,
         database_url=db_url,
         openai_base_url=fake_server.base_url,
         default_model="m",

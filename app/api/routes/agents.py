@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query
 from app.api import pagination
 from app.api.deps import ServicesDep, problems
 from app.api.errors import ApiError
-from app.api.schemas import AgentOut, Page, ToolOut
+from app.api.schemas import AgentOut, AgentPage, ToolOut
 from app.engine import Agent
 from app.engine.errors import UnknownAgent
 
@@ -21,7 +21,7 @@ async def list_agents(
     services: ServicesDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page.")] = None,
-) -> Page[AgentOut]:
+) -> AgentPage:
     """Registered agents, by name."""
     after = pagination.decode(cursor, "name", str)
     names = sorted(agent.name for agent in services.engine.agents)
@@ -30,10 +30,10 @@ async def list_agents(
     next_cursor = pagination.encode({"name": page[-1]}) if len(remaining) > limit else None
     default_model = services.settings.default_model
     items = [_agent_out(services.engine.agents.get(name), default_model) for name in page]
-    return Page[AgentOut](items=items, next_cursor=next_cursor)
+    return AgentPage(items=items, next_cursor=next_cursor)
 
 
-@router.get("/{name}", responses=problems(404))
+@router.get("/{name}", responses=problems(404, 422))
 async def get_agent(name: str, services: ServicesDep) -> AgentOut:
     """One agent."""
     try:

@@ -17,7 +17,7 @@ async def healthz() -> Health:
     return Health(status="ok")
 
 
-@router.get("/readyz", responses=problems(503))
+@router.get("/readyz", responses=problems(500, 503))
 async def readyz(services: ServicesDep) -> Health:
     """The database answers."""
     try:

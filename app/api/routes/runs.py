@@ -10,9 +10,8 @@ from fastapi import APIRouter, Header, Query, Response
 
 from app.api import pagination
 from app.api.deps import RunsDep, problems
-from app.api.schemas import CreateRun, Page, RunOut
+from app.api.schemas import CreateRun, RunOut, RunPage, RunStatus
 from app.executor.service import Idempotency, NewRun
-from app.store.status import Status
 
 router = APIRouter(prefix="/runs", tags=["runs"])
 
@@ -42,7 +41,7 @@ async def create_run(
     idempotency_key: IdempotencyKey = None,
 ) -> RunOut:
     """Create a run; it is queued for an executor at once."""
-    idempotency = Idempotency(idempotency_key, _fingerprint(body)) if idempotency_key else None
+    idempotency = Idempotency(idempotency_key, fingerprint(body)) if idempotency_key else None
     new = NewRun(
         agent=body.agent,
         input=body.input_value(),
@@ -62,12 +61,12 @@ async def create_run(
 @router.get("", responses=problems(422))
 async def list_runs(
     runs: RunsDep,
-    status: Annotated[list[Status] | None, Query(description="Repeat to allow several.")] = None,
+    status: Annotated[list[RunStatus] | None, Query(description="Repeat to allow several.")] = None,
     agent: Annotated[str | None, Query(description="The agent the run started with.")] = None,
     session_id: str | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page.")] = None,
-) -> Page[RunOut]:
+) -> RunPage:
     """Runs, newest first."""
     found = await runs.page(
         statuses=status or [],
@@ -78,23 +77,23 @@ async def list_runs(
     )
     more = len(found) > limit
     next_cursor = pagination.encode({"seq": found[limit - 1].seq}) if more else None
-    return Page[RunOut](items=[RunOut.of(run) for run in found[:limit]], next_cursor=next_cursor)
+    return RunPage(items=[RunOut.of(run) for run in found[:limit]], next_cursor=next_cursor)
 
 
-@router.get("/{run_id}", responses=problems(404))
+@router.get("/{run_id}", responses=problems(404, 422))
 async def get_run(run_id: str, runs: RunsDep) -> RunOut:
     """The run, whole."""
     return RunOut.of(await runs.get(run_id))
 
 
-@router.post("/{run_id}/cancel", status_code=202, responses=problems(404, 409))
+@router.post("/{run_id}/cancel", status_code=202, responses=problems(404, 409, 422))
 async def cancel_run(run_id: str, runs: RunsDep) -> RunOut:
     """Cancel a run that has not ended: queued and parked runs at once, running ones at their
     next await."""
     return RunOut.of(await runs.cancel(run_id))
 
 
-def _fingerprint(body: CreateRun) -> str:
+def fingerprint(body: CreateRun) -> str:
     """Equal for bodies that mean the same, whatever their key order or spacing."""
     canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()

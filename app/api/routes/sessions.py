@@ -10,7 +10,7 @@ from app.api.schemas import SessionOut
 router = APIRouter(prefix="/sessions", tags=["sessions"])
 
 
-@router.get("/{session_id}", responses=problems(404))
+@router.get("/{session_id}", responses=problems(404, 422))
 async def get_session(session_id: str, runs: RunsDep) -> SessionOut:
     """The session's conversation: every stored message of its runs, in order."""
     view = await runs.get_session(session_id)
@@ -22,7 +22,7 @@ async def get_session(session_id: str, runs: RunsDep) -> SessionOut:
     )
 
 
-@router.delete("/{session_id}", status_code=204, responses=problems(404, 409))
+@router.delete("/{session_id}", status_code=204, responses=problems(404, 409, 422))
 async def delete_session(session_id: str, runs: RunsDep) -> Response:
     """Forget the session's conversation; refused while a run of it is unfinished."""
     await runs.delete_session(session_id)

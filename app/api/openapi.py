@@ -1,0 +1,41 @@
+"""The OpenAPI document: every error answer is problem+json, and `openapi.yaml` is generated
+from it (never edited by hand)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
+
+
+def problem_openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's document with every 4xx/5xx answer as `application/problem+json`."""
+    if app.openapi_schema is None:
+        document = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        for operations in document.get("paths", {}).values():
+            for operation in operations.values():
+                for status, response in operation.get("responses", {}).items():
+                    if int(status) >= 400:
+                        response["content"] = {
+                            "application/problem+json": {"schema": dict(PROBLEM_REF)}
+                        }
+        schemas = document.get("components", {}).get("schemas", {})
+        for unused in ("HTTPValidationError", "ValidationError"):
+            schemas.pop(unused, None)
+        app.openapi_schema = document
+    return app.openapi_schema
+
+
+def openapi_yaml() -> str:
+    """The committed `openapi.yaml`; building it needs no database and no agents."""
+    from app.api.app import create_app
+    from app.settings import Settings
+
+    app = create_app(Settings(_env_file=None))
+    return yaml.safe_dump(app.openapi(), sort_keys=False, allow_unicode=True, width=100)

@@ -1,0 +1,71 @@
+"""`/agents`, `/healthz` and `/readyz`."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.api.conftest import Client, services_of
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_agents_are_listed_with_tools_and_handoffs(client: Client) -> None:
+    response = await client.get("/agents")
+
+    assert response.status_code == 200
+    page = response.json()
+    assert page["next_cursor"] is None
+    assert [agent["name"] for agent in page["items"]] == ["billing", "calc"]
+    calc = page["items"][1]
+    assert calc["description"] == "Arithmetic."
+    assert calc["model"] == "m"  # the default model, as the agent names none
+    assert calc["handoffs"] == ["billing"]
+    tools = {tool["name"]: tool for tool in calc["tools"]}
+    assert set(tools) == {"add", "wait_for_release", "delete_record", "transfer_to_billing"}
+    assert tools["add"] == {
+        "name": "add",
+        "description": "Add two integers.",
+        "parameters": {
+            "type": "object",
+            "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+            "required": ["a", "b"],
+            "additionalProperties": False,
+        },
+        "effect": "read",
+        "needs_approval": "never",
+    }
+    assert tools["delete_record"]["needs_approval"] == "always"
+    assert tools["delete_record"]["effect"] == "unsafe"
+
+
+async def test_agents_page_and_one_agent(client: Client) -> None:
+    first = (await client.get("/agents", params={"limit": 1})).json()
+    second = (
+        await client.get("/agents", params={"limit": 1, "cursor": first["next_cursor"]})
+    ).json()
+
+    assert [a["name"] for a in first["items"] + second["items"]] == ["billing", "calc"]
+    assert second["next_cursor"] is None
+    assert (await client.get("/agents/billing")).json()["name"] == "billing"
+    missing = await client.get("/agents/nobody")
+    assert missing.status_code == 404
+    assert missing.json()["type"] == "/problems/not-found"
+
+
+async def test_health_and_readiness(client: Client) -> None:
+    assert (await client.get("/healthz")).json() == {"status": "ok"}
+    assert (await client.get("/readyz")).json() == {"status": "ready"}
+
+
+async def test_readiness_is_503_when_the_database_does_not_answer(client: Client) -> None:
+    db = services_of(client).db
+
+    async def no_answer() -> None:
+        raise ConnectionRefusedError("database down")
+
+    db.ping = no_answer  # type: ignore[method-assign]
+    response = await client.get("/readyz")
+
+    assert response.status_code == 503
+    assert response.headers["content-type"] == "application/problem+json"
+    assert (await client.get("/healthz")).status_code == 200

@@ -1,0 +1,98 @@
+"""Nothing is lost across a restart, and executors never drive one run twice."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import anyio
+import pytest
+
+from app.engine import Engine, ModelRouter, OpenAIProvider
+from app.executor.agents import load_agents_module
+from app.executor.service import NewRun, RunService
+from app.executor.wakeups import Wakeups
+from app.executor.worker import Executor
+from app.settings import Settings
+from app.store.database import Database
+from app.store.status import Status
+from app.testing import FakeModel, call, text
+from tests.api.conftest import ClientFactory, rested
+from tests.conftest import is_postgres
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_a_run_queued_before_a_restart_completes_after_it(
+    make_client: ClientFactory, fake: FakeModel
+) -> None:
+    fake.script("m", [call("add", {"a": 1, "b": 1}), text("2")])
+    async with make_client(with_executor=False) as client:
+        run = (await client.post("/runs", json={"agent": "calc", "input": "1+1"})).json()
+    # The process stopped; a new one starts with its executor.
+    async with make_client() as client:
+        finished = await rested(client, run["id"])
+
+    assert finished["status"] == "completed"
+    assert finished["final_output"] == "2"
+
+
+async def test_runs_of_a_stopped_process_go_back_to_the_queue(
+    make_client: ClientFactory, fake: FakeModel
+) -> None:
+    fake.script("m", [call("add", {"a": 1, "b": 1}), text("2", delay=30)])
+    async with make_client() as client:
+        run = (await client.post("/runs", json={"agent": "calc", "input": "1+1"})).json()
+        assert await anyio.to_thread.run_sync(fake.wait_for_requests, 2, "m")
+    # Stopped mid-turn: the run is handed back, not left running.
+    fake.script("m", [call("add", {"a": 1, "b": 1}), text("2")])
+    async with make_client(with_executor=False) as client:
+        assert (await client.get(f"/runs/{run['id']}")).json()["status"] == "queued"
+    async with make_client() as client:
+        finished = await rested(client, run["id"])
+
+    assert finished["status"] == "completed"
+    assert finished["final_output"] == "2"
+    assert [e["role"] for e in finished["messages"]] == ["user", "assistant", "tool", "assistant"]
+
+
+async def test_two_executors_never_drive_one_run_twice(
+    settings: Settings, db_url: str, fake: FakeModel, fake_server: Any
+) -> None:
+    if not is_postgres(db_url):
+        pytest.skip("SQLite serves one process; several executors need PostgreSQL")
+    count = 200
+    fake.script("m", [call("add", {"a": 1, "b": 2}), text("3")])
+    module = load_agents_module("tests.api.agents")
+    databases = [Database(db_url), Database(db_url)]
+    provider = OpenAIProvider(base_url=fake_server.base_url)
+    engine = Engine(module.agents, ModelRouter(provider, default_model="m"))
+    # Each executor has its own database pool and wake-ups, as separate processes would.
+    executors = [
+        Executor(db, engine, Wakeups(), concurrency=8, poll_interval=0.05, name=f"w{i}")
+        for i, db in enumerate(databases)
+    ]
+    service = RunService(databases[0], engine, executors[0].wakeups)
+    run_ids = [(await service.create(NewRun("calc", f"run {i}")))[0].id for i in range(count)]
+    try:
+        async with anyio.create_task_group() as group:
+            for executor in executors:
+                group.start_soon(executor.run)
+            with anyio.fail_after(60):
+                finished = [
+                    await service.wait_until_resting(await service.get(run_id), 60)
+                    for run_id in run_ids
+                ]
+            for executor in executors:
+                executor.stop()
+    finally:
+        await provider.aclose()
+        for db in databases:
+            await db.dispose()
+
+    assert all(executor.claimed_total > 0 for executor in executors)
+    assert sum(executor.claimed_total for executor in executors) == count
+    # Exactly one model request per run and turn: no run was driven twice.
+    per_run = Counter(r["messages"][1]["content"] for r in fake.requests_for("m"))
+    assert per_run == {f"run {i}": 2 for i in range(count)}
+    assert {run.status for run in finished} == {Status.COMPLETED}

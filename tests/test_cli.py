@@ -1,0 +1,142 @@
+"""The `agent-runs` command: refusals on SQLite, migrate, fake-model and serve as processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.store.database import Database, DatabaseInUse
+
+AGENT_RUNS = str(Path(sys.executable).with_name("agent-runs"))
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def env(**values: str) -> dict[str, str]:
+    return {**os.environ, "LOG_FORMAT": "json", **values}
+
+
+def test_worker_on_sqlite_is_refused(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [AGENT_RUNS, "worker"],
+        env=env(DATABASE_URL=f"sqlite:///{tmp_path / 'x.db'}"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert result.returncode == 2
+    assert "`worker` needs PostgreSQL" in result.stderr
+
+
+def test_a_second_process_on_one_sqlite_file_is_refused(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'x.db'}"
+    holder = Database(url)
+    holder.claim_sqlite_file()
+    try:
+        with pytest.raises(DatabaseInUse, match="SQLite serves one process"):
+            Database(url).claim_sqlite_file()
+        result = subprocess.run(
+            [AGENT_RUNS, "serve", "--port", str(free_port())],
+            env=env(DATABASE_URL=url),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        holder.release_sqlite_file()
+
+    assert result.returncode == 2
+    assert "another agent-runs process is using the SQLite database" in result.stderr
+
+
+def test_migrate_builds_the_schema(tmp_path: Path) -> None:
+    path = tmp_path / "fresh.db"
+    result = subprocess.run(
+        [AGENT_RUNS, "migrate"],
+        env=env(DATABASE_URL=f"sqlite:///{path}"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert "migrations applied" in result.stdout
+    with sqlite3.connect(path) as connection:
+        tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
+    assert {"runs", "run_events", "sessions", "alembic_version"} <= tables
+
+
+@pytest.fixture
+def fake_model_process() -> Iterator[str]:
+    port = free_port()
+    process = subprocess.Popen(
+        [AGENT_RUNS, "fake-model", "--port", str(port)],
+        env=env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        for _ in range(200):  # bounded: until uvicorn says it listens
+            line = process.stdout.readline()
+            if "Uvicorn running" in line or not line:
+                break
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=20)
+
+
+def test_serve_runs_an_example_agent_against_the_fake_model(
+    fake_model_process: str, tmp_path: Path
+) -> None:
+    port = free_port()
+    process = subprocess.Popen(
+        [AGENT_RUNS, "serve", "--port", str(port)],
+        env=env(
+            DATABASE_URL=f"sqlite:///{tmp_path / 'serve.db'}", OPENAI_BASE_URL=fake_model_process
+        ),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stderr is not None
+        for _ in range(200):
+            line = process.stderr.readline()
+            if "Uvicorn running" in line or not line:
+                break
+        response = httpx.post(
+            f"http://127.0.0.1:{port}/runs",
+            params={"wait": 20},
+            json={"agent": "triage", "input": "please add 2 and 3", "context": {"user_id": "u1"}},
+            timeout=30,
+        )
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=20)
+
+    assert response.status_code == 201, response.text
+    assert response.json()["status"] == "completed"
+    assert response.json()["final_output"] == "2 + 3 = 5."
+    # A graceful stop: uvicorn re-raises the signal it handled, so the status names SIGTERM.
+    assert process.returncode in (0, -signal.SIGTERM)
