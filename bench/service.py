@@ -538,6 +538,7 @@ def summarize_log(path: Path) -> LogSummary:
 @dataclass
 class Report:
     ceiling: Ceiling
+    load_before: tuple[float, float, float]  # the 1, 5 and 15 min load averages at the start
     results: list[Figures] = field(default_factory=list)
     failures: dict[str, dict[str, int]] = field(default_factory=dict)
     logs: dict[str, LogSummary] = field(default_factory=dict)
@@ -590,6 +591,7 @@ def bench_database(
 
 
 def bench(args: argparse.Namespace) -> Report:
+    load_before = os.getloadavg()  # anything else busy on the machine skews every figure
     command = agent_runs_command()
     databases: tuple[Database, ...] = DATABASES if args.db == "both" else (args.db,)
     with Resources() as stack:
@@ -615,7 +617,7 @@ def bench(args: argparse.Namespace) -> Report:
         )
         if ceiling.errors:
             raise BenchError(f"{ceiling.errors} of the fake's calls failed")
-        report = Report(ceiling)
+        report = Report(ceiling, load_before)
         for database in databases:
             bench_database(
                 database, args, command=command, workdir=workdir, fake_url=fake_url, report=report
@@ -724,6 +726,7 @@ def print_report(report: Report, args: argparse.Namespace) -> None:
         f"python {env['python']}, {env['cpus']} CPUs shared by service, fake, database and "
         f"driver; revision {env['revision'] or 'unknown'}"
     )
+    print("load average before: {:.2f} {:.2f} {:.2f}".format(*report.load_before))
     print()
     print(table(report))
     for database, summary in report.logs.items():
@@ -743,7 +746,7 @@ def print_report(report: Report, args: argparse.Namespace) -> None:
 
 def write_json(path: Path, report: Report, args: argparse.Namespace) -> None:
     document = {
-        "config": environment(args),
+        "config": {**environment(args), "load_before": list(report.load_before)},
         "ceiling": asdict(report.ceiling),
         "results": [asdict(result) for result in report.results],
         "failures": report.failures,
