@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from typing import Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from app.engine import RunConfig, RunState
 from app.engine.state import CallStatus, ToolCall
@@ -33,8 +34,26 @@ class ChatMessage(BaseModel):
     tool_call_id: str | None = None
 
 
+def finite_json(value: Any) -> Any:
+    """Refuse NaN and Infinity: Python's JSON parser accepts them, JSON and PostgreSQL do not."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("NaN and Infinity are not JSON numbers")
+    if isinstance(value, dict):
+        for item in value.values():
+            finite_json(item)
+    elif isinstance(value, list):
+        for item in value:
+            finite_json(item)
+    return value
+
+
 class CreateRun(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _finite(cls, data: Any) -> Any:
+        return finite_json(data)
 
     agent: str = Field(min_length=1, max_length=64, description="The agent the run starts with.")
     input: str | list[ChatMessage] = Field(

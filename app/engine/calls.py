@@ -24,7 +24,11 @@ def parse_call(raw_call: dict[str, Any]) -> ToolCall:
     call = ToolCall(str(raw_call.get("id")), name, raw_arguments, None, CallStatus.QUEUED)
     try:
         # Models send "" for a function without parameters.
-        arguments = json.loads(raw_arguments) if raw_arguments.strip() else {}
+        arguments = (
+            json.loads(raw_arguments, parse_constant=_refuse_constant)
+            if raw_arguments.strip()
+            else {}
+        )
     except json.JSONDecodeError as exc:
         fail(
             call, f"Error: the arguments of {name} are not valid JSON ({exc}). Send a JSON object."
@@ -35,6 +39,11 @@ def parse_call(raw_call: dict[str, Any]) -> ToolCall:
         return call
     call.arguments = arguments
     return call
+
+
+def _refuse_constant(name: str) -> Any:
+    # NaN and Infinity are not JSON; stored state must stay valid JSON for every database.
+    raise json.JSONDecodeError(f"{name} is not a JSON value", name, 0)
 
 
 def fail(call: ToolCall, output: str) -> None:

@@ -137,6 +137,18 @@ async def test_bad_requests_are_problems(
     assert (await client.get("/runs")).json()["items"] == []  # nothing was stored
 
 
+@pytest.mark.parametrize("number", [b"NaN", b"Infinity", b"-Infinity"])
+async def test_non_finite_numbers_are_refused(client: Client, number: bytes) -> None:
+    body = b'{"agent": "calc", "input": "x", "context": {"n": [1, ' + number + b"]}}"
+
+    response = await client.post(
+        "/runs", content=body, headers={"content-type": "application/json"}
+    )
+
+    assert response.status_code == 422
+    assert "NaN and Infinity" in response.json()["detail"]
+
+
 async def test_malformed_json_is_400(client: Client) -> None:
     response = await client.post(
         "/runs",

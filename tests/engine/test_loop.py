@@ -98,6 +98,7 @@ async def test_tool_turn_then_answer_with_accounting(
     [
         (call("add", "{not json"), "Error: the arguments of add are not valid JSON"),
         (call("add", "[1, 2]"), "Error: the arguments of add must be a JSON object"),
+        (call("add", '{"a": NaN, "b": 1}'), "Error: the arguments of add are not valid JSON"),
         (call("add", {"a": "x", "b": 1}), "Error: invalid arguments for add: a: Input should be"),
         (call("add", {"a": 1}), "Error: invalid arguments for add: b: Field required"),
         (call("nope", {}), "Error: there is no tool named 'nope'. Available tools: add, explode."),
