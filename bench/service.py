@@ -62,7 +62,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from functools import partial
@@ -89,6 +89,8 @@ KILL_WAIT_SECONDS = 5.0
 POSTGRES_TIMEOUT_SECONDS = 120.0
 CEILING_CALLS_PER_RUN = 3  # the ceiling makes runs x 3 calls, the three-turn workload's count
 CEILING_WARMUP_CALLS = 50
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+CPUS = os.cpu_count() or 1
 
 Database = Literal["sqlite", "postgres"]
 DATABASES: tuple[Database, ...] = ("sqlite", "postgres")
@@ -143,6 +145,17 @@ class Timing:
     seconds: float
     latencies: list[float]  # seconds, of the successful ones
     failures: Counter[str] = field(default_factory=Counter)
+    cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds used, by process
+
+    @property
+    def busy(self) -> float | None:
+        """The share of all the machine's CPU time that the watched processes used."""
+        if not self.cpu or self.seconds <= 0:
+            return None
+        return sum(self.cpu.values()) / (self.seconds * CPUS)
+
+    def cpu_ms_per(self, count: int) -> dict[str, float]:
+        return {name: seconds * 1000 / count for name, seconds in self.cpu.items()} if count else {}
 
 
 @dataclass(frozen=True)
@@ -158,6 +171,8 @@ class Figures:
     p99_ms: float
     max_ms: float
     of_ceiling: float | None  # calls/s over the fake's own calls/s
+    cpu_ms_per_run: dict[str, float]  # service, fake, postgres, driver
+    cpu_busy: float | None  # their CPU time over wall time x CPUs
 
 
 @dataclass(frozen=True)
@@ -168,6 +183,8 @@ class Ceiling:
     calls_per_s: float
     p50_ms: float
     p99_ms: float
+    cpu_ms_per_call: dict[str, float]  # fake, driver
+    cpu_busy: float | None
 
 
 @dataclass
@@ -204,13 +221,43 @@ def figures(database: str, workload: Workload, timing: Timing, ceiling: float) -
         p99_ms=percentile(timing.latencies, 99) * 1000,
         max_ms=max(timing.latencies, default=math.nan) * 1000,
         of_ceiling=calls_per_s / ceiling if ceiling > 0 else None,
+        cpu_ms_per_run=timing.cpu_ms_per(runs),
+        cpu_busy=timing.busy,
     )
 
 
-async def measure(once: Callable[[], Awaitable[float]], count: int, concurrency: int) -> Timing:
+def cpu_seconds(pid: int) -> float | None:
+    """CPU time of a process and of its children, live or ended (Linux /proc); None if gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+    total = sum(int(ticks) for ticks in fields[11:15]) / CLOCK_TICKS  # utime stime cutime cstime
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    return total + sum(cpu_seconds(int(child)) or 0.0 for child in children)
+
+
+def cpu_snapshot(pids: Mapping[str, int]) -> dict[str, float]:
+    """CPU seconds used so far by each process of `pids` and by this driver."""
+    used = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    return {"driver": time.process_time()} | {k: v for k, v in used.items() if v is not None}
+
+
+async def measure(
+    once: Callable[[], Awaitable[float]],
+    count: int,
+    concurrency: int,
+    pids: Mapping[str, int] | None = None,
+) -> Timing:
     """Call `once` `count` times with at most `concurrency` in flight; `once` returns its own
-    latency in seconds, or raises (counted as a failure, by reason)."""
+    latency in seconds, or raises (counted as a failure, by reason). The CPU time used meanwhile
+    by the processes of `pids` and by this driver is noted."""
     timing = Timing(0.0, [])
+    cpu_before = cpu_snapshot(pids or {})
     left = count
 
     async def worker() -> None:
@@ -227,13 +274,15 @@ async def measure(once: Callable[[], Awaitable[float]], count: int, concurrency:
         for _ in range(min(concurrency, count)):
             group.start_soon(worker)
     timing.seconds = time.perf_counter() - started
+    cpu_after = cpu_snapshot(pids or {})
+    timing.cpu = {name: cpu_after[name] - cpu_before[name] for name in cpu_before.keys() & cpu_after}
     return timing
 
 
 # --- the fake alone -------------------------------------------------------------------------
 
 
-async def fake_ceiling(base_url: str, *, calls: int, concurrency: int) -> Ceiling:
+async def fake_ceiling(base_url: str, *, calls: int, concurrency: int, fake_pid: int) -> Ceiling:
     """Bare streamed chat completions against the fake: the most the service could get."""
     client = openai.AsyncOpenAI(base_url=base_url, api_key="unused", max_retries=0)
 
@@ -257,7 +306,7 @@ async def fake_ceiling(base_url: str, *, calls: int, concurrency: int) -> Ceilin
 
     try:
         await measure(once, CEILING_WARMUP_CALLS, concurrency)
-        timing = await measure(once, calls, concurrency)
+        timing = await measure(once, calls, concurrency, {"fake": fake_pid})
     finally:
         await client.close()
     done = len(timing.latencies)
@@ -268,6 +317,8 @@ async def fake_ceiling(base_url: str, *, calls: int, concurrency: int) -> Ceilin
         calls_per_s=done / timing.seconds if timing.seconds > 0 else 0.0,
         p50_ms=percentile(timing.latencies, 50) * 1000,
         p99_ms=percentile(timing.latencies, 99) * 1000,
+        cpu_ms_per_call=timing.cpu_ms_per(done),
+        cpu_busy=timing.busy,
     )
 
 
@@ -306,9 +357,9 @@ async def one_run(client: httpx.AsyncClient, workload: Workload) -> float:
 
 
 async def drive(
-    base_url: str, *, runs: int, warmup: int, concurrency: int
+    base_url: str, *, runs: int, warmup: int, concurrency: int, pids: Mapping[str, int]
 ) -> dict[Workload, Timing]:
-    """Warm both workloads up, then measure each in turn."""
+    """Warm both workloads up, then measure each in turn, with the CPU time of `pids`."""
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     timeout = httpx.Timeout(REQUEST_TIMEOUT_SECONDS)
     async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=timeout) as client:
@@ -317,7 +368,7 @@ async def drive(
             if warm.failures:
                 raise BenchError(f"warm-up of {workload.name} failed: {dict(warm.failures)}")
         return {
-            workload: await measure(partial(one_run, client, workload), runs, concurrency)
+            workload: await measure(partial(one_run, client, workload), runs, concurrency, pids)
             for workload in WORKLOADS
         }
 
@@ -416,8 +467,9 @@ def wait_until_ready(url: str, process: subprocess.Popen[bytes], name: str, log:
     raise BenchError(f"{name} was not ready at {url} within {READY_TIMEOUT_SECONDS:g} s")
 
 
-def postgres(stack: ExitStack) -> str:
-    """A throwaway PostgreSQL, stopped when `stack` closes; its SQLAlchemy URL."""
+def postgres(stack: ExitStack) -> tuple[str, int | None]:
+    """A throwaway PostgreSQL, stopped when `stack` closes; its SQLAlchemy URL and the pid of
+    its postmaster (the parent of every server process), when that can be read."""
     if shutil.which("pg_config") is None:
         raise BenchError("PostgreSQL is not installed (no pg_config); try --db sqlite")
     # Directly under the temp root: the server runs as `postgres` and must reach the directory.
@@ -436,7 +488,12 @@ def postgres(stack: ExitStack) -> str:
         raise BenchError(f"PostgreSQL did not start within {exc.timeout:g} s") from exc
     if result.returncode != 0:
         raise BenchError(f"PostgreSQL did not start ({result.returncode}):\n{result.stderr}")
-    return result.stdout.strip().splitlines()[-1]
+    url = result.stdout.strip().splitlines()[-1]
+    try:
+        pid = int((directory / "data" / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        pid = None
+    return url, pid
 
 
 def stop_postgres(directory: Path) -> None:
@@ -551,16 +608,20 @@ def bench_database(
     command: str,
     workdir: Path,
     fake_url: str,
+    fake_pid: int,
     report: Report,
 ) -> None:
     """Start the service on `database`, drive both workloads, stop everything it started."""
     log = workdir / f"serve-{database}.log"
+    pids = {"fake": fake_pid}
     with Resources() as stack:
         if database == "sqlite":
             url = f"sqlite+aiosqlite:///{workdir / 'bench.db'}"
         else:
             print("postgres: starting PostgreSQL and migrating", file=sys.stderr)
-            url = postgres(stack)
+            url, postmaster = postgres(stack)
+            if postmaster is not None:
+                pids["postgres"] = postmaster
             migrate(command, url, workdir)
         port = free_port()
         env = child_env(
@@ -577,10 +638,15 @@ def bench_database(
         serve = stack.enter_context(running("agent-runs serve", args_, env, workdir, log))
         base_url = f"http://127.0.0.1:{port}"
         wait_until_ready(f"{base_url}/readyz", serve, "agent-runs serve", log)
+        pids["service"] = serve.pid
         print(f"{database}: service ready, driving runs", file=sys.stderr)
         timings = anyio.run(
             lambda: drive(
-                base_url, runs=args.runs, warmup=args.warmup, concurrency=args.concurrency
+                base_url,
+                runs=args.runs,
+                warmup=args.warmup,
+                concurrency=args.concurrency,
+                pids=pids,
             )
         )
     report.logs[database] = summarize_log(log)
@@ -613,6 +679,7 @@ def bench(args: argparse.Namespace) -> Report:
                 fake_url,
                 calls=args.runs * CEILING_CALLS_PER_RUN,
                 concurrency=args.concurrency,
+                fake_pid=fake.pid,
             )
         )
         if ceiling.errors:
@@ -620,7 +687,13 @@ def bench(args: argparse.Namespace) -> Report:
         report = Report(ceiling, load_before)
         for database in databases:
             bench_database(
-                database, args, command=command, workdir=workdir, fake_url=fake_url, report=report
+                database,
+                args,
+                command=command,
+                workdir=workdir,
+                fake_url=fake_url,
+                fake_pid=fake.pid,
+                report=report,
             )
         if fake.poll() is not None:
             raise BenchError(f"the fake model exited ({fake.returncode}):\n{tail(fake_log)}")
