@@ -30,15 +30,20 @@ def env(**values: str) -> dict[str, str]:
     return {**os.environ, "LOG_FORMAT": "json", **values}
 
 
-def test_worker_on_sqlite_is_refused(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [AGENT_RUNS, "worker"],
-        env=env(DATABASE_URL=f"sqlite:///{tmp_path / 'x.db'}"),
+def agent_runs(*args: str, **environment: str) -> subprocess.CompletedProcess[str]:
+    """Run the command to its end (bounded) and keep what it printed."""
+    return subprocess.run(
+        [AGENT_RUNS, *args],
+        env=env(**environment),
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
+
+
+def test_worker_on_sqlite_is_refused(tmp_path: Path) -> None:
+    result = agent_runs("worker", DATABASE_URL=f"sqlite:///{tmp_path / 'x.db'}")
 
     assert result.returncode == 2
     assert "`worker` needs PostgreSQL" in result.stderr
@@ -51,14 +56,7 @@ def test_a_second_process_on_one_sqlite_file_is_refused(tmp_path: Path) -> None:
     try:
         with pytest.raises(DatabaseInUse, match="SQLite serves one process"):
             Database(url).claim_sqlite_file()
-        result = subprocess.run(
-            [AGENT_RUNS, "serve", "--port", str(free_port())],
-            env=env(DATABASE_URL=url),
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        result = agent_runs("serve", "--port", str(free_port()), DATABASE_URL=url)
     finally:
         holder.release_sqlite_file()
 
@@ -68,14 +66,7 @@ def test_a_second_process_on_one_sqlite_file_is_refused(tmp_path: Path) -> None:
 
 def test_migrate_builds_the_schema(tmp_path: Path) -> None:
     path = tmp_path / "fresh.db"
-    result = subprocess.run(
-        [AGENT_RUNS, "migrate"],
-        env=env(DATABASE_URL=f"sqlite:///{path}"),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = agent_runs("migrate", DATABASE_URL=f"sqlite:///{path}")
 
     assert result.returncode == 0, result.stderr
     assert "migrations applied" in result.stdout
