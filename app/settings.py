@@ -38,5 +38,8 @@ class Settings(BaseSettings):
     poll_interval_seconds: float = Field(
         1.0, gt=0, le=60, description="How often an idle executor looks for work."
     )
+    shutdown_grace_seconds: float = Field(
+        10, ge=0, le=600, description="How long a stopping process lets turns in flight finish."
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"

@@ -8,6 +8,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +25,28 @@ def free_port() -> int:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
         return port
+
+
+def wait_until_listening(process: subprocess.Popen[str], port: int) -> None:
+    """Bounded: until the process accepts connections on the port (or has exited)."""
+    for _ in range(300):
+        if process.poll() is not None:
+            raise AssertionError(f"the process exited with {process.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
+            return
+        except OSError:
+            time.sleep(0.1)  # another process: no event of ours to await
+    raise AssertionError(f"nothing listens on port {port}")
+
+
+def stop(process: subprocess.Popen[str], signum: int) -> None:
+    process.send_signal(signum)
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
 
 
 def env(**values: str) -> dict[str, str]:
@@ -81,20 +104,15 @@ def fake_model_process() -> Iterator[str]:
     process = subprocess.Popen(
         [AGENT_RUNS, "fake-model", "--port", str(port)],
         env=env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
         text=True,
     )
     try:
-        assert process.stdout is not None
-        for _ in range(200):  # bounded: until uvicorn says it listens
-            line = process.stdout.readline()
-            if "Uvicorn running" in line or not line:
-                break
+        wait_until_listening(process, port)
         yield f"http://127.0.0.1:{port}/v1"
     finally:
-        process.send_signal(signal.SIGINT)
-        process.wait(timeout=20)
+        stop(process, signal.SIGINT)
 
 
 def test_serve_runs_an_example_agent_against_the_fake_model(
@@ -107,15 +125,11 @@ def test_serve_runs_an_example_agent_against_the_fake_model(
             DATABASE_URL=f"sqlite:///{tmp_path / 'serve.db'}", OPENAI_BASE_URL=fake_model_process
         ),
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
         text=True,
     )
     try:
-        assert process.stderr is not None
-        for _ in range(200):
-            line = process.stderr.readline()
-            if "Uvicorn running" in line or not line:
-                break
+        wait_until_listening(process, port)
         response = httpx.post(
             f"http://127.0.0.1:{port}/runs",
             params={"wait": 20},
@@ -123,8 +137,7 @@ def test_serve_runs_an_example_agent_against_the_fake_model(
             timeout=30,
         )
     finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=20)
+        stop(process, signal.SIGTERM)
 
     assert response.status_code == 201, response.text
     assert response.json()["status"] == "completed"

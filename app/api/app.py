@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio
 import structlog
 from fastapi import FastAPI
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api import errors
 from app.api.deps import Services
+from app.api.middleware import RefuseNul, RequestLog
 from app.api.openapi import problem_openapi
 from app.api.routes import agents, health, runs, sessions
 from app.executor.agents import (
@@ -63,6 +62,7 @@ def create_app(
                     wakeups,
                     concurrency=settings.concurrency,
                     poll_interval=settings.poll_interval_seconds,
+                    shutdown_grace=settings.shutdown_grace_seconds,
                 )
                 if with_executor
                 else None
@@ -92,36 +92,6 @@ def create_app(
     errors.install(app)
     for router in (runs.router, agents.router, sessions.router, health.router):
         app.include_router(router)
+    app.add_middleware(RefuseNul)
     app.add_middleware(RequestLog)
     return app
-
-
-class RequestLog:
-    """One log line per request, with its status and duration."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-
-        async def send_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_status)
-        finally:
-            log.info(
-                "request",
-                method=scope["method"],
-                path=scope["path"],
-                status=status,
-                duration_ms=round((time.perf_counter() - started) * 1000, 1),
-            )

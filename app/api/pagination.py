@@ -25,7 +25,8 @@ def decode(cursor: str | None, key: str, kind: type) -> Any:
         value = json.loads(base64.urlsafe_b64decode(padded))[key]
     except (ValueError, KeyError, TypeError, binascii.Error):
         value = None
-    if not isinstance(value, kind) or isinstance(value, bool):
+    out_of_range = isinstance(value, int) and not 0 <= value < 2**63
+    if not isinstance(value, kind) or isinstance(value, bool) or out_of_range:
         error = ProblemError(loc=["query", "cursor"], msg="not a cursor this list gave out")
         raise ApiError(422, "The cursor is not valid for this list.", [error])
     return value

@@ -34,16 +34,22 @@ class ChatMessage(BaseModel):
     tool_call_id: str | None = None
 
 
-def finite_json(value: Any) -> Any:
-    """Refuse NaN and Infinity: Python's JSON parser accepts them, JSON and PostgreSQL do not."""
+MAX_JSON_DEPTH = 64
+
+
+def storable_json(value: Any, depth: int = 0) -> Any:
+    """Refuse what parses but cannot be stored and answered: NaN and Infinity (Python's parser
+    takes them, JSON and PostgreSQL do not), and nesting deeper than serializers go."""
+    if depth > MAX_JSON_DEPTH:
+        raise ValueError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError("NaN and Infinity are not JSON numbers")
     if isinstance(value, dict):
         for item in value.values():
-            finite_json(item)
+            storable_json(item, depth + 1)
     elif isinstance(value, list):
         for item in value:
-            finite_json(item)
+            storable_json(item, depth + 1)
     return value
 
 
@@ -52,8 +58,8 @@ class CreateRun(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _finite(cls, data: Any) -> Any:
-        return finite_json(data)
+    def _storable(cls, data: Any) -> Any:
+        return storable_json(data)
 
     agent: str = Field(min_length=1, max_length=64, description="The agent the run starts with.")
     input: str | list[ChatMessage] = Field(

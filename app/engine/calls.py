@@ -16,6 +16,22 @@ from app.engine.tools import Tool
 _CANCELLED_OUTPUT = "Tool call cancelled: the run was cancelled before it finished."
 
 
+def with_unique_ids(raw_calls: list[dict[str, Any]], turn: int) -> list[dict[str, Any]]:
+    """Give a call without an id, or with an id an earlier call of the turn has, one of its own.
+
+    Decisions and tool results name calls by id, so two calls must never share one. The
+    assistant message is changed in place, so what is stored and what the model sees agree.
+    """
+    seen: set[str] = set()
+    for index, raw_call in enumerate(raw_calls):
+        call_id = raw_call.get("id")
+        if not isinstance(call_id, str) or not call_id or call_id in seen:
+            call_id = f"call_t{turn}_{index}"
+            raw_call["id"] = call_id
+        seen.add(call_id)
+    return raw_calls
+
+
 def parse_call(raw_call: dict[str, Any]) -> ToolCall:
     """A `ToolCall` for one entry of the assistant's `tool_calls`; bad JSON fails the call."""
     function = raw_call.get("function") or {}

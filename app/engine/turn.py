@@ -120,7 +120,7 @@ class Turn:
         state.messages.append(assistant)
         state.steps.append(Step(agent=agent.name))
         self.emit(events.message(assistant))
-        raw_calls = assistant.get("tool_calls") or []
+        raw_calls = calls.with_unique_ids(assistant.get("tool_calls") or [], state.turns)
         if not raw_calls:
             return Completed(assistant.get("content") or "")
         state.open_step = True

@@ -12,6 +12,7 @@ from app.executor.wakeups import Wakeups
 from app.store.database import Database
 from app.store.models import Run
 from app.store.runs import Claim, RunRepository
+from app.store.sessions import SessionRepository
 from app.store.status import Status
 
 _LIFECYCLE = {
@@ -30,6 +31,7 @@ class StoreObserver:
         self.wakeups = wakeups
         self.claim = claim
         self.run = run  # a detached copy kept in step with what is stored
+        self.cancel_requested = run.cancel_requested
 
     async def on_delta(self, delta: TextDelta) -> None:
         return None  # deltas go live to watchers with the events issue; they are never stored
@@ -56,10 +58,16 @@ class StoreObserver:
                 run.finished_at = stamp
                 values.update(final_output=state.final_output, finished_at=stamp)
             records = [*records, lifecycle_event(run, event_name, state)]
+        ends_session = state.status.ended and run.session_id is not None
         async with self.db.session_scope() as session:
-            stored = await RunRepository(session).save_fenced(self.claim, values, records, stamp)
-            if not stored:
+            if ends_session:
+                # Session before run, the lock order of every path that takes both.
+                assert run.session_id is not None
+                await SessionRepository(session).ensure(run.session_id, stamp)
+            saved = await RunRepository(session).save_fenced(self.claim, values, records, stamp)
+            if saved is None:
                 raise LeaseLost(f"run {run.id} is no longer held by this executor")
-            if state.status.ended:
+            if ends_session:
                 await save_to_session(session, run, state)
+        self.cancel_requested = saved.cancel_requested
         self.wakeups.run_changed(run.id)

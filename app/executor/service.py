@@ -83,7 +83,9 @@ class RunService:
         interrupted: list[str] = []
         try:
             run = await self._insert(new, idempotency, interrupted)
-        except BaseException:
+        except Exception:
+            # Rolled back: free the key for a retry. (A cancelled request keeps its reservation:
+            # its commit may have happened, and an unbound one goes stale and is taken over.)
             if idempotency is not None:
                 with anyio.CancelScope(shield=True):
                     async with self.db.session_scope() as session:
@@ -100,7 +102,7 @@ class RunService:
             stamp = now()
             if await keys.reserve(CREATE_SCOPE, idempotency.key, idempotency.request_hash, stamp):
                 return None
-            held = await keys.get(CREATE_SCOPE, idempotency.key)
+            held = await keys.get(CREATE_SCOPE, idempotency.key, for_update=True)
             assert held is not None
             if held.request_hash != idempotency.request_hash:
                 raise IdempotencyKeyReused()
@@ -151,8 +153,10 @@ class RunService:
         self, session: AsyncSession, runs: RunRepository, session_id: str, if_busy: IfBusy
     ) -> list[str]:
         """Apply `if_busy`; returns the running runs whose executor must be told to cancel."""
+        if if_busy == "enqueue":
+            return []
         unfinished = await runs.unfinished_in_session(session_id, for_update=True)
-        if not unfinished or if_busy == "enqueue":
+        if not unfinished:
             return []
         if if_busy == "reject":
             ids = ", ".join(run.id for run in unfinished)
@@ -188,9 +192,14 @@ class RunService:
         """Cancel now when queued or parked; ask the driving executor when running."""
         async with self.db.session_scope() as session:
             runs = RunRepository(session)
-            run = await runs.get(run_id, for_update=True)
+            run = await runs.get(run_id)
             if run is None:
                 raise RunNotFound(f"no run has id {run_id!r}")
+            if run.session_id is not None:
+                # Session before run, the lock order of every path that takes both.
+                await SessionRepository(session).get(run.session_id, for_update=True)
+            run = await runs.get(run_id, for_update=True, refresh=True)
+            assert run is not None
             if run.status in ENDED:
                 raise RunEnded(f"run {run_id} has already ended ({run.status})")
             signal = await self._cancel_locked(session, runs, run)

@@ -43,6 +43,7 @@ class Executor:
         poll_interval: float = 1.0,
         lease_seconds: float = 30.0,
         heartbeat_seconds: float = 1.0,
+        shutdown_grace: float = 10.0,
         name: str | None = None,
     ) -> None:
         self.db = db
@@ -52,6 +53,7 @@ class Executor:
         self.poll_interval = poll_interval
         self.lease_seconds = lease_seconds
         self.heartbeat_seconds = heartbeat_seconds
+        self.shutdown_grace = shutdown_grace
         self.name = name or worker_name()
         self.drivers: dict[str, RunDriver] = {}
         self.claimed_total = 0
@@ -71,10 +73,23 @@ class Executor:
                 self._slot_freed = anyio.Event()
                 await self._claim()
                 await self._idle()
-            for driver in self.drivers.values():
+            await self._drain()
+            for driver in list(self.drivers.values()):
                 driver.stop(StopReason.SHUTDOWN)
             group.cancel_scope.cancel()
         self.log.info("executor.stopped")
+
+    async def _drain(self) -> None:
+        """Let the turns in flight finish (up to the grace period); each run is then handed
+        back between turns, so no tool call is cut off and left in doubt."""
+        for driver in self.drivers.values():
+            driver.drain()
+        with anyio.move_on_after(self.shutdown_grace):
+            while self.drivers:
+                freed = self._slot_freed = anyio.Event()
+                if not self.drivers:
+                    break
+                await freed.wait()
 
     def stop(self) -> None:
         self._stop.set()
@@ -110,7 +125,9 @@ class Executor:
             with anyio.CancelScope(shield=True):
                 await driver.drive()
         finally:
-            self.drivers.pop(driver.claim.run_id, None)
+            # The same run may have been claimed again by now (after its lease expired).
+            if self.drivers.get(driver.claim.run_id) is driver:
+                del self.drivers[driver.claim.run_id]
             self._slot_freed.set()
             self.wakeups.work_available()  # a session's next run may be waiting for this one
 
@@ -152,6 +169,7 @@ async def run_worker(settings: Settings, stop_signals: tuple[signal.Signals, ...
             Wakeups(),
             concurrency=settings.concurrency,
             poll_interval=settings.poll_interval_seconds,
+            shutdown_grace=settings.shutdown_grace_seconds,
         )
         async with anyio.create_task_group() as group:
             group.start_soon(executor.run)

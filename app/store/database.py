@@ -53,6 +53,7 @@ class Database:
         self.engine: AsyncEngine = create_async_engine(self.url, **options)
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _configure_sqlite)
+            event.listen(self.engine.sync_engine, "begin", _begin_sqlite)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
 
     @asynccontextmanager
@@ -101,9 +102,17 @@ class Database:
 
 
 def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
+    # Python's sqlite3 starts transactions late (at the first write) and its own way, which
+    # makes a SAVEPOINT commit what came before it; SQLAlchemy emits BEGIN itself instead.
+    dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.close()
+
+
+def _begin_sqlite(connection: Any) -> None:
+    # IMMEDIATE takes the write lock at once, so a transaction never fails midway to upgrade it.
+    connection.exec_driver_sql("BEGIN IMMEDIATE")

@@ -15,10 +15,12 @@ class IdempotencyRepository:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
 
-    async def get(self, scope: str, key: str) -> IdempotencyKey | None:
+    async def get(self, scope: str, key: str, *, for_update: bool = False) -> IdempotencyKey | None:
         query = select(IdempotencyKey).where(
             IdempotencyKey.scope == scope, IdempotencyKey.key == key
         )
+        if for_update:
+            query = query.with_for_update()
         result: IdempotencyKey | None = await self.session.scalar(query)
         return result
 

@@ -19,6 +19,13 @@ EventRecord = tuple[str, dict[str, Any]]
 
 
 @dataclass(frozen=True, slots=True)
+class Saved:
+    """A fenced save that went through, and whether a cancel was requested meanwhile."""
+
+    cancel_requested: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Claim:
     """A run an executor took, and the lease token that fences its writes."""
 
@@ -33,10 +40,15 @@ class RunRepository:
     def add(self, run: Run) -> None:
         self.session.add(run)
 
-    async def get(self, run_id: str, *, for_update: bool = False) -> Run | None:
+    async def get(
+        self, run_id: str, *, for_update: bool = False, refresh: bool = False
+    ) -> Run | None:
+        """The run; `refresh` re-reads a run this session already loaded (after a lock wait)."""
         query = select(Run).where(Run.id == run_id)
         if for_update:
             query = query.with_for_update()
+        if refresh:
+            query = query.execution_options(populate_existing=True)
         result: Run | None = await self.session.scalar(query)
         return result
 
@@ -115,22 +127,35 @@ class RunRepository:
 
     async def save_fenced(
         self, claim: Claim, values: dict[str, Any], events: Sequence[EventRecord], now: datetime
-    ) -> bool:
+    ) -> Saved | None:
         """Write the driver's progress and its events, only while `claim` still holds the run.
 
-        False means the lease was lost: another executor owns the run, or it was released.
+        None means the lease was lost: another executor owns the run now.
         """
         result = await self.session.execute(
             update(Run)
             .where(Run.id == claim.run_id, Run.lease_token == claim.lease_token)
             .values(**values, event_seq=Run.event_seq + len(events), updated_at=now)
-            .returning(Run.event_seq)
+            .returning(Run.event_seq, Run.cancel_requested)
         )
-        last_seq = result.scalar_one_or_none()
-        if last_seq is None:
-            return False
+        row = result.one_or_none()
+        if row is None:
+            return None
+        last_seq, cancel_requested = row
         await self._insert_events(claim.run_id, last_seq, events, now)
-        return True
+        return Saved(cancel_requested=bool(cancel_requested))
+
+    async def release(self, claim: Claim, now: datetime) -> None:
+        """Put a run this claim still drives back in the queue, from its last stored state."""
+        await self.session.execute(
+            update(Run)
+            .where(
+                Run.id == claim.run_id,
+                Run.lease_token == claim.lease_token,
+                Run.status == Status.RUNNING,
+            )
+            .values(status=Status.QUEUED, claimed_by=None, lease_expires_at=None, updated_at=now)
+        )
 
     async def save(self, run: Run, events: Sequence[EventRecord], now: datetime) -> None:
         """Write changes made to a loaded (and locked) run, with their events."""

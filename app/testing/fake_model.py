@@ -145,7 +145,7 @@ class _Completion:
         prefix = _fingerprint(model, messages)[:10]
         self.tool_calls: list[dict[str, Any]] = [
             {
-                "id": spec.id or f"call_{prefix}_{index}",
+                "id": spec.id if spec.id is not None else f"call_{prefix}_{index}",
                 "type": "function",
                 "function": {
                     "name": spec.name,

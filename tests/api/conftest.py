@@ -32,6 +32,7 @@ def settings(db_url: str, fake_server: FakeModelServer) -> Settings:
         model_max_retries=1,
         poll_interval_seconds=0.2,
         concurrency=8,
+        shutdown_grace_seconds=0.5,
     )
 
 

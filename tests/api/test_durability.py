@@ -7,17 +7,22 @@ from typing import Any
 
 import anyio
 import pytest
+from sqlalchemy import update
 
+from app.api.app import create_app
 from app.engine import Engine, ModelRouter, OpenAIProvider
-from app.executor.agents import load_agents_module
+from app.executor.agents import AgentsModule, load_agents_module
+from app.executor.lifecycle import now
 from app.executor.service import NewRun, RunService
 from app.executor.wakeups import Wakeups
 from app.executor.worker import Executor
 from app.settings import Settings
 from app.store.database import Database
+from app.store.models import Run
+from app.store.runs import Claim, RunRepository
 from app.store.status import Status
 from app.testing import FakeModel, call, text
-from tests.api.conftest import ClientFactory, rested
+from tests.api.conftest import ClientFactory, rested, services_of, serving
 from tests.conftest import is_postgres
 
 pytestmark = pytest.mark.anyio
@@ -54,6 +59,52 @@ async def test_runs_of_a_stopped_process_go_back_to_the_queue(
     assert finished["status"] == "completed"
     assert finished["final_output"] == "2"
     assert [e["role"] for e in finished["messages"]] == ["user", "assistant", "tool", "assistant"]
+
+
+async def test_a_run_whose_agent_is_gone_fails_instead_of_looping(
+    make_client: ClientFactory, settings: Settings
+) -> None:
+    async with make_client(with_executor=False) as client:
+        run = (await client.post("/runs", json={"agent": "calc", "input": "x"})).json()
+    # A redeploy without the agent: the run cannot start, and must not be retried forever.
+    without_calc = AgentsModule([load_agents_module("tests.api.agents").agents[1]])
+    app = create_app(settings, agents_module=without_calc)
+    async with serving(app) as client:
+        failed = await rested(client, run["id"])
+
+    assert failed["status"] == "failed"
+    assert failed["error"]["code"] == "internal_error"
+    assert failed["finished_at"] is not None
+
+
+async def test_a_cancel_that_lands_while_a_turn_runs_is_kept_when_it_parks(
+    client: Any, fake: FakeModel
+) -> None:
+    fake.script("m", [call("delete_record", {"record_id": "r1"}, delay=0.3)])
+    run = (await client.post("/runs", json={"agent": "calc", "input": "x"})).json()
+    assert await anyio.to_thread.run_sync(fake.wait_for_requests, 1, "m")
+    # Another process asks for the cancel: only the database knows, no in-process signal.
+    async with services_of(client).db.session_scope() as session:
+        await session.execute(update(Run).where(Run.id == run["id"]).values(cancel_requested=True))
+
+    finished = await rested(client, run["id"])
+
+    assert finished["status"] == "cancelled"
+    assert finished["pending_approvals"] == []
+    assert finished["steps"][0]["tool_calls"][0]["status"] == "cancelled"
+
+
+async def test_releasing_a_run_that_rested_changes_nothing(client: Any, fake: FakeModel) -> None:
+    fake.script("m", [text("done")])
+    run = await client.post("/runs", params={"wait": 10}, json={"agent": "calc", "input": "x"})
+    run = run.json()
+    db = services_of(client).db
+    async with db.session_scope() as session:
+        stored = await RunRepository(session).get(run["id"])
+        assert stored is not None
+        await RunRepository(session).release(Claim(stored.id, stored.lease_token), now())
+
+    assert (await client.get(f"/runs/{run['id']}")).json()["status"] == "completed"
 
 
 async def test_two_executors_never_drive_one_run_twice(

@@ -9,6 +9,7 @@ import anyio.lowlevel
 import pytest
 from structlog.testing import capture_logs
 
+from app.api import pagination
 from app.testing import FakeModel, call, text
 from tests.api import agents as test_agents
 from tests.api.conftest import Client, ClientFactory, requests_arrived, rested, services_of
@@ -149,6 +150,35 @@ async def test_non_finite_numbers_are_refused(client: Client, number: bytes) -> 
     assert "NaN and Infinity" in response.json()["detail"]
 
 
+async def test_json_nested_too_deep_is_refused(client: Client) -> None:
+    deep: Any = "bottom"
+    for _ in range(100):
+        deep = {"d": deep}
+
+    response = await client.post("/runs", json={"agent": "calc", "input": "x", "metadata": deep})
+
+    assert response.status_code == 422
+    assert "nested deeper" in response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("method", "url"),
+    [
+        ("GET", "/runs/%00"),
+        ("POST", "/runs/run%00x/cancel"),
+        ("GET", "/runs?agent=%00"),
+        ("GET", "/runs?session_id=a%00b"),
+        ("GET", "/sessions/%00"),
+        ("DELETE", "/sessions/%00"),
+    ],
+)
+async def test_nul_in_a_url_is_400(client: Client, method: str, url: str) -> None:
+    response = await client.request(method, url)
+
+    assert response.status_code == 400
+    assert response.headers["content-type"] == PROBLEM
+
+
 async def test_malformed_json_is_400(client: Client) -> None:
     response = await client.post(
         "/runs",
@@ -218,8 +248,21 @@ async def test_list_filters_and_pages_newest_first(
         assert (await listed())[0] == newer["id"]
 
 
+def cursor_of(position: Any) -> str:
+    return pagination.encode({"seq": position})
+
+
 @pytest.mark.parametrize(
-    "params", [{"limit": 0}, {"limit": 101}, {"cursor": "garbage"}, {"status": "sleeping"}]
+    "params",
+    [
+        {"limit": 0},
+        {"limit": 101},
+        {"cursor": "garbage"},
+        {"cursor": cursor_of(10**30)},
+        {"cursor": cursor_of(-1)},
+        {"cursor": cursor_of("7")},
+        {"status": "sleeping"},
+    ],
 )
 async def test_bad_list_parameters_are_422(client: Client, params: dict[str, Any]) -> None:
     response = await client.get("/runs", params=params)

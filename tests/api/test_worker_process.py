@@ -21,7 +21,7 @@ AGENT_RUNS = str(Path(sys.executable).with_name("agent-runs"))
 
 
 @pytest.fixture
-def start_worker(db_url: str, fake_server: FakeModelServer) -> Iterator[object]:
+def start_worker(db_url: str, fake_server: FakeModelServer, tmp_path: Path) -> Iterator[object]:
     if not is_postgres(db_url):
         pytest.skip("workers need PostgreSQL; SQLite serves one process")
     processes: list[subprocess.Popen[str]] = []
@@ -36,14 +36,16 @@ def start_worker(db_url: str, fake_server: FakeModelServer) -> Iterator[object]:
             "POLL_INTERVAL_SECONDS": "0.1",
             "PYTHONPATH": str(ROOT),
         }
+        log = (tmp_path / f"worker-{len(processes)}.log").open("w")
         process = subprocess.Popen(
             [AGENT_RUNS, "worker", "--concurrency", "4"],
             env=env,
             cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            stdout=log,
+            stderr=subprocess.STDOUT,
             text=True,
         )
+        log.close()  # the child holds its own descriptor
         processes.append(process)
         return process
 
@@ -76,4 +78,4 @@ async def test_a_worker_process_completes_runs_queued_before_it_started(
     assert first["status"] == "completed"
     assert first["final_output"] == "42"
     worker.send_signal(signal.SIGTERM)
-    assert worker.wait(timeout=20) == 0, worker.stderr.read() if worker.stderr else ""
+    assert worker.wait(timeout=20) == 0

@@ -186,6 +186,25 @@ def rendezvous() -> tuple[Any, Any]:
     return first, second
 
 
+async def test_missing_and_repeated_call_ids_are_made_unique(
+    make_engine: EngineFactory, fake: FakeModel
+) -> None:
+    reply = calls(("add", {"a": 1, "b": 1}), ("add", {"a": 2, "b": 2}), ("add", {"a": 3, "b": 3}))
+    reply.tool_calls[0].id = "same"
+    reply.tool_calls[1].id = "same"
+    reply.tool_calls[2].id = ""
+    fake.script("m", [reply, text("ok")])
+    engine = make_engine([Agent(name="a", model="m", tools=[add])])
+    state = engine.start("a", "go")
+
+    await engine.run(state)
+
+    ids = [call["id"] for call in state.messages[1]["tool_calls"]]
+    assert ids == ["same", "call_t1_1", "call_t1_2"]
+    assert [m["tool_call_id"] for m in state.messages if m["role"] == "tool"] == ids
+    assert tool_messages(state.messages) == ["2", "4", "6"]
+
+
 async def test_tool_calls_run_concurrently(make_engine: EngineFactory, fake: FakeModel) -> None:
     first, second = rendezvous()
     fake.script("m", [calls(("first", {}), ("second", {})), text("ok")])

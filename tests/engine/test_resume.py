@@ -71,11 +71,13 @@ async def test_crash_during_tools_repeats_only_safe_calls(
 ) -> None:
     runs: list[tuple[str, str | None]] = []
     release = anyio.Event()
+    both_started = [anyio.Event(), anyio.Event()]
 
     @tool(effect="idempotent")
     async def charge_once(ctx: RunContext) -> str:
         """Charge with the call id as idempotency key."""
         runs.append(("charge_once", ctx.call_id))
+        both_started[0].set()
         await release.wait()
         return "charged"
 
@@ -83,6 +85,7 @@ async def test_crash_during_tools_repeats_only_safe_calls(
     async def send_email(ctx: RunContext) -> str:
         """Unsafe: sends an email."""
         runs.append(("send_email", ctx.call_id))
+        both_started[1].set()
         await release.wait()
         return "sent"
 
@@ -91,8 +94,12 @@ async def test_crash_during_tools_repeats_only_safe_calls(
     state = engine.start("a", "go")
 
     # The process "dies" while both calls are in flight, after their start was stored.
-    with anyio.move_on_after(0.2):
-        await engine.run(state, recorder)
+    async with anyio.create_task_group() as group:
+        group.start_soon(engine.run, state, recorder)
+        with anyio.fail_after(10):
+            for started in both_started:
+                await started.wait()
+        group.cancel_scope.cancel()
     stored, _ = recorder.checkpoints[0]
     assert [c["status"] for c in stored["steps"][0]["tool_calls"]] == ["running", "running"]
     charge_id, email_id = (c["call_id"] for c in stored["steps"][0]["tool_calls"])
