@@ -15,8 +15,10 @@ Everything runs as separate processes, as in production:
 - this driver: an `httpx.AsyncClient` keeping `--concurrency` runs in flight (16 by default).
 
 First the fake alone is measured: bare `openai.AsyncOpenAI` streamed chat completions (the
-one-turn reply, usage included) at the same concurrency. That is the ceiling: the service cannot
-make model calls faster than the fake answers them.
+one-turn reply, usage included) at the same concurrency. That is the ceiling: the model calls per
+second one Python client gets from the fake on this box; the service, itself one Python process
+calling the fake through the same SDK, cannot do better. The `fake cpu` and `drv cpu` columns
+tell which side limits it (usually the client: the SDK costs more per call than the fake).
 
 Then, for each database, each workload (one-turn, three-turn) gets `--warmup` runs that are not
 counted, then `--runs` measured runs. One run is `POST /runs?wait=30` with
@@ -29,10 +31,16 @@ exit status is 1); it never counts as a fast run.
 makes (runs/s x 1 or 3), and `of ceiling` compares it with the fake alone. p50 and p99 are
 nearest-rank percentiles of the per-run latency, in milliseconds.
 
+The CPU time each process used during a workload is read from /proc (Linux; the columns show `-`
+elsewhere) and divided by the runs: `svc`, `fake`, `pg` (the postmaster and all its backends) and
+`drv` (this driver), in ms per run. `cpu busy` is their sum over wall time x CPUs: the service is
+one process with one event loop, so it saturates at one core, whatever the machine has.
+
 No CPU pinning (`taskset`) is done: the service, the fake model, PostgreSQL and this driver all
 share the machine's cores (2 on the reference machine), so the figures are those of the whole
 system on one box, not of the service alone. In particular the ceiling is measured while the
-service sits idle, and the service is measured while the fake and the driver use CPU too.
+service sits idle, and the service is measured while the fake and the driver use CPU too. Any
+other load on the machine skews everything: the load average at the start is printed.
 
 Every process it starts (service, fake model, PostgreSQL) is stopped in `finally` with bounded
 waits, on success, failure, Ctrl-C or SIGTERM. The service's log (warnings and errors only) is
@@ -167,9 +175,9 @@ class Figures:
     seconds: float
     runs_per_s: float
     calls_per_s: float
-    p50_ms: float
-    p99_ms: float
-    max_ms: float
+    p50_ms: float | None  # None: no run succeeded
+    p99_ms: float | None
+    max_ms: float | None
     of_ceiling: float | None  # calls/s over the fake's own calls/s
     cpu_ms_per_run: dict[str, float]  # service, fake, postgres, driver
     cpu_busy: float | None  # their CPU time over wall time x CPUs
@@ -181,8 +189,8 @@ class Ceiling:
     errors: int
     seconds: float
     calls_per_s: float
-    p50_ms: float
-    p99_ms: float
+    p50_ms: float | None
+    p99_ms: float | None
     cpu_ms_per_call: dict[str, float]  # fake, driver
     cpu_busy: float | None
 
@@ -197,12 +205,12 @@ class LogSummary:
     examples: list[str] = field(default_factory=list)
 
 
-def percentile(values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile; NaN for no values."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
+def percentile_ms(seconds: Sequence[float], q: float) -> float | None:
+    """Nearest-rank percentile, in milliseconds; None for no values."""
+    if not seconds:
+        return None
+    ordered = sorted(seconds)
+    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)] * 1000
 
 
 def figures(database: str, workload: Workload, timing: Timing, ceiling: float) -> Figures:
@@ -217,9 +225,9 @@ def figures(database: str, workload: Workload, timing: Timing, ceiling: float) -
         seconds=timing.seconds,
         runs_per_s=runs_per_s,
         calls_per_s=calls_per_s,
-        p50_ms=percentile(timing.latencies, 50) * 1000,
-        p99_ms=percentile(timing.latencies, 99) * 1000,
-        max_ms=max(timing.latencies, default=math.nan) * 1000,
+        p50_ms=percentile_ms(timing.latencies, 50),
+        p99_ms=percentile_ms(timing.latencies, 99),
+        max_ms=percentile_ms(timing.latencies, 100),
         of_ceiling=calls_per_s / ceiling if ceiling > 0 else None,
         cpu_ms_per_run=timing.cpu_ms_per(runs),
         cpu_busy=timing.busy,
@@ -275,7 +283,9 @@ async def measure(
             group.start_soon(worker)
     timing.seconds = time.perf_counter() - started
     cpu_after = cpu_snapshot(pids or {})
-    timing.cpu = {name: cpu_after[name] - cpu_before[name] for name in cpu_before.keys() & cpu_after}
+    timing.cpu = {
+        name: cpu_after[name] - cpu_before[name] for name in cpu_before.keys() & cpu_after
+    }
     return timing
 
 
@@ -315,8 +325,8 @@ async def fake_ceiling(base_url: str, *, calls: int, concurrency: int, fake_pid:
         errors=sum(timing.failures.values()),
         seconds=timing.seconds,
         calls_per_s=done / timing.seconds if timing.seconds > 0 else 0.0,
-        p50_ms=percentile(timing.latencies, 50) * 1000,
-        p99_ms=percentile(timing.latencies, 99) * 1000,
+        p50_ms=percentile_ms(timing.latencies, 50),
+        p99_ms=percentile_ms(timing.latencies, 99),
         cpu_ms_per_call=timing.cpu_ms_per(done),
         cpu_busy=timing.busy,
     )
@@ -441,7 +451,7 @@ def running(
         )
     try:
         yield process
-    except BaseException:
+    except Exception:  # a failure (not Ctrl-C): the log may say why
         stop_process(process, name)
         print(f"--- last lines of the {name} log ({log}):\n{tail(log)}", file=sys.stderr)
         raise
@@ -449,15 +459,13 @@ def running(
         stop_process(process, name)
 
 
-def wait_until_ready(url: str, process: subprocess.Popen[bytes], name: str, log: Path) -> None:
+def wait_until_ready(url: str, process: subprocess.Popen[bytes], name: str) -> None:
     """Poll `url` until it answers 200, the process exits, or the time runs out."""
     deadline = time.monotonic() + READY_TIMEOUT_SECONDS
     with httpx.Client(timeout=2.0) as client:
         while time.monotonic() < deadline:
             if process.poll() is not None:
-                raise BenchError(
-                    f"{name} exited with {process.returncode} before it was ready:\n{tail(log)}"
-                )
+                raise BenchError(f"{name} exited with {process.returncode} before it was ready")
             try:
                 if client.get(url).status_code == 200:
                     return
@@ -599,6 +607,7 @@ class Report:
     results: list[Figures] = field(default_factory=list)
     failures: dict[str, dict[str, int]] = field(default_factory=dict)
     logs: dict[str, LogSummary] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # processes that died meanwhile
 
 
 def bench_database(
@@ -637,7 +646,7 @@ def bench_database(
         args_ = [command, "serve", "--host", "127.0.0.1", "--port", str(port)]
         serve = stack.enter_context(running("agent-runs serve", args_, env, workdir, log))
         base_url = f"http://127.0.0.1:{port}"
-        wait_until_ready(f"{base_url}/readyz", serve, "agent-runs serve", log)
+        wait_until_ready(f"{base_url}/readyz", serve, "agent-runs serve")
         pids["service"] = serve.pid
         print(f"{database}: service ready, driving runs", file=sys.stderr)
         timings = anyio.run(
@@ -649,6 +658,10 @@ def bench_database(
                 pids=pids,
             )
         )
+        if serve.poll() is not None:
+            report.notes.append(
+                f"{database}: the service exited ({serve.returncode}) during the runs"
+            )
     report.logs[database] = summarize_log(log)
     for workload, timing in timings.items():
         report.results.append(figures(database, workload, timing, report.ceiling.calls_per_s))
@@ -672,7 +685,7 @@ def bench(args: argparse.Namespace) -> Report:
             running("agent-runs fake-model", fake_args, fake_env, workdir, fake_log)
         )
         fake_url = f"http://127.0.0.1:{fake_port}/v1"
-        wait_until_ready(f"{fake_url}/models", fake, "agent-runs fake-model", fake_log)
+        wait_until_ready(f"{fake_url}/models", fake, "agent-runs fake-model")
         print("fake model ready, measuring it alone", file=sys.stderr)
         ceiling = anyio.run(
             lambda: fake_ceiling(
@@ -695,8 +708,9 @@ def bench(args: argparse.Namespace) -> Report:
                 fake_pid=fake.pid,
                 report=report,
             )
-        if fake.poll() is not None:
-            raise BenchError(f"the fake model exited ({fake.returncode}):\n{tail(fake_log)}")
+            if fake.poll() is not None:
+                report.notes.append(f"the fake model exited ({fake.returncode}):\n{tail(fake_log)}")
+                break
     return report
 
 
@@ -709,14 +723,28 @@ def table(report: Report) -> str:
         "workload",
         "runs",
         "errors",
-        "seconds",
         "runs/s",
         "calls/s",
         "of ceiling",
         "p50 ms",
         "p99 ms",
         "max ms",
+        "svc cpu",
+        "fake cpu",
+        "pg cpu",
+        "drv cpu",
+        "cpu busy",
     )
+
+    def number(value: float | None) -> str:
+        return "-" if value is None else f"{value:.1f}"
+
+    def cpu(figures: dict[str, float], name: str) -> str:
+        return number(figures.get(name))
+
+    def share(value: float | None) -> str:
+        return "-" if value is None else f"{value:.0%}"
+
     c = report.ceiling
     rows = [
         (
@@ -724,13 +752,17 @@ def table(report: Report) -> str:
             "bare openai",
             str(c.calls),
             str(c.errors),
-            f"{c.seconds:.2f}",
             "-",
             f"{c.calls_per_s:.1f}",
             "100%",
-            f"{c.p50_ms:.1f}",
-            f"{c.p99_ms:.1f}",
+            number(c.p50_ms),
+            number(c.p99_ms),
             "-",
+            "-",
+            cpu(c.cpu_ms_per_call, "fake"),
+            "-",
+            cpu(c.cpu_ms_per_call, "driver"),
+            share(c.cpu_busy),
         )
     ]
     rows += [
@@ -739,13 +771,17 @@ def table(report: Report) -> str:
             r.workload,
             str(r.runs),
             str(r.errors),
-            f"{r.seconds:.2f}",
             f"{r.runs_per_s:.1f}",
             f"{r.calls_per_s:.1f}",
-            "-" if r.of_ceiling is None else f"{r.of_ceiling:.0%}",
-            f"{r.p50_ms:.1f}",
-            f"{r.p99_ms:.1f}",
-            f"{r.max_ms:.1f}",
+            share(r.of_ceiling),
+            number(r.p50_ms),
+            number(r.p99_ms),
+            number(r.max_ms),
+            cpu(r.cpu_ms_per_run, "service"),
+            cpu(r.cpu_ms_per_run, "fake"),
+            cpu(r.cpu_ms_per_run, "postgres"),
+            cpu(r.cpu_ms_per_run, "driver"),
+            share(r.cpu_busy),
         )
         for r in report.results
     ]
@@ -756,7 +792,14 @@ def table(report: Report) -> str:
         right = [cell.rjust(width) for cell, width in zip(cells[2:], widths[2:], strict=True)]
         return "  ".join(left + right).rstrip()
 
-    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
+    legend = (
+        "calls/s: model calls (runs/s x 1 or 3); of ceiling: over the fake alone's calls/s;\n"
+        "svc/fake/pg/drv cpu: CPU ms per run (per call for the fake alone) of the service, the\n"
+        "fake, PostgreSQL (all its processes) and this driver; cpu busy: all of that CPU time\n"
+        f"over wall time x {CPUS} CPUs (one process runs on one core at most)"
+    )
+    lines = [line(header), line(["-" * w for w in widths]), *map(line, rows)]
+    return "\n".join([*lines, "", legend])
 
 
 def git_revision() -> str | None:
@@ -811,6 +854,8 @@ def print_report(report: Report, args: argparse.Namespace) -> None:
             print(f"  {count:5d}  {event}")
         for example in summary.examples[:3]:
             print(f"  e.g. {example}")
+    for note in report.notes:
+        print(f"\n{note}")
     for name, reasons in report.failures.items():
         print(f"\n{name}: failed runs")
         for reason, count in sorted(reasons.items(), key=lambda item: -item[1])[:10]:
@@ -823,6 +868,7 @@ def write_json(path: Path, report: Report, args: argparse.Namespace) -> None:
         "ceiling": asdict(report.ceiling),
         "results": [asdict(result) for result in report.results],
         "failures": report.failures,
+        "notes": report.notes,
         "server_logs": {
             database: {"lines": s.lines, "levels": dict(s.levels), "events": dict(s.events)}
             for database, s in report.logs.items()
@@ -886,7 +932,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print_report(report, args)
     if args.json is not None:
         write_json(args.json, report, args)
-    return 1 if report.failures else 0
+    return 1 if report.failures or report.notes else 0
 
 
 if __name__ == "__main__":

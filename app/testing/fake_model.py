@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
@@ -87,6 +87,8 @@ class FakeModel:
             body = json.loads(await request.body())
             messages: list[Message] = list(body["messages"])
             model = str(body["model"])
+        except ClientDisconnect:
+            return Response(status_code=499)  # nobody is left to answer
         except (ValueError, KeyError, TypeError):
             return _error(400, "the body must be JSON with `model` and `messages`")
         with self._lock:
