@@ -4,6 +4,7 @@ DATABASE_URL when invoked through the `alembic` command."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any, Literal
 
 from alembic import context
 from sqlalchemy import pool
@@ -12,9 +13,16 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.settings import Settings
 from app.store.database import normalize_url
-from app.store.models import Base
+from app.store.models import Base, UTCDateTime
 
 target_metadata = Base.metadata
+
+
+def render_item(kind: str, item: Any, autogen_context: Any) -> str | Literal[False]:
+    """Migrations name plain SQLAlchemy types, never the app's own (they must not import it)."""
+    if kind == "type" and isinstance(item, UTCDateTime):
+        return "sa.DateTime(timezone=True)"
+    return False
 
 
 def run_on(connection: Connection) -> None:
@@ -23,6 +31,7 @@ def run_on(connection: Connection) -> None:
         target_metadata=target_metadata,
         render_as_batch=connection.dialect.name == "sqlite",  # SQLite alters by copying tables
         compare_type=True,
+        render_item=render_item,
     )
     with context.begin_transaction():
         context.run_migrations()

@@ -13,13 +13,14 @@ from app.api import errors
 from app.api.deps import Services
 from app.api.middleware import RefuseNul, RequestLog
 from app.api.openapi import problem_openapi
-from app.api.routes import agents, health, runs, sessions
+from app.api.routes import agents, approvals, health, runs, sessions
 from app.executor.agents import (
     AgentsModule,
     AgentsModuleError,
     build_engine,
     load_agents_module,
 )
+from app.executor.approvals import ApprovalService
 from app.executor.service import RunService
 from app.executor.wakeups import Wakeups
 from app.executor.worker import Executor
@@ -68,7 +69,12 @@ def create_app(
                 else None
             )
             app.state.services = Services(
-                settings, db, engine, RunService(db, engine, wakeups), executor
+                settings,
+                db,
+                engine,
+                RunService(db, engine, wakeups),
+                ApprovalService(db, engine, wakeups),
+                executor,
             )
             async with anyio.create_task_group() as group:
                 if executor is not None:
@@ -90,7 +96,8 @@ def create_app(
     )
     app.openapi = lambda: problem_openapi(app)  # type: ignore[method-assign]
     errors.install(app)
-    for router in (runs.router, agents.router, sessions.router, health.router):
+    routers = (runs.router, approvals.router, agents.router, sessions.router, health.router)
+    for router in routers:
         app.include_router(router)
     app.add_middleware(RefuseNul)
     app.add_middleware(RequestLog)

@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 
 from app.api.schemas import Problem
 from app.engine import Engine
+from app.executor.approvals import ApprovalService
 from app.executor.service import RunService
 from app.executor.worker import Executor
 from app.settings import Settings
@@ -23,6 +24,7 @@ class Services:
     db: Database
     engine: Engine
     runs: RunService
+    approvals: ApprovalService
     executor: Executor | None
 
 
@@ -36,7 +38,20 @@ def get_runs(request: Request) -> RunService:
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+def get_approvals(request: Request) -> ApprovalService:
+    return get_services(request).approvals
+
+
+def caller_name(request: Request) -> str | None:
+    """Who is calling, for `decided_by`: the API key's name, set by authentication."""
+    name = getattr(request.state, "caller", None)
+    return name if isinstance(name, str) else None
+
+
 RunsDep = Annotated[RunService, Depends(get_runs)]
+ApprovalsDep = Annotated[ApprovalService, Depends(get_approvals)]
 
 
 def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:

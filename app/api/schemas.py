@@ -87,6 +87,31 @@ class CreateRun(BaseModel):
         return [message.model_dump(exclude_none=True) for message in self.input]
 
 
+class DecisionIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    call_id: str = Field(min_length=1, max_length=100)
+    approved: bool
+    reason: str | None = Field(None, max_length=2000, description="Told to the model on a reject.")
+    arguments: dict[str, Any] | None = Field(
+        None, description="Approve with these arguments instead (checked against the schema)."
+    )
+    remember: bool = Field(
+        False, description="Approve this tool's other calls of the turn and later ones of the run."
+    )
+
+
+class Decide(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    decisions: list[DecisionIn] = Field(min_length=1, max_length=100)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _storable(cls, data: Any) -> Any:
+        return storable_json(data)
+
+
 class Usage(BaseModel):
     requests: int = 0
     prompt_tokens: int = 0
@@ -239,6 +264,25 @@ class AgentOut(BaseModel):
     model: str
     tools: list[ToolOut]
     handoffs: list[str]
+
+
+class ApprovalOut(BaseModel):
+    """A tool call that waits (or waited) for a human, with what a decision card shows."""
+
+    run_id: str
+    call_id: str
+    tool: str
+    agent: str
+    arguments: dict[str, Any]
+    in_doubt: bool = Field(description="Started before a crash with no stored result.")
+    status: Literal["pending", "decided"]
+    requested_at: datetime
+    decision: DecisionOut | None
+    last_messages: list[dict[str, Any]]
+
+
+class ApprovalPage(Page[ApprovalOut]):
+    """A page of approval requests."""
 
 
 class AgentPage(Page[AgentOut]):

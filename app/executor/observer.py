@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.engine import RunState, RunStatus
 from app.engine.events import RunEvent, TextDelta
 from app.executor.errors import LeaseLost
 from app.executor.lifecycle import event_records, lifecycle_event, now, save_to_session
 from app.executor.wakeups import Wakeups
+from app.store.approvals import ApprovalRepository
 from app.store.database import Database
 from app.store.models import Run
 from app.store.runs import Claim, RunRepository
@@ -69,5 +73,19 @@ class StoreObserver:
                 raise LeaseLost(f"run {run.id} is no longer held by this executor")
             if ends_session:
                 await save_to_session(session, run, state)
+            await _track_approvals(session, run, state, stamp)
         self.cancel_requested = saved.cancel_requested
         self.wakeups.run_changed(run.id)
+
+
+LAST_MESSAGES = 5
+
+
+async def _track_approvals(session: AsyncSession, run: Run, state: RunState, stamp: Any) -> None:
+    """Parked: list its pending calls for `GET /approvals`; ended: they leave the list."""
+    approvals = ApprovalRepository(session)
+    if state.status is RunStatus.PENDING_APPROVAL:
+        pending = [asdict(request) for request in state.pending_approvals]
+        await approvals.add_pending(run.id, pending, state.messages[-LAST_MESSAGES:], stamp)
+    elif state.status.ended:
+        await approvals.withdraw(run.id)

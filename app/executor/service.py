@@ -6,7 +6,6 @@ from __future__ import annotations
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
 from typing import Any, Literal
 
 import anyio
@@ -15,17 +14,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.engine import Engine, RunConfig
 from app.engine.engine import input_messages
 from app.engine.errors import RunEnded
-from app.executor.errors import (
-    IdempotencyKeyInUse,
-    IdempotencyKeyReused,
-    RunNotFound,
-    SessionBusy,
-    SessionNotFound,
-)
+from app.executor.errors import RunNotFound, SessionBusy, SessionNotFound
+from app.executor.idempotency import Idempotency, once
 from app.executor.lifecycle import cancel_resting_run, lifecycle_event, now
 from app.executor.wakeups import Wakeups
 from app.store.database import Database
-from app.store.idempotency import IdempotencyRepository
 from app.store.models import Run, Session
 from app.store.runs import RunRepository
 from app.store.sessions import SessionRepository
@@ -34,8 +27,6 @@ from app.store.status import ENDED, RESTING, Status
 IfBusy = Literal["enqueue", "reject", "interrupt"]
 
 CREATE_SCOPE = "runs.create"
-# A reservation whose request died before binding it frees the key after this long.
-STALE_RESERVATION = timedelta(seconds=60)
 # Waiters re-read the run this often, for changes made by another process.
 WAIT_TICK_SECONDS = 0.2
 
@@ -49,12 +40,6 @@ class NewRun:
     config: RunConfig = field(default_factory=RunConfig)
     metadata: dict[str, Any] = field(default_factory=dict)
     if_busy: IfBusy = "enqueue"
-
-
-@dataclass(frozen=True)
-class Idempotency:
-    key: str
-    request_hash: str
 
 
 @dataclass(frozen=True)
@@ -76,78 +61,44 @@ class RunService:
     async def create(self, new: NewRun, idempotency: Idempotency | None = None) -> tuple[Run, bool]:
         """The run and whether it was created now (False: an idempotent repeat)."""
         self.engine.agents.get(new.agent)  # an unknown agent is refused before anything is stored
-        if idempotency is not None:
-            existing = await self._reserve(idempotency)
-            if existing is not None:
-                return existing, False
         interrupted: list[str] = []
-        try:
-            run = await self._insert(new, idempotency, interrupted)
-        except Exception:
-            # Rolled back: free the key for a retry. (A cancelled request keeps its reservation:
-            # its commit may have happened, and an unbound one goes stale and is taken over.)
-            if idempotency is not None:
-                with anyio.CancelScope(shield=True):
-                    async with self.db.session_scope() as session:
-                        await IdempotencyRepository(session).release(CREATE_SCOPE, idempotency.key)
-            raise
-        self._signal_cancels(interrupted)
-        self.wakeups.work_available()
-        return run, True
 
-    async def _reserve(self, idempotency: Idempotency) -> Run | None:
-        """Reserve the key, or answer for the request that holds it."""
-        async with self.db.session_scope() as session:
-            keys = IdempotencyRepository(session)
-            stamp = now()
-            if await keys.reserve(CREATE_SCOPE, idempotency.key, idempotency.request_hash, stamp):
-                return None
-            held = await keys.get(CREATE_SCOPE, idempotency.key, for_update=True)
-            assert held is not None
-            if held.request_hash != idempotency.request_hash:
-                raise IdempotencyKeyReused()
-            if held.run_id is None:
-                if stamp - held.created_at < STALE_RESERVATION:
-                    raise IdempotencyKeyInUse()
-                held.created_at = stamp  # its first request died: this one takes over
-                return None
-            run = await RunRepository(session).get(held.run_id)
-            if run is None:
-                raise RunNotFound(f"run {held.run_id} of this Idempotency-Key no longer exists")
-            return run
+        async def insert(session: AsyncSession) -> Run:
+            return await self._insert(session, new, interrupted)
 
-    async def _insert(
-        self, new: NewRun, idempotency: Idempotency | None, interrupted: list[str]
-    ) -> Run:
-        async with self.db.session_scope() as session:
-            runs = RunRepository(session)
-            stamp = now()
-            if new.session_id is not None:
-                await SessionRepository(session).ensure(new.session_id, stamp)
-                interrupted += await self._make_way(session, runs, new.session_id, new.if_busy)
-            run = Run(
-                id=new_run_id(),
-                status=Status.QUEUED,
-                agent=new.agent,
-                current_agent=new.agent,
-                session_id=new.session_id,
-                input=input_messages(new.input),
-                config=new.config.model_dump(mode="json"),
-                context=new.context,
-                run_metadata=new.metadata,
-                state=None,
-                cancel_requested=False,
-                event_seq=0,
-                lease_token=0,
-                created_at=stamp,
-                updated_at=stamp,
-            )
-            runs.add(run)
-            await session.flush()
-            await runs.save(run, [lifecycle_event(run, "run.queued")], stamp)
-            if idempotency is not None:
-                await IdempotencyRepository(session).bind(CREATE_SCOPE, idempotency.key, run.id)
-            return run
+        run, created = await once(self.db, CREATE_SCOPE, idempotency, insert)
+        if created:
+            self._signal_cancels(interrupted)
+            self.wakeups.work_available()
+        return run, created
+
+    async def _insert(self, session: AsyncSession, new: NewRun, interrupted: list[str]) -> Run:
+        runs = RunRepository(session)
+        stamp = now()
+        if new.session_id is not None:
+            await SessionRepository(session).ensure(new.session_id, stamp)
+            interrupted += await self._make_way(session, runs, new.session_id, new.if_busy)
+        run = Run(
+            id=new_run_id(),
+            status=Status.QUEUED,
+            agent=new.agent,
+            current_agent=new.agent,
+            session_id=new.session_id,
+            input=input_messages(new.input),
+            config=new.config.model_dump(mode="json"),
+            context=new.context,
+            run_metadata=new.metadata,
+            state=None,
+            cancel_requested=False,
+            event_seq=0,
+            lease_token=0,
+            created_at=stamp,
+            updated_at=stamp,
+        )
+        runs.add(run)
+        await session.flush()
+        await runs.save(run, [lifecycle_event(run, "run.queued")], stamp)
+        return run
 
     async def _make_way(
         self, session: AsyncSession, runs: RunRepository, session_id: str, if_busy: IfBusy

@@ -148,3 +148,27 @@ class IdempotencyKey(Base):
     request_hash: Mapped[str] = mapped_column(String(64))
     run_id: Mapped[str | None] = mapped_column(String(40))
     created_at: Mapped[datetime]
+
+
+class Approval(Base):
+    """A tool call that waited (or waits) for a human's decision, for `GET /approvals`."""
+
+    __tablename__ = "approvals"
+
+    seq: Mapped[int] = mapped_column(Serial, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(String(40), ForeignKey("runs.id", ondelete="CASCADE"))
+    call_id: Mapped[str] = mapped_column(String(100))
+    tool: Mapped[str] = mapped_column(String(64))
+    agent: Mapped[str] = mapped_column(String(64))
+    arguments: Mapped[dict[str, Any]]
+    in_doubt: Mapped[bool] = mapped_column(Boolean)
+    status: Mapped[str] = mapped_column(String(20))  # pending | decided
+    requested_at: Mapped[datetime]
+    decision: Mapped[dict[str, Any] | None]
+    # The run's last messages when it parked: a decision card needs no other call.
+    last_messages: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+
+    __table_args__ = (
+        UniqueConstraint("run_id", "call_id"),
+        Index(None, "status", "seq"),
+    )

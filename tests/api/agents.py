@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import anyio
 
-from app import Agent, RunContext, tool
+from app import Agent, ApprovalRequest, RunContext, tool
 
 calls_seen: list[tuple[str, str | None]] = []
 release_slow = anyio.Event()
@@ -28,21 +28,42 @@ async def wait_for_release(ctx: RunContext) -> str:
 
 
 @tool(needs_approval=True)
+async def guarded_wait() -> str:
+    """Needs approval, then blocks until the test releases it."""
+    calls_seen.append(("guarded_wait", None))
+    await release_slow.wait()
+    return "released"
+
+
+@tool(needs_approval=True)
 def delete_record(record_id: str) -> str:
     """Delete a record."""
     calls_seen.append(("delete_record", record_id))
     return f"deleted {record_id}"
 
 
+def no_deletes_on_friday(request: ApprovalRequest, ctx: RunContext) -> tuple[bool, str] | None:
+    """Rejects deleting record "friday"; asks a human for the others."""
+    if request.arguments.get("record_id") == "friday":
+        return False, "not on fridays"
+    return None
+
+
+careful = Agent(
+    name="careful",
+    description="Deletes with an approval handler.",
+    tools=[delete_record],
+    approval_handler=no_deletes_on_friday,
+)
 billing = Agent(name="billing", description="Billing.", instructions="Bill.", tools=[add])
 calc = Agent(
     name="calc",
     description="Arithmetic.",
     instructions="Add.",
-    tools=[add, wait_for_release, delete_record],
+    tools=[add, wait_for_release, delete_record, guarded_wait],
     handoffs=[billing],
 )
-agents = [calc, billing]
+agents = [calc, billing, careful]
 
 
 def reset() -> None:

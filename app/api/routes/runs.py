@@ -7,11 +7,13 @@ import json
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response
+from pydantic import BaseModel
 
 from app.api import pagination
 from app.api.deps import RunsDep, problems
 from app.api.schemas import CreateRun, RunOut, RunPage, RunStatus
-from app.executor.service import Idempotency, NewRun
+from app.executor.idempotency import Idempotency
+from app.executor.service import NewRun
 
 router = APIRouter(prefix="/runs", tags=["runs"])
 
@@ -93,7 +95,7 @@ async def cancel_run(run_id: str, runs: RunsDep) -> RunOut:
     return RunOut.of(await runs.cancel(run_id))
 
 
-def fingerprint(body: CreateRun) -> str:
+def fingerprint(body: BaseModel) -> str:
     """Equal for bodies that mean the same, whatever their key order or spacing."""
     canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()

@@ -1,0 +1,59 @@
+"""Approvals: decide a parked run's pending calls, and list requests across runs."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query, Request
+
+from app.api import pagination
+from app.api.deps import ApprovalsDep, caller_name, problems
+from app.api.routes.runs import IdempotencyKey, fingerprint
+from app.api.schemas import ApprovalOut, ApprovalPage, Decide, RunOut
+from app.engine import DecisionInput
+from app.executor.idempotency import Idempotency
+
+router = APIRouter(tags=["approvals"])
+
+
+@router.post("/runs/{run_id}/approvals", responses=problems(400, 404, 409, 422))
+async def decide(
+    run_id: str,
+    body: Decide,
+    request: Request,
+    approvals: ApprovalsDep,
+    idempotency_key: IdempotencyKey = None,
+) -> RunOut:
+    """Decide pending tool calls; the run resumes once every pending call has a decision."""
+    decisions = [
+        DecisionInput(d.call_id, d.approved, d.reason, d.arguments, d.remember)
+        for d in body.decisions
+    ]
+    idempotency = Idempotency(idempotency_key, fingerprint(body)) if idempotency_key else None
+    run, _ = await approvals.decide(
+        run_id, decisions, decided_by=caller_name(request), idempotency=idempotency
+    )
+    return RunOut.of(run)
+
+
+@router.get("/approvals", responses=problems(422))
+async def list_approvals(
+    approvals: ApprovalsDep,
+    status: Literal["pending", "decided", "all"] = "pending",
+    agent: str | None = None,
+    tool: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page.")] = None,
+) -> ApprovalPage:
+    """Approval requests across runs, newest first, each with the run's last messages."""
+    found = await approvals.page(
+        statuses=[] if status == "all" else [status],
+        agent=agent,
+        tool=tool,
+        before_seq=pagination.decode(cursor, "seq", int),
+        limit=limit + 1,
+    )
+    more = len(found) > limit
+    next_cursor = pagination.encode({"seq": found[limit - 1].seq}) if more else None
+    items = [ApprovalOut.model_validate(item, from_attributes=True) for item in found[:limit]]
+    return ApprovalPage(items=items, next_cursor=next_cursor)

@@ -1,0 +1,91 @@
+"""Human decisions on parked runs, and the list of approval requests across runs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.engine import DecisionInput, Engine, RunState, RunStatus
+from app.engine.errors import RunEnded, RunNotPending
+from app.executor.errors import RunNotFound
+from app.executor.idempotency import Idempotency, once
+from app.executor.lifecycle import event_records, lifecycle_event, now
+from app.executor.wakeups import Wakeups
+from app.store.approvals import ApprovalRepository
+from app.store.database import Database
+from app.store.models import Approval, Run
+from app.store.runs import RunRepository
+from app.store.status import ENDED, Status
+
+
+class ApprovalService:
+    def __init__(self, db: Database, engine: Engine, wakeups: Wakeups) -> None:
+        self.db = db
+        self.engine = engine
+        self.wakeups = wakeups
+
+    async def decide(
+        self,
+        run_id: str,
+        decisions: Sequence[DecisionInput],
+        *,
+        decided_by: str | None = None,
+        idempotency: Idempotency | None = None,
+    ) -> tuple[Run, bool]:
+        """Apply decisions; once none is pending the run is queued for any executor.
+
+        The run's row lock makes concurrent requests on one call take turns: the first decides
+        it, the others find it decided (409).
+        """
+
+        async def apply(session: AsyncSession) -> Run:
+            return await self._apply(session, run_id, decisions, decided_by)
+
+        run, applied = await once(self.db, f"runs.{run_id}.approvals", idempotency, apply)
+        if applied:
+            self.wakeups.run_changed(run.id)
+            if run.status == Status.QUEUED:
+                self.wakeups.work_available()
+        return run, applied
+
+    async def _apply(
+        self,
+        session: AsyncSession,
+        run_id: str,
+        decisions: Sequence[DecisionInput],
+        decided_by: str | None,
+    ) -> Run:
+        runs = RunRepository(session)
+        run = await runs.get(run_id, for_update=True)
+        if run is None:
+            raise RunNotFound(f"no run has id {run_id!r}")
+        if run.status in ENDED:
+            raise RunEnded(f"run {run_id} has ended ({run.status}); there is nothing to decide")
+        if run.status != Status.PENDING_APPROVAL or run.state is None:
+            raise RunNotPending(f"run {run_id} is {run.status}, not pending_approval")
+        state = RunState.from_json(run.state)
+        events = self.engine.decide(state, decisions, decided_by=decided_by)
+        records = event_records(events)
+        decided = [data for name, data in records if name == "approval.decided"]
+        await ApprovalRepository(session).decide(run_id, decided)
+        run.state = state.to_json()
+        if state.status is RunStatus.RUNNING:
+            run.status = Status.QUEUED
+            records.append(lifecycle_event(run, "run.queued", state))
+        await runs.save(run, records, now())
+        return run
+
+    async def page(
+        self,
+        *,
+        statuses: Sequence[str],
+        agent: str | None,
+        tool: str | None,
+        before_seq: int | None,
+        limit: int,
+    ) -> list[Approval]:
+        async with self.db.session_scope() as session:
+            return await ApprovalRepository(session).page(
+                statuses=statuses, agent=agent, tool=tool, before_seq=before_seq, limit=limit
+            )

@@ -1,0 +1,81 @@
+"""All SQL about approval requests: the calls of parked runs that wait for a human."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.store.models import Approval
+
+
+class ApprovalRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def add_pending(
+        self,
+        run_id: str,
+        requests: Sequence[dict[str, Any]],
+        last_messages: list[dict[str, Any]],
+        now: datetime,
+    ) -> None:
+        """Record the run's pending calls; calls already recorded are left as they are."""
+        known = set(
+            await self.session.scalars(select(Approval.call_id).where(Approval.run_id == run_id))
+        )
+        for request in requests:
+            if request["call_id"] in known:
+                continue
+            self.session.add(
+                Approval(
+                    run_id=run_id,
+                    call_id=request["call_id"],
+                    tool=request["tool"],
+                    agent=request["agent"],
+                    arguments=request["arguments"],
+                    in_doubt=request["in_doubt"],
+                    status="pending",
+                    requested_at=now,
+                    decision=None,
+                    last_messages=last_messages,
+                )
+            )
+
+    async def decide(self, run_id: str, decisions: Sequence[dict[str, Any]]) -> None:
+        """Attach each decision (the run's `decisions` item) to its request."""
+        for decision in decisions:
+            await self.session.execute(
+                update(Approval)
+                .where(Approval.run_id == run_id, Approval.call_id == decision["call_id"])
+                .values(status="decided", decision=decision)
+            )
+
+    async def withdraw(self, run_id: str) -> None:
+        """A cancelled run's pending requests leave the list."""
+        await self.session.execute(
+            delete(Approval).where(Approval.run_id == run_id, Approval.status == "pending")
+        )
+
+    async def page(
+        self,
+        *,
+        statuses: Sequence[str],
+        agent: str | None,
+        tool: str | None,
+        before_seq: int | None,
+        limit: int,
+    ) -> list[Approval]:
+        query = select(Approval).order_by(Approval.seq.desc()).limit(limit)
+        if statuses:
+            query = query.where(Approval.status.in_(statuses))
+        if agent is not None:
+            query = query.where(Approval.agent == agent)
+        if tool is not None:
+            query = query.where(Approval.tool == tool)
+        if before_seq is not None:
+            query = query.where(Approval.seq < before_seq)
+        return list(await self.session.scalars(query))
