@@ -41,5 +41,16 @@ class Settings(BaseSettings):
     shutdown_grace_seconds: float = Field(
         10, ge=0, le=600, description="How long a stopping process lets turns in flight finish."
     )
+    watch_poll_seconds: float = Field(
+        0.05,
+        gt=0,
+        le=10,
+        description="How often an API process looks for changes other processes made to the "
+        "runs its clients watch (one query for all of them; PostgreSQL only).",
+    )
+    sse_ping_seconds: float = Field(15, gt=0, le=300, description="Keep-alive on event streams.")
+    sse_send_timeout_seconds: float = Field(
+        30, gt=0, le=600, description="A client that reads nothing for this long is dropped."
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"

@@ -13,7 +13,7 @@ from app.api import errors
 from app.api.deps import Services
 from app.api.middleware import RefuseNul, RequestLog
 from app.api.openapi import problem_openapi
-from app.api.routes import agents, approvals, health, runs, sessions
+from app.api.routes import agents, approvals, events, health, runs, sessions
 from app.executor.agents import (
     AgentsModule,
     AgentsModuleError,
@@ -22,6 +22,7 @@ from app.executor.agents import (
 )
 from app.executor.approvals import ApprovalService
 from app.executor.service import RunService
+from app.executor.streams import RunEventStream
 from app.executor.wakeups import Wakeups
 from app.executor.worker import Executor
 from app.settings import Settings
@@ -74,12 +75,23 @@ def create_app(
                 engine,
                 RunService(db, engine, wakeups),
                 ApprovalService(db, engine, wakeups),
+                RunEventStream(db, wakeups),
+                wakeups,
                 executor,
             )
+            poller = anyio.CancelScope()
+
+            async def poll_changes() -> None:
+                with poller:
+                    await wakeups.poll_changes(db, settings.watch_poll_seconds)
+
             async with anyio.create_task_group() as group:
                 if executor is not None:
                     group.start_soon(executor.run)
+                if not db.is_sqlite:  # other processes write too: look for their changes
+                    group.start_soon(poll_changes)
                 yield
+                poller.cancel()
                 if executor is not None:
                     executor.stop()
             await engine.aclose()
@@ -96,7 +108,14 @@ def create_app(
     )
     app.openapi = lambda: problem_openapi(app)  # type: ignore[method-assign]
     errors.install(app)
-    routers = (runs.router, approvals.router, agents.router, sessions.router, health.router)
+    routers = (
+        runs.router,
+        events.router,
+        approvals.router,
+        agents.router,
+        sessions.router,
+        health.router,
+    )
     for router in routers:
         app.include_router(router)
     app.add_middleware(RefuseNul)

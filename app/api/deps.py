@@ -11,6 +11,8 @@ from app.api.schemas import Problem
 from app.engine import Engine
 from app.executor.approvals import ApprovalService
 from app.executor.service import RunService
+from app.executor.streams import RunEventStream
+from app.executor.wakeups import Wakeups
 from app.executor.worker import Executor
 from app.settings import Settings
 from app.store.database import Database
@@ -25,6 +27,8 @@ class Services:
     engine: Engine
     runs: RunService
     approvals: ApprovalService
+    events: RunEventStream
+    wakeups: Wakeups
     executor: Executor | None
 
 

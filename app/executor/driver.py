@@ -136,8 +136,12 @@ class RunDriver:
                 await observer.store(state, event_records(self.engine.cancel(state)))
                 self.log.info("run.cancelled")
             elif state.status is RunStatus.RUNNING:  # stopped or drained mid-run
+                run = observer.run
+                run.status = Status.QUEUED
                 async with self.db.session_scope() as session:
-                    await RunRepository(session).release(self.claim, now())
+                    event = lifecycle_event(run, "run.queued", state)
+                    await RunRepository(session).release(self.claim, event, now())
+                self.wakeups.run_changed(run.id)
                 self.wakeups.work_available()
                 self.log.info("run.released")
 

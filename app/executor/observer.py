@@ -38,7 +38,10 @@ class StoreObserver:
         self.cancel_requested = run.cancel_requested
 
     async def on_delta(self, delta: TextDelta) -> None:
-        return None  # deltas go live to watchers with the events issue; they are never stored
+        # Never stored: live only. A model call repeated after a takeover runs under a new
+        # claim, so the lease token tells its deltas apart as a new attempt.
+        data = {"turn": delta.turn, "attempt": self.claim.lease_token, "text": delta.text}
+        self.wakeups.delta(self.run.id, data)
 
     async def checkpoint(self, state: RunState, events: list[RunEvent]) -> None:
         await self.store(state, event_records(events))
@@ -75,7 +78,7 @@ class StoreObserver:
                 await save_to_session(session, run, state)
             await _track_approvals(session, run, state, stamp)
         self.cancel_requested = saved.cancel_requested
-        self.wakeups.run_changed(run.id)
+        self.wakeups.run_changed(run.id, saved.event_seq)
 
 
 LAST_MESSAGES = 5

@@ -27,8 +27,6 @@ from app.store.status import ENDED, RESTING, Status
 IfBusy = Literal["enqueue", "reject", "interrupt"]
 
 CREATE_SCOPE = "runs.create"
-# Waiters re-read the run this often, for changes made by another process.
-WAIT_TICK_SECONDS = 0.2
 
 
 @dataclass(frozen=True)
@@ -179,12 +177,13 @@ class RunService:
         """The run once it rests (ended or pending approval), or as it is after `seconds`."""
         if seconds <= 0 or run.status in RESTING:
             return run
-        with self.wakeups.watch(run.id) as changed, anyio.move_on_after(seconds):
-            while run.status not in RESTING:
-                with anyio.move_on_after(WAIT_TICK_SECONDS):
-                    await changed.wait()
-                changed.clear()
-                run = await self.get(run.id)
+        with self.wakeups.watch(run.id) as watch, anyio.move_on_after(seconds):
+            while True:
+                watch.changed.clear()
+                run = await self.get(run.id)  # read after clearing: no change slips between
+                if run.status in RESTING:
+                    break
+                await watch.changed.wait()
         return run
 
     async def get_session(self, session_id: str) -> SessionView:

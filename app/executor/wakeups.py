@@ -1,21 +1,97 @@
-"""In-process wake-ups: new work for the executor, changes of a run for its waiters.
+"""Wake-ups in one process: new work for its executor, changes and text deltas for the watchers
+of a run (event streams and `?wait`).
 
-Between processes nothing is signalled yet: executors poll and waiters re-read on a short tick.
+Writes this process makes signal at once. Writes of other processes (PostgreSQL with workers)
+are found by one batched query per tick for every watched run (`poll_changes`), never by a
+poll per watcher.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import defaultdict
+import threading
+from collections import defaultdict, deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import structlog
+
+from app.store.database import Database
+from app.store.runs import RunRepository
+
+log = structlog.get_logger("app.executor")
+
+# Deltas a watcher may hold unread; a slower reader loses the newest, never slows the run.
+DELTA_BUFFER = 512
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """Events up to `seq` are stored (None: up to whatever is stored now)."""
+
+    seq: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Delta:
+    """Text the model generated, `{turn, attempt, text}`."""
+
+    data: dict[str, Any]
+
+
+@dataclass(eq=False)
+class RunWatch:
+    """One watcher of one run: what happened, in the order it happened.
+
+    Deltas and store notices share one queue, so a reader shows a turn's text before that turn's
+    stored message. Consecutive notices merge, and deltas past the buffer are dropped: the queue
+    stays small however slowly its reader reads.
+    """
+
+    run_id: str
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    items: deque[Stored | Delta] = field(default_factory=deque)
+    buffered_deltas: int = 0
+    dropped_deltas: int = 0
+
+    def stored(self, seq: int | None) -> None:
+        last = self.items[-1] if self.items else None
+        if isinstance(last, Stored):
+            merged = None if last.seq is None or seq is None else max(last.seq, seq)
+            self.items[-1] = Stored(merged)
+        else:
+            self.items.append(Stored(seq))
+        self.changed.set()
+
+    def delta(self, data: dict[str, Any]) -> None:
+        if self.buffered_deltas >= DELTA_BUFFER:
+            self.dropped_deltas += 1
+            return
+        self.items.append(Delta(data))
+        self.buffered_deltas += 1
+        self.changed.set()
+
+    async def next(self) -> Stored | Delta:
+        while not self.items:
+            self.changed.clear()
+            await self.changed.wait()
+        item = self.items.popleft()
+        if isinstance(item, Delta):
+            self.buffered_deltas -= 1
+        return item
 
 
 class Wakeups:
     def __init__(self) -> None:
         self._work = asyncio.Event()
-        self._watchers: defaultdict[str, set[asyncio.Event]] = defaultdict(set)
+        self._watchers: defaultdict[str, set[RunWatch]] = defaultdict(set)
         self._cancel_listeners: list[Callable[[str], None]] = []
+        self._seen_seq: dict[str, int] = {}
+        # Lets another thread (a test, a metrics scrape) wait for the number of watchers.
+        self._watchers_changed = threading.Condition()
 
     def work_available(self) -> None:
         self._work.set()
@@ -25,21 +101,40 @@ class Wakeups:
         await self._work.wait()
         self._work.clear()
 
-    def run_changed(self, run_id: str) -> None:
-        for event in self._watchers.get(run_id, ()):
-            event.set()
+    def run_changed(self, run_id: str, seq: int | None = None) -> None:
+        """The run's row (and events up to `seq`, when known) changed in the store."""
+        for watch in self._watchers.get(run_id, ()):
+            watch.stored(seq)
+
+    def delta(self, run_id: str, data: dict[str, Any]) -> None:
+        """Text as the model generates it, for this process's watchers of the run."""
+        for watch in self._watchers.get(run_id, ()):
+            watch.delta(data)
+
+    @property
+    def watcher_count(self) -> int:
+        return sum(len(watches) for watches in self._watchers.values())
 
     @contextmanager
-    def watch(self, run_id: str) -> Iterator[asyncio.Event]:
-        """An event set whenever this process changes the run."""
-        event = asyncio.Event()
-        self._watchers[run_id].add(event)
+    def watch(self, run_id: str) -> Iterator[RunWatch]:
+        watch = RunWatch(run_id)
+        with self._watchers_changed:
+            self._watchers[run_id].add(watch)
+            self._watchers_changed.notify_all()
         try:
-            yield event
+            yield watch
         finally:
-            self._watchers[run_id].discard(event)
-            if not self._watchers[run_id]:
-                del self._watchers[run_id]
+            with self._watchers_changed:
+                self._watchers[run_id].discard(watch)
+                if not self._watchers[run_id]:
+                    del self._watchers[run_id]
+                    self._seen_seq.pop(run_id, None)
+                self._watchers_changed.notify_all()
+
+    def wait_for_watcher_count(self, count: int, timeout: float) -> bool:
+        """Block (a thread) until `count` watchers remain; False after `timeout`."""
+        with self._watchers_changed:
+            return self._watchers_changed.wait_for(lambda: self.watcher_count == count, timeout)
 
     def on_cancel(self, listener: Callable[[str], None]) -> None:
         self._cancel_listeners.append(listener)
@@ -47,3 +142,22 @@ class Wakeups:
     def cancel_requested(self, run_id: str) -> None:
         for listener in self._cancel_listeners:
             listener(run_id)
+
+    async def poll_changes(self, db: Database, interval: float) -> None:
+        """Wake the watchers of runs that other processes changed: one query per tick for all
+        watched runs, and none while nobody watches."""
+        while True:
+            await anyio.sleep(interval)
+            watched = list(self._watchers)
+            if not watched:
+                continue
+            try:
+                async with db.session_scope() as session:
+                    seqs = await RunRepository(session).event_seqs(watched)
+            except Exception:
+                log.exception("wakeups.poll_failed")
+                continue
+            for run_id, seq in seqs.items():
+                if self._seen_seq.get(run_id) != seq:
+                    self._seen_seq[run_id] = seq
+                    self.run_changed(run_id, seq)

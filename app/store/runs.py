@@ -20,8 +20,10 @@ EventRecord = tuple[str, dict[str, Any]]
 
 @dataclass(frozen=True, slots=True)
 class Saved:
-    """A fenced save that went through, and whether a cancel was requested meanwhile."""
+    """A fenced save that went through: the run's last event id, and whether a cancel was
+    requested meanwhile."""
 
+    event_seq: int
     cancel_requested: bool
 
 
@@ -143,19 +145,29 @@ class RunRepository:
             return None
         last_seq, cancel_requested = row
         await self._insert_events(claim.run_id, last_seq, events, now)
-        return Saved(cancel_requested=bool(cancel_requested))
+        return Saved(event_seq=last_seq, cancel_requested=bool(cancel_requested))
 
-    async def release(self, claim: Claim, now: datetime) -> None:
+    async def release(self, claim: Claim, event: EventRecord, now: datetime) -> None:
         """Put a run this claim still drives back in the queue, from its last stored state."""
-        await self.session.execute(
+        result = await self.session.execute(
             update(Run)
             .where(
                 Run.id == claim.run_id,
                 Run.lease_token == claim.lease_token,
                 Run.status == Status.RUNNING,
             )
-            .values(status=Status.QUEUED, claimed_by=None, lease_expires_at=None, updated_at=now)
+            .values(
+                status=Status.QUEUED,
+                claimed_by=None,
+                lease_expires_at=None,
+                updated_at=now,
+                event_seq=Run.event_seq + 1,
+            )
+            .returning(Run.event_seq)
         )
+        last_seq = result.scalar_one_or_none()
+        if last_seq is not None:
+            await self._insert_events(claim.run_id, last_seq, [event], now)
 
     async def save(self, run: Run, events: Sequence[EventRecord], now: datetime) -> None:
         """Write changes made to a loaded (and locked) run, with their events."""
@@ -180,13 +192,21 @@ class RunRepository:
         )
         return [run_id for run_id, cancel in result.all() if cancel]
 
-    async def events_after(self, run_id: str, after_seq: int) -> list[RunEvent]:
+    async def events_after(self, run_id: str, after_seq: int, *, limit: int) -> list[RunEvent]:
         query = (
             select(RunEvent)
             .where(RunEvent.run_id == run_id, RunEvent.seq > after_seq)
             .order_by(RunEvent.seq)
+            .limit(limit)
         )
         return list(await self.session.scalars(query))
+
+    async def event_seqs(self, run_ids: Sequence[str]) -> dict[str, int]:
+        """The last event id of each run: what changed since a watcher last looked."""
+        result = await self.session.execute(
+            select(Run.id, Run.event_seq).where(Run.id.in_(run_ids))
+        )
+        return {run_id: seq for run_id, seq in result.all()}  # noqa: C416 - rows, not pairs
 
     async def _insert_events(
         self, run_id: str, last_seq: int, events: Sequence[EventRecord], now: datetime

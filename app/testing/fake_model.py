@@ -26,6 +26,9 @@ from app.testing.script import Reply, Script, as_script
 
 Message = dict[str, Any]
 
+# A held stream goes on by itself after this long, so a test that forgets to release ends.
+HOLD_LIMIT_SECONDS = 60
+
 
 class FakeModel:
     """The scripts, the requests seen, and the ASGI app serving them (`.app`)."""
@@ -41,6 +44,7 @@ class FakeModel:
         self.requests: deque[dict[str, Any]] = deque(maxlen=keep_requests)
         self._attempts: Counter[str] = Counter()
         self._ids = itertools.count(1)
+        self._releases = threading.Semaphore(0)
         self._lock = threading.Condition()
         for name, script in (scripts or {}).items():
             self.script(name, script)
@@ -72,7 +76,12 @@ class FakeModel:
         with self._lock:
             return self._lock.wait_for(arrived, timeout)
 
+    def release(self) -> None:
+        """Let one hold of a reply's `hold_after` go on."""
+        self._releases.release()
+
     def reset(self) -> None:
+        self._releases = threading.Semaphore(0)
         with self._lock:
             self.scripts.clear()
             self.requests.clear()
@@ -104,7 +113,9 @@ class FakeModel:
         if reply.error and (reply.error.times is None or attempts <= reply.error.times):
             headers = {"retry-after-ms": str(reply.error.retry_after_ms)}
             return _error(reply.error.status, reply.error.message, headers)
-        completion = _Completion(f"chatcmpl-{next(self._ids)}", model, messages, reply)
+        completion = _Completion(
+            f"chatcmpl-{next(self._ids)}", model, messages, reply, self._releases
+        )
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
             chunks = completion.chunks(include_usage)
@@ -139,8 +150,16 @@ class FakeModel:
 class _Completion:
     """A reply rendered as a Chat Completions response, whole or as stream chunks."""
 
-    def __init__(self, response_id: str, model: str, messages: list[Message], reply: Reply) -> None:
+    def __init__(
+        self,
+        response_id: str,
+        model: str,
+        messages: list[Message],
+        reply: Reply,
+        releases: threading.Semaphore,
+    ) -> None:
         self.id = response_id
+        self.releases = releases
         self.model = model
         self.reply = reply
         self.created = int(time.time())
@@ -178,10 +197,12 @@ class _Completion:
         return {**self._envelope("chat.completion"), "choices": [choice], "usage": self.usage}
 
     async def chunks(self, include_usage: bool) -> AsyncIterator[str]:
-        for delta in self._deltas():
+        for index, delta in enumerate(self._deltas()):
             yield self._chunk([{"index": 0, "delta": delta, "finish_reason": None}])
             if self.reply.chunk_delay:
                 await asyncio.sleep(self.reply.chunk_delay)
+            if index in self.reply.hold_after:  # delta 0 only opens the message: no text yet
+                await asyncio.to_thread(self.releases.acquire, True, HOLD_LIMIT_SECONDS)
         yield self._chunk([{"index": 0, "delta": {}, "finish_reason": self.finish_reason}])
         if include_usage:
             yield self._chunk([], usage=self.usage)

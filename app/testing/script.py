@@ -43,6 +43,11 @@ class Reply(_Strict):
     error: FakeError | None = None
     delay: float = Field(0, ge=0, description="seconds before the answer starts")
     chunk_delay: float = Field(0, ge=0, description="seconds between streamed chunks")
+    hold_after: list[int] = Field(
+        default_factory=list,
+        description="after this many streamed text chunks (0: none yet), wait for a "
+        "`FakeModel.release()` each",
+    )
 
 
 class Rule(_Strict):

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import (
+    AbstractAsyncContextManager,
+    AbstractContextManager,
+    asynccontextmanager,
+    contextmanager,
+)
+from dataclasses import dataclass
 from typing import Any
 
 import anyio.to_thread
@@ -16,6 +22,7 @@ from app.api.deps import Services
 from app.executor.agents import load_agents_module
 from app.settings import Settings
 from app.testing import FakeModel, FakeModelServer
+from app.testing.server import ThreadedServer
 from tests.api import agents as test_agents
 
 Client = httpx.AsyncClient
@@ -77,6 +84,38 @@ def make_client(settings: Settings) -> ClientFactory:
         return serving(app)
 
     return make
+
+
+@dataclass
+class Live:
+    """The service served by uvicorn on 127.0.0.1 in a thread of its own."""
+
+    url: str
+    app: FastAPI
+
+    @property
+    def services(self) -> Services:
+        services: Services = self.app.state.services
+        return services
+
+
+LiveFactory = Callable[..., AbstractContextManager[Live]]
+
+
+@pytest.fixture
+def serve_live(settings: Settings) -> LiveFactory:
+    test_agents.reset()
+    module = load_agents_module("tests.api.agents")
+
+    @contextmanager
+    def serve(*, with_executor: bool = True, **overrides: Any) -> Iterator[Live]:
+        app = create_app(
+            settings.model_copy(update=overrides), agents_module=module, with_executor=with_executor
+        )
+        with ThreadedServer(app, lifespan=True) as server:
+            yield Live(server.url, app)
+
+    return serve
 
 
 @pytest.fixture

@@ -102,7 +102,8 @@ async def test_releasing_a_run_that_rested_changes_nothing(client: Any, fake: Fa
     async with db.session_scope() as session:
         stored = await RunRepository(session).get(run["id"])
         assert stored is not None
-        await RunRepository(session).release(Claim(stored.id, stored.lease_token), now())
+        claim = Claim(stored.id, stored.lease_token)
+        await RunRepository(session).release(claim, ("run.queued", {}), now())
 
     assert (await client.get(f"/runs/{run['id']}")).json()["status"] == "completed"
 

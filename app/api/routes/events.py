@@ -1,0 +1,62 @@
+"""`/runs/{id}/events`: a run as server-sent events, resumable with `Last-Event-ID`."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query
+from sse_starlette import EventSourceResponse, ServerSentEvent
+
+from app.api.deps import ServicesDep, problems
+from app.executor.streams import StreamItem
+
+router = APIRouter(tags=["events"])
+
+STREAM_DESCRIPTION = """Server-sent events: each stored event has an `id` (increasing within
+the run), an `event` name and JSON `data`; `message.delta` events (text as the model generates it)
+have no id and are never replayed. The stream closes once the run has ended and all is sent."""
+
+
+@router.get(
+    "/runs/{run_id}/events",
+    response_class=EventSourceResponse,
+    responses={
+        200: {
+            "description": STREAM_DESCRIPTION,
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        },
+        **problems(404, 422),
+    },
+)
+async def run_events(
+    run_id: str,
+    services: ServicesDep,
+    last_event_id: Annotated[
+        int | None, Header(ge=0, description="Resume after this event id.")
+    ] = None,
+    last_event_id_query: Annotated[
+        int | None,
+        Query(alias="last_event_id", ge=0, description="The same, for clients without headers."),
+    ] = None,
+) -> EventSourceResponse:
+    """The run's events: those stored after `Last-Event-ID`, then the live ones."""
+    stream = services.events
+    await stream.check(run_id)
+    after = last_event_id if last_event_id is not None else (last_event_id_query or 0)
+    settings = services.settings
+    return EventSourceResponse(
+        _sse(stream.events(run_id, after)),
+        ping=settings.sse_ping_seconds,
+        send_timeout=settings.sse_send_timeout_seconds,
+    )
+
+
+async def _sse(items: AsyncIterator[StreamItem]) -> AsyncIterator[ServerSentEvent]:
+    async for item in items:
+        yield ServerSentEvent(
+            data=json.dumps(item.data, separators=(",", ":")),
+            event=item.event,
+            id=str(item.id) if item.id is not None else None,
+        )
