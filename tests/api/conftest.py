@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import (
     AbstractAsyncContextManager,
@@ -10,6 +13,7 @@ from contextlib import (
     contextmanager,
 )
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import anyio.to_thread
@@ -24,6 +28,7 @@ from app.settings import Settings
 from app.testing import FakeModel, FakeModelServer
 from app.testing.server import ThreadedServer
 from tests.api import agents as test_agents
+from tests.conftest import ROOT, is_postgres
 
 Client = httpx.AsyncClient
 ClientFactory = Callable[..., AbstractAsyncContextManager[Client]]
@@ -122,3 +127,48 @@ def serve_live(settings: Settings) -> LiveFactory:
 async def client(make_client: ClientFactory) -> AsyncIterator[Client]:
     async with make_client() as client:
         yield client
+
+
+AGENT_RUNS = str(Path(sys.executable).with_name("agent-runs"))
+
+
+WorkerFactory = Callable[[], "subprocess.Popen[str]"]
+
+
+@pytest.fixture
+def start_worker(
+    db_url: str, fake_server: FakeModelServer, tmp_path: Path
+) -> Iterator[WorkerFactory]:
+    """Starts `agent-runs worker` processes on the test database; kills what is left after."""
+    if not is_postgres(db_url):
+        pytest.skip("workers need PostgreSQL; SQLite serves one process")
+    processes: list[subprocess.Popen[str]] = []
+
+    def start() -> subprocess.Popen[str]:
+        env = {
+            **os.environ,
+            "DATABASE_URL": db_url,
+            "OPENAI_BASE_URL": fake_server.base_url,
+            "AGENTS_MODULE": "tests.api.agents",
+            "DEFAULT_MODEL": "m",
+            "POLL_INTERVAL_SECONDS": "0.1",
+            "PYTHONPATH": str(ROOT),
+        }
+        log = (tmp_path / f"worker-{len(processes)}.log").open("w")
+        process = subprocess.Popen(
+            [AGENT_RUNS, "worker", "--concurrency", "4"],
+            env=env,
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        log.close()  # the child holds its own descriptor
+        processes.append(process)
+        return process
+
+    yield start
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)

@@ -12,7 +12,7 @@ import pytest
 from httpx_sse import ServerSentEvent, aconnect_sse
 
 from app.testing import FakeModel, Reply, call, calls, text
-from tests.api.conftest import Live, LiveFactory
+from tests.api.conftest import Live, LiveFactory, WorkerFactory
 
 pytestmark = pytest.mark.anyio
 
@@ -260,3 +260,21 @@ async def test_a_reader_that_stops_reading_never_slows_the_run(
 
     assert first["status"] == "completed"
     assert done.json()["status"] == "completed"
+
+
+async def test_streaming_a_run_driven_by_a_worker_process(
+    serve_live: LiveFactory, fake: FakeModel, start_worker: WorkerFactory
+) -> None:
+    fake.script("m", [call("add", {"a": 20, "b": 22}), text("42")])
+    with serve_live(with_executor=False) as live:  # an API-only process
+        run = await post(live, "/runs", {"agent": "calc", "input": "sum"})
+        worker = start_worker()
+        events = stored(await stream(live, run["id"]))
+        worker.terminate()
+        assert worker.wait(timeout=20) == 0
+
+    names = [event.event for event in events]
+    assert names[0] == "run.queued"
+    assert names[-1] == "run.completed"
+    assert names.count("tool_call.completed") == 1
+    assert [int(event.id) for event in events] == list(range(1, len(events) + 1))
