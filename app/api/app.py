@@ -24,8 +24,9 @@ from app.executor.approvals import ApprovalService
 from app.executor.service import RunService
 from app.executor.streams import RunEventStream
 from app.executor.wakeups import Wakeups
-from app.executor.worker import Executor
+from app.executor.worker import Executor, worker_name
 from app.settings import Settings
+from app.store.channels import DeltaChannel
 from app.store.database import Database, DatabaseInUse
 from app.store.migrations import SchemaNotReady, ensure_schema
 
@@ -79,21 +80,26 @@ def create_app(
                 wakeups,
                 executor,
             )
-            poller = anyio.CancelScope()
+            # Other processes write too on PostgreSQL: follow their changes and deltas.
+            if not db.is_sqlite:
+                wakeups.channel = DeltaChannel(db, worker_name(), wakeups.local_delta)
+            listening = anyio.CancelScope()
 
-            async def poll_changes() -> None:
-                with poller:
-                    await wakeups.poll_changes(db, settings.watch_poll_seconds)
+            async def follow_other_processes(channel: DeltaChannel) -> None:
+                with listening:
+                    async with anyio.create_task_group() as followers:
+                        followers.start_soon(wakeups.poll_changes, db, settings.watch_poll_seconds)
+                        followers.start_soon(channel.run)
 
             async with anyio.create_task_group() as group:
+                if wakeups.channel is not None:
+                    group.start_soon(follow_other_processes, wakeups.channel)
                 if executor is not None:
                     group.start_soon(executor.run)
-                if not db.is_sqlite:  # other processes write too: look for their changes
-                    group.start_soon(poll_changes)
                 yield
-                poller.cancel()
                 if executor is not None:
                     executor.stop()
+                listening.cancel()
             await engine.aclose()
         finally:
             await db.dispose()

@@ -66,6 +66,7 @@ class StoreObserver:
                 values.update(final_output=state.final_output, finished_at=stamp)
             records = [*records, lifecycle_event(run, event_name, state)]
         ends_session = state.status.ended and run.session_id is not None
+        await self.wakeups.flush_deltas()
         async with self.db.session_scope() as session:
             if ends_session:
                 # Session before run, the lock order of every path that takes both.

@@ -19,6 +19,7 @@ from typing import Any
 import anyio
 import structlog
 
+from app.store.channels import DeltaChannel
 from app.store.database import Database
 from app.store.runs import RunRepository
 
@@ -90,6 +91,7 @@ class Wakeups:
         self._watchers: defaultdict[str, set[RunWatch]] = defaultdict(set)
         self._cancel_listeners: list[Callable[[str], None]] = []
         self._seen_seq: dict[str, int] = {}
+        self.channel: DeltaChannel | None = None
         # Lets another thread (a test, a metrics scrape) wait for the number of watchers.
         self._watchers_changed = threading.Condition()
 
@@ -107,9 +109,21 @@ class Wakeups:
             watch.stored(seq)
 
     def delta(self, run_id: str, data: dict[str, Any]) -> None:
-        """Text as the model generates it, for this process's watchers of the run."""
+        """Text as the model generates it: to this process's watchers of the run, and to other
+        processes' through the delta channel (PostgreSQL)."""
+        self.local_delta(run_id, data)
+        if self.channel is not None:
+            self.channel.publish(run_id, data)
+
+    def local_delta(self, run_id: str, data: dict[str, Any]) -> None:
         for watch in self._watchers.get(run_id, ()):
             watch.delta(data)
+
+    async def flush_deltas(self) -> None:
+        """Send pending deltas before a checkpoint, so other processes see them before its
+        events."""
+        if self.channel is not None:
+            await self.channel.flush()
 
     @property
     def watcher_count(self) -> int:

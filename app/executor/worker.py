@@ -21,6 +21,7 @@ from app.executor.driver import RunDriver, StopReason
 from app.executor.lifecycle import now
 from app.executor.wakeups import Wakeups
 from app.settings import Settings
+from app.store.channels import DeltaChannel
 from app.store.database import Database
 from app.store.migrations import ensure_schema
 from app.store.runs import RunRepository
@@ -59,6 +60,7 @@ class Executor:
         self.claimed_total = 0
         self._slot_freed = anyio.Event()
         self._stop = anyio.Event()
+        self.stopped = anyio.Event()
         self._group: TaskGroup | None = None
         self.log = log.bind(worker=self.name)
         wakeups.on_cancel(self.cancel)
@@ -77,6 +79,7 @@ class Executor:
             for driver in list(self.drivers.values()):
                 driver.stop(StopReason.SHUTDOWN)
             group.cancel_scope.cancel()
+        self.stopped.set()
         self.log.info("executor.stopped")
 
     async def _drain(self) -> None:
@@ -163,21 +166,28 @@ async def run_worker(settings: Settings, stop_signals: tuple[signal.Signals, ...
     try:
         await ensure_schema(db)
         engine = build_engine(settings, load_agents_module(settings.agents_module))
+        wakeups = Wakeups()
+        # Deltas go out to the API processes whose clients watch; none come in.
+        channel = DeltaChannel(db, worker_name(), deliver=None)
+        wakeups.channel = channel
         executor = Executor(
             db,
             engine,
-            Wakeups(),
+            wakeups,
             concurrency=settings.concurrency,
             poll_interval=settings.poll_interval_seconds,
             shutdown_grace=settings.shutdown_grace_seconds,
         )
         async with anyio.create_task_group() as group:
+            group.start_soon(channel.run)
             group.start_soon(executor.run)
             with anyio.open_signal_receiver(*stop_signals) as received:
                 async for signum in received:
                     log.info("executor.signal", signal=signum)
                     executor.stop()
                     break
+            await executor.stopped.wait()
+            group.cancel_scope.cancel()  # the channel, once the executor has handed back
         await engine.aclose()
     finally:
         await db.dispose()

@@ -265,14 +265,27 @@ async def test_a_reader_that_stops_reading_never_slows_the_run(
 async def test_streaming_a_run_driven_by_a_worker_process(
     serve_live: LiveFactory, fake: FakeModel, start_worker: WorkerFactory
 ) -> None:
-    fake.script("m", [call("add", {"a": 20, "b": 22}), text("42")])
+    # The answer waits until the watcher has seen the tool run, so its deltas are live.
+    fake.script("m", [call("add", {"a": 20, "b": 22}), Reply(content="forty two", hold_after=[0])])
     with serve_live(with_executor=False) as live:  # an API-only process
         run = await post(live, "/runs", {"agent": "calc", "input": "sum"})
         worker = start_worker()
-        events = stored(await stream(live, run["id"]))
+        received: list[ServerSentEvent] = []
+        with anyio.fail_after(30):
+            async with (
+                httpx.AsyncClient(base_url=live.url, timeout=30) as client,
+                aconnect_sse(client, "GET", f"/runs/{run['id']}/events") as source,
+            ):
+                async for event in source.aiter_sse():
+                    received.append(event)
+                    if event.event == "tool_call.completed":
+                        fake.release()
         worker.terminate()
         assert worker.wait(timeout=20) == 0
 
+    deltas = [json.loads(e.data) for e in received if e.event == "message.delta"]
+    assert "".join(delta["text"] for delta in deltas) == "forty two"  # across processes
+    events = stored(received)
     names = [event.event for event in events]
     assert names[0] == "run.queued"
     assert names[-1] == "run.completed"

@@ -1,0 +1,116 @@
+"""Text deltas between processes, over PostgreSQL LISTEN/NOTIFY.
+
+A worker's model streams text that an API process's clients watch. Deltas are never stored, so
+they travel as notifications: batched per process every few milliseconds (NOTIFY takes a global
+lock at commit, so never one per delta), on a connection of their own, and best-effort (a
+delta lost to a dropped connection is only a delta: the whole message is stored).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import asyncpg
+import structlog
+
+from app.store.database import Database
+
+log = structlog.get_logger("app.store")
+
+CHANNEL = "agent_runs_deltas"
+PAYLOAD_LIMIT = 7000  # PostgreSQL refuses payloads of 8000 bytes and more
+PENDING_LIMIT = 10_000  # deltas held while the database is away; later ones are dropped
+
+Deliver = Callable[[str, dict[str, Any]], None]
+
+
+class DeltaChannel:
+    """Publishes this process's deltas and delivers other processes' to `deliver`."""
+
+    def __init__(
+        self, db: Database, origin: str, deliver: Deliver | None, *, flush_seconds: float = 0.02
+    ) -> None:
+        self._dsn = db.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        self._origin = origin
+        self._deliver = deliver
+        self._flush_seconds = flush_seconds
+        self._pending: list[tuple[str, dict[str, Any]]] = []
+        self._connection: asyncpg.Connection | None = None
+        self._send_lock = anyio.Lock()
+
+    def publish(self, run_id: str, data: dict[str, Any]) -> None:
+        if len(self._pending) < PENDING_LIMIT:
+            self._pending.append((run_id, data))
+
+    async def flush(self) -> None:
+        """Send what is pending now (before a checkpoint, so deltas precede its events)."""
+        if not self._pending or self._connection is None:
+            return
+        async with self._send_lock:
+            batch, self._pending = self._pending, []
+            try:
+                for payload in _payloads(self._origin, batch):
+                    await self._connection.execute("SELECT pg_notify($1, $2)", CHANNEL, payload)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                log.warning("deltas.not_sent", count=len(batch))
+
+    async def run(self) -> None:
+        """Keep a connection (listening when there is someone to deliver to) and flush."""
+        while True:
+            try:
+                self._connection = await asyncpg.connect(self._dsn)
+                if self._deliver is not None:
+                    await self._connection.add_listener(CHANNEL, self._received)
+                while not self._connection.is_closed():
+                    await anyio.sleep(self._flush_seconds)
+                    await self.flush()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                log.warning("deltas.connection_lost", exc_info=True)
+            finally:
+                if self._connection is not None and not self._connection.is_closed():
+                    with anyio.CancelScope(shield=True):
+                        await self._connection.close()
+                self._connection = None
+            await anyio.sleep(1)  # then connect again
+
+    def _received(self, _connection: Any, _pid: int, _channel: str, payload: object) -> None:
+        message = json.loads(str(payload))
+        if message["origin"] == self._origin or self._deliver is None:
+            return  # this process delivered its own deltas already
+        for run_id, data in message["deltas"]:
+            self._deliver(run_id, data)
+
+
+def _payloads(origin: str, batch: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    """Notification payloads under the size limit, consecutive deltas of one turn merged."""
+    # JSON escapes non-ASCII text: one character can take 12 bytes of payload.
+    piece = PAYLOAD_LIMIT // 16
+    pieces = [
+        (run_id, {**data, "text": data["text"][start : start + piece]})
+        for run_id, data in batch
+        for start in range(0, max(len(data["text"]), 1), piece)
+    ]
+    merged: list[tuple[str, dict[str, Any]]] = []
+    for run_id, data in pieces:
+        if merged:
+            last_run, last = merged[-1]
+            same_turn = (last["turn"], last["attempt"]) == (data["turn"], data["attempt"])
+            if last_run == run_id and same_turn and len(last["text"]) + len(data["text"]) <= piece:
+                merged[-1] = (run_id, {**last, "text": last["text"] + data["text"]})
+                continue
+        merged.append((run_id, data))
+    payloads: list[str] = []
+    chunk: list[tuple[str, dict[str, Any]]] = []
+    for item in merged:
+        candidate = json.dumps({"origin": origin, "deltas": [*chunk, item]})
+        if chunk and len(candidate.encode()) > PAYLOAD_LIMIT:
+            payloads.append(json.dumps({"origin": origin, "deltas": chunk}))
+            chunk = [item]
+        else:
+            chunk.append(item)
+    if chunk:
+        payloads.append(json.dumps({"origin": origin, "deltas": chunk}))
+    return payloads
