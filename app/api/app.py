@@ -82,7 +82,8 @@ def create_app(
             )
             # Other processes write too on PostgreSQL: follow their changes and deltas.
             if not db.is_sqlite:
-                wakeups.channel = DeltaChannel(db, worker_name(), wakeups.local_delta)
+                on_cancel = wakeups.cancel_requested if with_executor else None
+                wakeups.channel = DeltaChannel(db, worker_name(), wakeups.local_delta, on_cancel)
             listening = anyio.CancelScope()
 
             async def follow_other_processes(channel: DeltaChannel) -> None:

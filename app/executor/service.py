@@ -66,7 +66,7 @@ class RunService:
 
         run, created = await once(self.db, CREATE_SCOPE, idempotency, insert)
         if created:
-            self._signal_cancels(interrupted)
+            await self._signal_cancels(interrupted)
             self.wakeups.work_available()
         return run, created
 
@@ -152,7 +152,7 @@ class RunService:
             if run.status in ENDED:
                 raise RunEnded(f"run {run_id} has already ended ({run.status})")
             signal = await self._cancel_locked(session, runs, run)
-        self._signal_cancels([run_id] if signal else [])
+        await self._signal_cancels([run_id] if signal else [])
         self.wakeups.run_changed(run_id)
         self.wakeups.work_available()  # the session's next run may start now
         return run
@@ -167,11 +167,11 @@ class RunService:
         await runs.save(run, records, now())
         return False
 
-    def _signal_cancels(self, run_ids: list[str]) -> None:
-        """After commit: an executor of this process stops at once; others see it on their
-        next heartbeat."""
+    async def _signal_cancels(self, run_ids: list[str]) -> None:
+        """After commit: the executor driving each run stops it now, whichever process it is
+        in (and would find the stored flag on its next heartbeat anyway)."""
         for run_id in run_ids:
-            self.wakeups.cancel_requested(run_id)
+            await self.wakeups.request_cancel(run_id)
 
     async def wait_until_resting(self, run: Run, seconds: float) -> Run:
         """The run once it rests (ended or pending approval), or as it is after `seconds`."""

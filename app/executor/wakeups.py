@@ -154,8 +154,15 @@ class Wakeups:
         self._cancel_listeners.append(listener)
 
     def cancel_requested(self, run_id: str) -> None:
+        """Stop the run if this process's executor drives it."""
         for listener in self._cancel_listeners:
             listener(run_id)
+
+    async def request_cancel(self, run_id: str) -> None:
+        """Stop the run in whichever process drives it (its cancel flag is stored)."""
+        self.cancel_requested(run_id)
+        if self.channel is not None:
+            await self.channel.cancel(run_id)
 
     async def poll_changes(self, db: Database, interval: float) -> None:
         """Wake the watchers of runs that other processes changed: one query per tick for all

@@ -167,8 +167,8 @@ async def run_worker(settings: Settings, stop_signals: tuple[signal.Signals, ...
         await ensure_schema(db)
         engine = build_engine(settings, load_agents_module(settings.agents_module))
         wakeups = Wakeups()
-        # Deltas go out to the API processes whose clients watch; none come in.
-        channel = DeltaChannel(db, worker_name(), deliver=None)
+        # Deltas go out to the API processes whose clients watch; cancels come in.
+        channel = DeltaChannel(db, worker_name(), deliver=None, on_cancel=wakeups.cancel_requested)
         wakeups.channel = channel
         executor = Executor(
             db,

@@ -1,9 +1,12 @@
-"""Text deltas between processes, over PostgreSQL LISTEN/NOTIFY.
+"""Hints between processes over PostgreSQL LISTEN/NOTIFY: text deltas and cancels.
 
 A worker's model streams text that an API process's clients watch. Deltas are never stored, so
 they travel as notifications: batched per process every few milliseconds (NOTIFY takes a global
 lock at commit, so never one per delta), on a connection of their own, and best-effort (a
 delta lost to a dropped connection is only a delta: the whole message is stored).
+
+A cancel is stored first (the run's flag, which a worker's heartbeat also finds); its
+notification only makes the driving worker stop at once instead of at its next heartbeat.
 """
 
 from __future__ import annotations
@@ -21,21 +24,31 @@ from app.store.database import Database
 log = structlog.get_logger("app.store")
 
 CHANNEL = "agent_runs_deltas"
+CANCEL_CHANNEL = "agent_runs_cancels"
 PAYLOAD_LIMIT = 7000  # PostgreSQL refuses payloads of 8000 bytes and more
 PENDING_LIMIT = 10_000  # deltas held while the database is away; later ones are dropped
 
 Deliver = Callable[[str, dict[str, Any]], None]
+OnCancel = Callable[[str], None]
 
 
 class DeltaChannel:
-    """Publishes this process's deltas and delivers other processes' to `deliver`."""
+    """Publishes this process's deltas and cancels; delivers other processes' deltas to
+    `deliver` (API processes) and their cancels to `on_cancel` (processes with an executor)."""
 
     def __init__(
-        self, db: Database, origin: str, deliver: Deliver | None, *, flush_seconds: float = 0.02
+        self,
+        db: Database,
+        origin: str,
+        deliver: Deliver | None,
+        on_cancel: OnCancel | None = None,
+        *,
+        flush_seconds: float = 0.02,
     ) -> None:
         self._dsn = db.url.set(drivername="postgresql").render_as_string(hide_password=False)
         self._origin = origin
         self._deliver = deliver
+        self._on_cancel = on_cancel
         self._flush_seconds = flush_seconds
         self._pending: list[tuple[str, dict[str, Any]]] = []
         self._connection: asyncpg.Connection | None = None
@@ -57,13 +70,25 @@ class DeltaChannel:
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
                 log.warning("deltas.not_sent", count=len(batch))
 
+    async def cancel(self, run_id: str) -> None:
+        """Tell the process that drives the run to stop it now (its flag is stored already)."""
+        if self._connection is None:
+            return  # the worker's heartbeat will find the flag
+        async with self._send_lock:
+            try:
+                await self._connection.execute("SELECT pg_notify($1, $2)", CANCEL_CHANNEL, run_id)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                log.warning("cancel.not_sent", run_id=run_id)
+
     async def run(self) -> None:
-        """Keep a connection (listening when there is someone to deliver to) and flush."""
+        """Keep a connection (listening for what this process takes in) and flush."""
         while True:
             try:
                 self._connection = await asyncpg.connect(self._dsn)
                 if self._deliver is not None:
                     await self._connection.add_listener(CHANNEL, self._received)
+                if self._on_cancel is not None:
+                    await self._connection.add_listener(CANCEL_CHANNEL, self._cancelled)
                 while not self._connection.is_closed():
                     await anyio.sleep(self._flush_seconds)
                     await self.flush()
@@ -82,6 +107,10 @@ class DeltaChannel:
             return  # this process delivered its own deltas already
         for run_id, data in message["deltas"]:
             self._deliver(run_id, data)
+
+    def _cancelled(self, _connection: Any, _pid: int, _channel: str, payload: object) -> None:
+        if self._on_cancel is not None:
+            self._on_cancel(str(payload))
 
 
 def _payloads(origin: str, batch: list[tuple[str, dict[str, Any]]]) -> list[str]:

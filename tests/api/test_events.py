@@ -291,3 +291,23 @@ async def test_streaming_a_run_driven_by_a_worker_process(
     assert names[-1] == "run.completed"
     assert names.count("tool_call.completed") == 1
     assert [int(event.id) for event in events] == list(range(1, len(events) + 1))
+
+
+async def test_cancelling_a_run_a_worker_process_drives(
+    serve_live: LiveFactory, fake: FakeModel, start_worker: WorkerFactory
+) -> None:
+    fake.script("m", [Reply(content="never finished", hold_after=[1])])
+    with serve_live(with_executor=False) as live:
+        run = await post(live, "/runs", {"agent": "calc", "input": "go"})
+        worker = start_worker()
+        assert await anyio.to_thread.run_sync(fake.wait_for_requests, 1, "m")
+
+        response = await post(live, f"/runs/{run['id']}/cancel", {})
+        events = stored(await stream(live, run["id"]))
+        fake.release()
+        worker.terminate()
+        assert worker.wait(timeout=20) == 0
+
+    assert response["status"] == "running"  # flagged; the worker stops it
+    assert events[-1].event == "run.cancelled"
+    assert json.loads(events[-1].data)["status"] == "cancelled"
