@@ -70,6 +70,7 @@ class ApprovalService:
         decided = [data for name, data in records if name == "approval.decided"]
         await ApprovalRepository(session).decide(run_id, decided)
         run.state = state.to_json()
+        run.lease_token += 1  # fences out any driver that still thinks it holds the run
         if state.status is RunStatus.RUNNING:
             run.status = Status.QUEUED
             records.append(lifecycle_event(run, "run.queued", state))

@@ -66,6 +66,7 @@ async def cancel_resting_run(
         run.state = state.to_json()
     run.status = Status.CANCELLED
     run.finished_at = now()
+    run.lease_token += 1  # fences out any driver that still thinks it holds the run
     run.claimed_by = None
     run.lease_expires_at = None
     records.append(lifecycle_event(run, "run.cancelled", state))

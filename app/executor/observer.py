@@ -36,6 +36,7 @@ class StoreObserver:
         self.claim = claim
         self.run = run  # a detached copy kept in step with what is stored
         self.cancel_requested = run.cancel_requested
+        self._unsaved: list[tuple[str, dict[str, Any]]] = []  # events of a park not stored
 
     async def on_delta(self, delta: TextDelta) -> None:
         # Never stored: live only. A model call repeated after a takeover runs under a new
@@ -50,34 +51,44 @@ class StoreObserver:
         """Write the state, its events, and on a rest its status with the lifecycle event."""
         run = self.run
         stamp = now()
+        records = [*self._unsaved, *records]
         values: dict[str, Any] = {"state": state.to_json(), "current_agent": state.current_agent}
-        run.current_agent = state.current_agent
         resting = _LIFECYCLE.get(state.status)
-        if resting is not None:
-            event_name, status = resting
-            run.status = status
-            run.error = (
-                {"code": state.error.code, "message": state.error.message} if state.error else None
-            )
-            values.update(status=status, error=run.error, claimed_by=None, lease_expires_at=None)
-            if state.status.ended:
-                run.final_output = state.final_output
-                run.finished_at = stamp
-                values.update(final_output=state.final_output, finished_at=stamp)
-            records = [*records, lifecycle_event(run, event_name, state)]
         ends_session = state.status.ended and run.session_id is not None
         await self.wakeups.flush_deltas()
         async with self.db.session_scope() as session:
+            runs = RunRepository(session)
             if ends_session:
                 # Session before run, the lock order of every path that takes both.
                 assert run.session_id is not None
                 await SessionRepository(session).ensure(run.session_id, stamp)
-            saved = await RunRepository(session).save_fenced(self.claim, values, records, stamp)
+            parking = state.status is RunStatus.PENDING_APPROVAL
+            if parking and await runs.cancel_requested(run.id):
+                # Cancelled while the turn ran: it must not park (an approval UI would show
+                # calls of a cancelled run). The driver stores `cancelled` with these events.
+                self._unsaved = records
+                self.cancel_requested = True
+                return
+            if resting is not None:
+                event_name, status = resting
+                run.status = status
+                run.error = _error_of(state)
+                values.update(
+                    status=status, error=run.error, claimed_by=None, lease_expires_at=None
+                )
+                if state.status.ended:
+                    run.final_output = state.final_output
+                    run.finished_at = stamp
+                    values.update(final_output=state.final_output, finished_at=stamp)
+                records = [*records, lifecycle_event(run, event_name, state)]
+            run.current_agent = state.current_agent
+            saved = await runs.save_fenced(self.claim, values, records, stamp)
             if saved is None:
                 raise LeaseLost(f"run {run.id} is no longer held by this executor")
             if ends_session:
                 await save_to_session(session, run, state)
             await _track_approvals(session, run, state, stamp)
+        self._unsaved = []
         self.cancel_requested = saved.cancel_requested
         self.wakeups.run_changed(run.id, saved.event_seq)
 
@@ -93,3 +104,7 @@ async def _track_approvals(session: AsyncSession, run: Run, state: RunState, sta
         await approvals.add_pending(run.id, pending, state.messages[-LAST_MESSAGES:], stamp)
     elif state.status.ended:
         await approvals.withdraw(run.id)
+
+
+def _error_of(state: RunState) -> dict[str, str] | None:
+    return {"code": state.error.code, "message": state.error.message} if state.error else None

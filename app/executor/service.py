@@ -17,7 +17,7 @@ from app.engine.errors import RunEnded
 from app.executor.errors import RunNotFound, SessionBusy, SessionNotFound
 from app.executor.idempotency import Idempotency, once
 from app.executor.lifecycle import cancel_resting_run, lifecycle_event, now
-from app.executor.wakeups import Wakeups
+from app.executor.wakeups import Stored, Wakeups
 from app.store.database import Database
 from app.store.models import Run, Session
 from app.store.runs import RunRepository
@@ -59,18 +59,20 @@ class RunService:
     async def create(self, new: NewRun, idempotency: Idempotency | None = None) -> tuple[Run, bool]:
         """The run and whether it was created now (False: an idempotent repeat)."""
         self.engine.agents.get(new.agent)  # an unknown agent is refused before anything is stored
-        interrupted: list[str] = []
+        interrupted: list[Run] = []
 
         async def insert(session: AsyncSession) -> Run:
             return await self._insert(session, new, interrupted)
 
         run, created = await once(self.db, CREATE_SCOPE, idempotency, insert)
         if created:
-            await self._signal_cancels(interrupted)
+            for cancelled in interrupted:
+                self.wakeups.run_changed(cancelled.id)
+            await self._signal_cancels([r.id for r in interrupted if r.status == Status.RUNNING])
             self.wakeups.work_available()
         return run, created
 
-    async def _insert(self, session: AsyncSession, new: NewRun, interrupted: list[str]) -> Run:
+    async def _insert(self, session: AsyncSession, new: NewRun, interrupted: list[Run]) -> Run:
         runs = RunRepository(session)
         stamp = now()
         if new.session_id is not None:
@@ -100,8 +102,8 @@ class RunService:
 
     async def _make_way(
         self, session: AsyncSession, runs: RunRepository, session_id: str, if_busy: IfBusy
-    ) -> list[str]:
-        """Apply `if_busy`; returns the running runs whose executor must be told to cancel."""
+    ) -> list[Run]:
+        """Apply `if_busy`; returns the runs it cancelled (running ones only flagged)."""
         if if_busy == "enqueue":
             return []
         unfinished = await runs.unfinished_in_session(session_id, for_update=True)
@@ -110,7 +112,9 @@ class RunService:
         if if_busy == "reject":
             ids = ", ".join(run.id for run in unfinished)
             raise SessionBusy(f"session {session_id!r} has unfinished runs: {ids}")
-        return [run.id for run in unfinished if await self._cancel_locked(session, runs, run)]
+        for run in unfinished:
+            await self._cancel_locked(session, runs, run)
+        return unfinished
 
     async def get(self, run_id: str) -> Run:
         async with self.db.session_scope() as session:
@@ -179,11 +183,11 @@ class RunService:
             return run
         with self.wakeups.watch(run.id) as watch, anyio.move_on_after(seconds):
             while True:
-                watch.changed.clear()
-                run = await self.get(run.id)  # read after clearing: no change slips between
+                run = await self.get(run.id)
                 if run.status in RESTING:
                     break
-                await watch.changed.wait()
+                while not isinstance(await watch.next(), Stored):
+                    pass  # text deltas: the run has not rested
         return run
 
     async def get_session(self, session_id: str) -> SessionView:

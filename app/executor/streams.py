@@ -41,35 +41,47 @@ class RunEventStream:
         """Everything after event `after`; ends once the run has ended and all is sent."""
         cursor = after
         up_to: int | None = None
+        turns_sent = 0  # turns whose whole message has been sent: their deltas are stale
         # Watch before the first read: a change landing during the replay is not missed.
         with self.wakeups.watch(run_id) as watch:
             while True:
-                batch, finished = await self._read(run_id, cursor, up_to)
-                for event in batch:
+                read = await self._read(run_id, cursor, up_to)
+                for event in read.events:
                     cursor = event.seq
                     yield StreamItem(event.seq, event.name, event.data)
-                if finished:
+                if read.finished:
                     return
-                if len(batch) == BATCH:
+                if read.complete:
+                    turns_sent = read.turns
+                if len(read.events) == BATCH:
                     continue  # more is stored already
                 change = await watch.next()
                 while isinstance(change, Delta):
-                    yield StreamItem(None, "message.delta", change.data)
+                    if change.data["turn"] > turns_sent:
+                        yield StreamItem(None, "message.delta", change.data)
                     change = await watch.next()
                 up_to = change.seq
 
-    async def _read(
-        self, run_id: str, cursor: int, up_to: int | None
-    ) -> tuple[list[RunEvent], bool]:
-        """Stored events after `cursor` (none past `up_to`: a turn's deltas come before its
-        later events), and whether they are the run's last."""
+    async def _read(self, run_id: str, cursor: int, up_to: int | None) -> _Read:
+        """Stored events after `cursor`, none past `up_to` (a turn's deltas come before its
+        later events)."""
         async with self.db.session_scope() as session:
             runs = RunRepository(session)
             run = await runs.get(run_id)
             events = await runs.events_after(run_id, cursor, limit=BATCH)
         if run is None:
-            return [], True
+            return _Read([], finished=True, complete=True, turns=0)
         if up_to is not None:
             events = [event for event in events if event.seq <= up_to]
         last = events[-1].seq if events else cursor
-        return events, run.status in ENDED and last >= run.event_seq
+        complete = last >= run.event_seq
+        turns = int((run.state or {}).get("turns", 0))
+        return _Read(events, run.status in ENDED and complete, complete, turns)
+
+
+@dataclass(frozen=True, slots=True)
+class _Read:
+    events: list[RunEvent]
+    finished: bool  # the run has ended and these are its last events
+    complete: bool  # these reach the last event stored when the run was read
+    turns: int  # the turns the run had then: their messages are among the events sent

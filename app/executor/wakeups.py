@@ -179,6 +179,8 @@ class Wakeups:
                 log.exception("wakeups.poll_failed")
                 continue
             for run_id, seq in seqs.items():
+                if run_id not in self._watchers:
+                    continue  # its last watcher left during the query
                 if self._seen_seq.get(run_id) != seq:
                     self._seen_seq[run_id] = seq
                     self.run_changed(run_id, seq)

@@ -23,12 +23,24 @@ class ApprovalRepository:
         last_messages: list[dict[str, Any]],
         now: datetime,
     ) -> None:
-        """Record the run's pending calls; calls already recorded are left as they are."""
-        known = set(
-            await self.session.scalars(select(Approval.call_id).where(Approval.run_id == run_id))
-        )
+        """Record the run's pending calls; a call asked again (in doubt after a crash) is
+        pending again, with what it is asked now."""
+        known = {
+            approval.call_id: approval
+            for approval in await self.session.scalars(
+                select(Approval).where(Approval.run_id == run_id)
+            )
+        }
         for request in requests:
-            if request["call_id"] in known:
+            asked_again = known.get(request["call_id"])
+            if asked_again is not None:
+                if asked_again.status != "pending":
+                    asked_again.status = "pending"
+                    asked_again.decision = None
+                    asked_again.in_doubt = request["in_doubt"]
+                    asked_again.arguments = request["arguments"]
+                    asked_again.requested_at = now
+                    asked_again.last_messages = last_messages
                 continue
             self.session.add(
                 Approval(

@@ -11,6 +11,7 @@ notification only makes the driving worker stop at once instead of at its next h
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Callable
 from typing import Any
@@ -45,7 +46,10 @@ class DeltaChannel:
         *,
         flush_seconds: float = 0.02,
     ) -> None:
-        self._dsn = db.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        # The engine's own connection arguments, less the options only SQLAlchemy understands.
+        _, arguments = db.engine.dialect.create_connect_args(db.url)
+        accepted = inspect.signature(asyncpg.connect).parameters
+        self._connect_arguments = {k: v for k, v in arguments.items() if k in accepted}
         self._origin = origin
         self._deliver = deliver
         self._on_cancel = on_cancel
@@ -60,53 +64,64 @@ class DeltaChannel:
 
     async def flush(self) -> None:
         """Send what is pending now (before a checkpoint, so deltas precede its events)."""
-        if not self._pending or self._connection is None:
+        if not self._pending:
             return
-        async with self._send_lock:
-            batch, self._pending = self._pending, []
-            try:
-                for payload in _payloads(self._origin, batch):
-                    await self._connection.execute("SELECT pg_notify($1, $2)", CHANNEL, payload)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-                log.warning("deltas.not_sent", count=len(batch))
+        batch, self._pending = self._pending, []
+        if not await self._notify(CHANNEL, _payloads(self._origin, batch)):
+            log.warning("deltas.not_sent", count=len(batch))
 
     async def cancel(self, run_id: str) -> None:
-        """Tell the process that drives the run to stop it now (its flag is stored already)."""
-        if self._connection is None:
-            return  # the worker's heartbeat will find the flag
+        """Tell the process that drives the run to stop it now (its flag is stored already;
+        if this hint is lost, the worker's heartbeat finds the flag)."""
+        if not await self._notify(CANCEL_CHANNEL, [run_id]):
+            log.warning("cancel.not_sent", run_id=run_id)
+
+    async def _notify(self, channel: str, payloads: list[str]) -> bool:
+        """Best effort: whatever goes wrong on this connection must not fail a run."""
         async with self._send_lock:
+            connection = self._connection
+            if connection is None or connection.is_closed():
+                return False
             try:
-                await self._connection.execute("SELECT pg_notify($1, $2)", CANCEL_CHANNEL, run_id)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-                log.warning("cancel.not_sent", run_id=run_id)
+                for payload in payloads:
+                    await connection.execute("SELECT pg_notify($1, $2)", channel, payload)
+            except Exception:
+                return False
+        return True
 
     async def run(self) -> None:
         """Keep a connection (listening for what this process takes in) and flush."""
         while True:
             try:
-                self._connection = await asyncpg.connect(self._dsn)
-                if self._deliver is not None:
-                    await self._connection.add_listener(CHANNEL, self._received)
-                if self._on_cancel is not None:
-                    await self._connection.add_listener(CANCEL_CHANNEL, self._cancelled)
-                while not self._connection.is_closed():
-                    await anyio.sleep(self._flush_seconds)
-                    await self.flush()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-                log.warning("deltas.connection_lost", exc_info=True)
-            finally:
-                if self._connection is not None and not self._connection.is_closed():
+                connection = await asyncpg.connect(**self._connect_arguments)
+                try:
+                    if self._deliver is not None:
+                        await connection.add_listener(CHANNEL, self._received)
+                    if self._on_cancel is not None:
+                        await connection.add_listener(CANCEL_CHANNEL, self._cancelled)
+                    self._connection = connection
+                    while not connection.is_closed():
+                        await anyio.sleep(self._flush_seconds)
+                        await self.flush()
+                finally:
                     with anyio.CancelScope(shield=True):
-                        await self._connection.close()
-                self._connection = None
+                        async with self._send_lock:
+                            self._connection = None
+                            if not connection.is_closed():
+                                await connection.close(timeout=5)
+            except Exception:
+                log.warning("channel.connection_lost", exc_info=True)
             await anyio.sleep(1)  # then connect again
 
     def _received(self, _connection: Any, _pid: int, _channel: str, payload: object) -> None:
-        message = json.loads(str(payload))
-        if message["origin"] == self._origin or self._deliver is None:
-            return  # this process delivered its own deltas already
-        for run_id, data in message["deltas"]:
-            self._deliver(run_id, data)
+        try:
+            message = json.loads(str(payload))
+            if message["origin"] == self._origin or self._deliver is None:
+                return  # this process delivered its own deltas already
+            for run_id, data in message["deltas"]:
+                self._deliver(run_id, data)
+        except Exception:
+            log.exception("deltas.bad_notification")
 
     def _cancelled(self, _connection: Any, _pid: int, _channel: str, payload: object) -> None:
         if self._on_cancel is not None:

@@ -177,6 +177,11 @@ class RunRepository:
         await self.session.flush()
         await self._insert_events(run.id, first_seq + len(events) - 1, events, now)
 
+    async def cancel_requested(self, run_id: str) -> bool:
+        """Whether a cancel was asked for, with the run's row locked until the commit."""
+        query = select(Run.cancel_requested).where(Run.id == run_id).with_for_update()
+        return bool(await self.session.scalar(query))
+
     async def renew_leases(
         self, worker: str, run_ids: Iterable[str], *, expires_at: datetime
     ) -> list[str]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
@@ -17,6 +19,7 @@ from app.executor.service import NewRun, RunService
 from app.executor.wakeups import Wakeups
 from app.executor.worker import Executor
 from app.settings import Settings
+from app.store.approvals import ApprovalRepository
 from app.store.database import Database
 from app.store.models import Run
 from app.store.runs import Claim, RunRepository
@@ -92,6 +95,43 @@ async def test_a_cancel_that_lands_while_a_turn_runs_is_kept_when_it_parks(
     assert finished["status"] == "cancelled"
     assert finished["pending_approvals"] == []
     assert finished["steps"][0]["tool_calls"][0]["status"] == "cancelled"
+    assert (await client.get("/approvals")).json()["items"] == []
+    names = [event.name for event in await stored_events(client, run["id"])]
+    assert "run.pending_approval" not in names  # it never parked
+    assert names.count("run.cancelled") == 1
+    assert names.count("approval.requested") == 1  # the park's events, stored with the cancel
+
+
+async def stored_events(client: Any, run_id: str) -> list[Any]:
+    async with services_of(client).db.session_scope() as session:
+        events = await RunRepository(session).events_after(run_id, 0, limit=1000)
+    assert [event.seq for event in events] == list(range(1, len(events) + 1))
+    return events
+
+
+async def test_a_call_asked_again_in_doubt_is_pending_again(client: Any) -> None:
+    async with make_client_run(client) as (session, run_id):
+        approvals = ApprovalRepository(session)
+        request = {"call_id": "c1", "tool": "delete_record", "agent": "calc", "in_doubt": False}
+        await approvals.add_pending(
+            run_id, [{**request, "arguments": {"record_id": "a"}}], [], now()
+        )
+        await approvals.decide(run_id, [{"call_id": "c1", "approved": True}])
+        again = {**request, "in_doubt": True, "arguments": {"record_id": "a"}}
+        await approvals.add_pending(run_id, [again], [{"role": "user", "content": "x"}], now())
+        [row] = await approvals.page(
+            statuses=["pending"], agent=None, tool=None, before_seq=None, limit=5
+        )
+
+    assert (row.call_id, row.in_doubt, row.decision) == ("c1", True, None)
+
+
+@asynccontextmanager
+async def make_client_run(client: Any) -> AsyncIterator[tuple[Any, str]]:
+    """A stored run to hang rows on, and a session in a transaction."""
+    created = (await client.post("/runs", json={"agent": "calc", "input": "x"})).json()
+    async with services_of(client).db.session_scope() as session:
+        yield session, created["id"]
 
 
 async def test_releasing_a_run_that_rested_changes_nothing(client: Any, fake: FakeModel) -> None:

@@ -207,10 +207,15 @@ async def test_unknown_run_and_bad_cursor(serve_live: LiveFactory) -> None:
         missing = await get(live, "/runs/run_nope/events")
         run = await post(live, "/runs", {"agent": "calc", "input": "x"}, wait=10)
         bad = await get(live, f"/runs/{run['id']}/events?last_event_id=-3")
+        huge = await get(live, f"/runs/{run['id']}/events?last_event_id={2**31}")
+        async with httpx.AsyncClient(base_url=live.url, timeout=30) as client:
+            huge_header = await client.get(
+                f"/runs/{run['id']}/events", headers={"Last-Event-ID": "9" * 25}
+            )
 
     assert missing.status_code == 404
     assert missing.headers["content-type"] == "application/problem+json"
-    assert bad.status_code == 422
+    assert bad.status_code == huge.status_code == huge_header.status_code == 422
 
 
 async def test_a_client_that_goes_away_leaves_nothing_behind(
@@ -311,3 +316,28 @@ async def test_cancelling_a_run_a_worker_process_drives(
     assert response["status"] == "running"  # flagged; the worker stops it
     assert events[-1].event == "run.cancelled"
     assert json.loads(events[-1].data)["status"] == "cancelled"
+
+
+async def test_a_stream_ends_when_an_interrupt_cancels_its_parked_run(
+    serve_live: LiveFactory, fake: FakeModel
+) -> None:
+    fake.script("m", [call("delete_record", {"record_id": "r"})])
+    with serve_live() as live:
+        parked = await post(
+            live, "/runs", {"agent": "calc", "input": "del", "session_id": "s"}, wait=10
+        )
+        assert parked["status"] == "pending_approval"
+        async with anyio.create_task_group() as group:
+            events: list[ServerSentEvent] = []
+
+            async def watch() -> None:
+                events.extend(await stream(live, parked["id"]))
+
+            group.start_soon(watch)
+            assert await anyio.to_thread.run_sync(
+                live.services.wakeups.wait_for_watcher_count, 1, 10
+            )
+            body = {"agent": "calc", "input": "x", "session_id": "s", "if_busy": "interrupt"}
+            await post(live, "/runs", body)
+
+    assert stored(events)[-1].event == "run.cancelled"

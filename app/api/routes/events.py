@@ -14,6 +14,8 @@ from app.executor.streams import StreamItem
 
 router = APIRouter(tags=["events"])
 
+MAX_EVENT_ID = 2**31 - 1  # event ids are 32-bit integers in the store
+
 STREAM_DESCRIPTION = """Server-sent events: each stored event has an `id` (increasing within
 the run), an `event` name and JSON `data`; `message.delta` events (text as the model generates it)
 have no id and are never replayed. The stream closes once the run has ended and all is sent."""
@@ -34,11 +36,16 @@ async def run_events(
     run_id: str,
     services: ServicesDep,
     last_event_id: Annotated[
-        int | None, Header(ge=0, description="Resume after this event id.")
+        int | None, Header(ge=0, le=MAX_EVENT_ID, description="Resume after this event id.")
     ] = None,
     last_event_id_query: Annotated[
         int | None,
-        Query(alias="last_event_id", ge=0, description="The same, for clients without headers."),
+        Query(
+            alias="last_event_id",
+            ge=0,
+            le=MAX_EVENT_ID,
+            description="The same, for clients without headers.",
+        ),
     ] = None,
 ) -> EventSourceResponse:
     """The run's events: those stored after `Last-Event-ID`, then the live ones."""
