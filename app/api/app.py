@@ -59,16 +59,7 @@ def create_app(
             engine = build_engine(settings, module)
             wakeups = Wakeups()
             executor = (
-                Executor(
-                    db,
-                    engine,
-                    wakeups,
-                    concurrency=settings.concurrency,
-                    poll_interval=settings.poll_interval_seconds,
-                    shutdown_grace=settings.shutdown_grace_seconds,
-                )
-                if with_executor
-                else None
+                Executor.from_settings(db, engine, wakeups, settings) if with_executor else None
             )
             app.state.services = Services(
                 settings,

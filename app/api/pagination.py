@@ -5,10 +5,19 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Protocol, TypeVar
 
 from app.api.errors import ApiError
 from app.api.schemas import ProblemError
+
+
+class _Sequenced(Protocol):
+    @property
+    def seq(self) -> int: ...
+
+
+T = TypeVar("T", bound=_Sequenced)
 
 
 def encode(position: dict[str, Any]) -> str:
@@ -30,3 +39,11 @@ def decode(cursor: str | None, key: str, kind: type) -> Any:
         error = ProblemError(loc=["query", "cursor"], msg="not a cursor this list gave out")
         raise ApiError(422, "The cursor is not valid for this list.", [error])
     return value
+
+
+def by_seq(found: Sequence[T], limit: int) -> tuple[Sequence[T], str | None]:
+    """A page of rows fetched newest first with one row more than `limit`, and the cursor
+    that continues after it (None on the last page)."""
+    if len(found) <= limit:
+        return found, None
+    return found[:limit], encode({"seq": found[limit - 1].seq})

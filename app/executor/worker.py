@@ -65,6 +65,19 @@ class Executor:
         self.log = log.bind(worker=self.name)
         wakeups.on_cancel(self.cancel)
 
+    @classmethod
+    def from_settings(
+        cls, db: Database, engine: Engine, wakeups: Wakeups, settings: Settings
+    ) -> Executor:
+        return cls(
+            db,
+            engine,
+            wakeups,
+            concurrency=settings.concurrency,
+            poll_interval=settings.poll_interval_seconds,
+            shutdown_grace=settings.shutdown_grace_seconds,
+        )
+
     async def run(self) -> None:
         """Claim and drive runs until `stop`; then hand back what is unfinished."""
         self.log.info("executor.started", concurrency=self.concurrency)
@@ -170,14 +183,7 @@ async def run_worker(settings: Settings, stop_signals: tuple[signal.Signals, ...
         # Deltas go out to the API processes whose clients watch; cancels come in.
         channel = DeltaChannel(db, worker_name(), deliver=None, on_cancel=wakeups.cancel_requested)
         wakeups.channel = channel
-        executor = Executor(
-            db,
-            engine,
-            wakeups,
-            concurrency=settings.concurrency,
-            poll_interval=settings.poll_interval_seconds,
-            shutdown_grace=settings.shutdown_grace_seconds,
-        )
+        executor = Executor.from_settings(db, engine, wakeups, settings)
         async with anyio.create_task_group() as group:
             group.start_soon(channel.run)
             group.start_soon(executor.run)

@@ -53,7 +53,6 @@ async def list_approvals(
         before_seq=pagination.decode(cursor, "seq", int),
         limit=limit + 1,
     )
-    more = len(found) > limit
-    next_cursor = pagination.encode({"seq": found[limit - 1].seq}) if more else None
-    items = [ApprovalOut.model_validate(item, from_attributes=True) for item in found[:limit]]
+    page, next_cursor = pagination.by_seq(found, limit)
+    items = [ApprovalOut.model_validate(item, from_attributes=True) for item in page]
     return ApprovalPage(items=items, next_cursor=next_cursor)

@@ -77,9 +77,8 @@ async def list_runs(
         before_seq=pagination.decode(cursor, "seq", int),
         limit=limit + 1,
     )
-    more = len(found) > limit
-    next_cursor = pagination.encode({"seq": found[limit - 1].seq}) if more else None
-    return RunPage(items=[RunOut.of(run) for run in found[:limit]], next_cursor=next_cursor)
+    page, next_cursor = pagination.by_seq(found, limit)
+    return RunPage(items=[RunOut.of(run) for run in page], next_cursor=next_cursor)
 
 
 @router.get("/{run_id}", responses=problems(404, 422))
