@@ -920,6 +920,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     def interrupt(signum: int, frame: FrameType | None) -> None:
         signal.raise_signal(signal.SIGINT)
 
+    # A shell that starts this in the background ignores SIGINT: SIGTERM would then do nothing.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, interrupt)
     try:
         report = bench(args)

@@ -117,8 +117,10 @@ class RunDriver:
             records = [lifecycle_event(run, "run.resumed", state)]
         async with self.db.session_scope() as session:
             values = {"state": state.to_json(), "started_at": run.started_at}
-            if await RunRepository(session).save_fenced(self.claim, values, records, now()) is None:
+            saved = await RunRepository(session).save_fenced(self.claim, values, records, now())
+            if saved is None:
                 raise LeaseLost(f"run {run.id} is no longer held by this executor")
+        self.wakeups.run_changed(run.id, saved.event_seq)  # watchers see it start at once
         self.log.info("run.started", agent=run.agent, turns=state.turns)
         return run, state
 
