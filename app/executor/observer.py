@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -96,7 +97,9 @@ class StoreObserver:
 LAST_MESSAGES = 5
 
 
-async def _track_approvals(session: AsyncSession, run: Run, state: RunState, stamp: Any) -> None:
+async def _track_approvals(
+    session: AsyncSession, run: Run, state: RunState, stamp: datetime
+) -> None:
     """Parked: list its pending calls for `GET /approvals`; ended: they leave the list."""
     approvals = ApprovalRepository(session)
     if state.status is RunStatus.PENDING_APPROVAL:
