@@ -65,7 +65,15 @@ def serve(
     finally:
         probe.release_sqlite_file()
     app = create_app(settings, with_executor=executor)
+    # uvicorn shuts down gracefully on SIGTERM (requests, then our lifespan hands runs back),
+    # then raises the signal again for whatever handler was there before it: a clean stop
+    # asked for by a process manager exits 0.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
     uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, access_log=False)
+
+
+def _exit_cleanly(_signum: int, _frame: object) -> None:
+    raise SystemExit(0)
 
 
 @cli.command()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./agent-runs.db"
@@ -38,6 +38,29 @@ class Settings(BaseSettings):
     poll_interval_seconds: float = Field(
         1.0, gt=0, le=60, description="How often an idle executor looks for work."
     )
+    lease_seconds: float = Field(
+        20,
+        gt=0,
+        le=3600,
+        description="How long a run stays with an executor that stopped renewing its lease "
+        "(killed, paused, cut off) before another executor takes it over.",
+    )
+    heartbeat_seconds: float = Field(
+        5, gt=0, le=600, description="How often an executor renews the leases of its runs."
+    )
+    max_takeovers: int = Field(
+        3,
+        ge=0,
+        le=100,
+        description="Takeovers after lost executors before a run fails with `internal_error` "
+        "(a run that keeps killing its executor).",
+    )
+    database_pool_size: int = Field(
+        10,
+        ge=1,
+        le=200,
+        description="Pooled PostgreSQL connections per process (as many again may overflow).",
+    )
     shutdown_grace_seconds: float = Field(
         10, ge=0, le=600, description="How long a stopping process lets turns in flight finish."
     )
@@ -54,3 +77,13 @@ class Settings(BaseSettings):
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
+
+    @model_validator(mode="after")
+    def _heartbeat_within_lease(self) -> Settings:
+        # A lease renewed less often than it expires is lost by a healthy executor.
+        if self.heartbeat_seconds >= self.lease_seconds:
+            raise ValueError(
+                f"HEARTBEAT_SECONDS ({self.heartbeat_seconds}) must be shorter than "
+                f"LEASE_SECONDS ({self.lease_seconds}); a third of it or less is sound"
+            )
+        return self

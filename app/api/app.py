@@ -47,7 +47,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        db = Database(settings.database_url)
+        db = Database(settings.database_url, pool_size=settings.database_pool_size)
         try:
             try:
                 db.claim_sqlite_file()
@@ -73,8 +73,13 @@ def create_app(
             )
             # Other processes write too on PostgreSQL: follow their changes and deltas.
             if not db.is_sqlite:
-                on_cancel = wakeups.cancel_requested if with_executor else None
-                wakeups.channel = DeltaChannel(db, worker_name(), wakeups.local_delta, on_cancel)
+                wakeups.channel = DeltaChannel(
+                    db,
+                    worker_name(),
+                    wakeups.local_delta,
+                    on_cancel=wakeups.cancel_requested if with_executor else None,
+                    on_work=wakeups.work_hinted if with_executor else None,
+                )
             listening = anyio.CancelScope()
 
             async def follow_other_processes(channel: DeltaChannel) -> None:

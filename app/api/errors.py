@@ -23,6 +23,7 @@ from app.engine.errors import (
     UnknownCall,
 )
 from app.executor.errors import IdempotencyKeyInUse, IdempotencyKeyReused, NotFound, SessionBusy
+from app.store.database import is_transient
 
 log = structlog.get_logger("app.api")
 
@@ -132,6 +133,17 @@ async def _domain_error(request: Request, exc: EngineError) -> JSONResponse:
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    if is_transient(exc):
+        # A database restart or failover: nothing was wrong with the request, try it again.
+        log.warning("request.database_unavailable", path=request.url.path, error=type(exc).__name__)
+        detail = "The database is not answering; retry shortly."
+        return problem(
+            503,
+            detail,
+            kind="unavailable",
+            title="Service unavailable",
+            headers={"Retry-After": "1"},
+        )
     error_id = uuid.uuid4().hex
     log.error(
         "request.failed",

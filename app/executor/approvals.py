@@ -46,7 +46,7 @@ class ApprovalService:
         if applied:
             self.wakeups.run_changed(run.id)
             if run.status == Status.QUEUED:
-                self.wakeups.work_available()
+                self.wakeups.work_enqueued()
         return run, applied
 
     async def _apply(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import uuid
+from typing import Any
 
 import anyio
 import structlog
@@ -16,10 +17,11 @@ from app.engine.state import RunError
 from app.executor.errors import LeaseLost
 from app.executor.lifecycle import event_records, lifecycle_event, now
 from app.executor.observer import StoreObserver
+from app.executor.retry import retrying
 from app.executor.wakeups import Wakeups
 from app.store.database import Database
 from app.store.models import Run
-from app.store.runs import Claim, EventRecord, RunRepository
+from app.store.runs import Claim, EventRecord, RunRepository, Saved
 from app.store.sessions import SessionRepository
 from app.store.status import Status
 
@@ -31,6 +33,7 @@ class StopReason(enum.Enum):
 
     CANCEL = "cancel"  # the run was cancelled: it ends `cancelled`
     SHUTDOWN = "shutdown"  # this process stops: the run goes back to the queue
+    LEASE_LOST = "lease_lost"  # another executor took the run over: write nothing more
 
 
 def lease_lost(exc: BaseException) -> bool:
@@ -41,16 +44,31 @@ def lease_lost(exc: BaseException) -> bool:
 
 
 class RunDriver:
-    def __init__(self, db: Database, engine: Engine, wakeups: Wakeups, claim: Claim) -> None:
+    def __init__(
+        self,
+        db: Database,
+        engine: Engine,
+        wakeups: Wakeups,
+        claim: Claim,
+        *,
+        max_takeovers: int = 3,
+    ) -> None:
         self.db = db
         self.engine = engine
         self.wakeups = wakeups
         self.claim = claim
+        self.max_takeovers = max_takeovers
         self.log = log.bind(run_id=claim.run_id)
         self._scope = anyio.CancelScope()
         self._stop_reason: StopReason | None = None
         self._draining = False
         self._run: Run | None = None
+        self._history: list[dict[str, Any]] = []
+        self.lost_lease = False  # a write of this driver was refused: another owns the run
+
+    @property
+    def stop_reason(self) -> StopReason | None:
+        return self._stop_reason
 
     def stop(self, reason: StopReason) -> None:
         """Abandon the model call or tool in flight at its next await."""
@@ -68,13 +86,17 @@ class RunDriver:
         try:
             with self._scope:
                 with anyio.CancelScope(shield=True):  # a short load; stopping waits for it
-                    run, loaded = await self._start()
+                    run = await retrying(self._load, self.log)
+                    if self.claim.takeovers > self.max_takeovers:
+                        await self._give_up(run)
+                        return
+                    loaded = await self._start(run)
                 state = loaded
                 observer = StoreObserver(self.db, self.wakeups, self.claim, run)
                 if run.cancel_requested:
                     self.stop(StopReason.CANCEL)
                 await self._advance(loaded, observer)
-            if state is None or observer is None:
+            if state is None or observer is None or self._stop_reason is StopReason.LEASE_LOST:
                 return
             if observer.cancel_requested and state.status is RunStatus.PENDING_APPROVAL:
                 # Cancelled by another process while its last turn ran: it must not park.
@@ -82,28 +104,32 @@ class RunDriver:
             await self._wind_down(state, observer)
         except Exception as exc:
             if lease_lost(exc):
-                self.log.warning("run.lease_lost")
+                self.lost_lease = True
+                self.log.warning("run.lease_lost", token=self.claim.lease_token)
                 return
             error_id = uuid.uuid4().hex
             self.log.exception("run.crashed", error_id=error_id)
             await self._fail(state, observer, exc, error_id)
 
-    async def _start(self) -> tuple[Run, RunState]:
-        """Load the run; a new one gets its engine state (with the session's history)."""
+    async def _load(self) -> Run:
         async with self.db.session_scope() as session:
             run = await RunRepository(session).get(self.claim.run_id)
             if run is None:
                 raise LeaseLost(f"run {self.claim.run_id} vanished")
-            history = []
+            self._history = []
             if run.state is None and run.session_id is not None:
-                history = await SessionRepository(session).messages(run.session_id)
+                self._history = await SessionRepository(session).messages(run.session_id)
         self._run = run
+        return run
+
+    async def _start(self, run: Run) -> RunState:
+        """Give a new run its engine state (with the session's history), or resume one."""
         records: list[EventRecord]
         if run.state is None:
             state = self.engine.start(
                 run.agent,
                 run.input,
-                history=history,
+                history=self._history,
                 config=RunConfig.model_validate(run.config),
                 variables=run.context,
                 run_id=run.id,
@@ -115,14 +141,41 @@ class RunDriver:
         else:
             state = RunState.from_json(run.state)
             records = [lifecycle_event(run, "run.resumed", state)]
-        async with self.db.session_scope() as session:
-            values = {"state": state.to_json(), "started_at": run.started_at}
-            saved = await RunRepository(session).save_fenced(self.claim, values, records, now())
-            if saved is None:
-                raise LeaseLost(f"run {run.id} is no longer held by this executor")
+        values = {"state": state.to_json(), "started_at": run.started_at}
+        saved = await retrying(lambda: self._save(values, records), self.log)
+        run.event_seq = saved.event_seq
         self.wakeups.run_changed(run.id, saved.event_seq)  # watchers see it start at once
-        self.log.info("run.started", agent=run.agent, turns=state.turns)
-        return run, state
+        self.log.info(
+            "run.started", agent=run.agent, turns=state.turns, takeovers=self.claim.takeovers
+        )
+        return state
+
+    async def _save(self, values: dict[str, Any], records: list[EventRecord]) -> Saved:
+        assert self._run is not None
+        async with self.db.session_scope() as session:
+            saved = await RunRepository(session).save_fenced(
+                self.claim, values, records, now(), after_seq=self._run.event_seq
+            )
+        if saved is None:
+            raise LeaseLost(f"run {self.claim.run_id} is no longer held by this executor")
+        return saved
+
+    async def _give_up(self, run: Run) -> None:
+        """A run whose executors keep getting lost mid-turn (it may be what kills them) ends
+        `failed` instead of taking every executor down in turn."""
+        takeovers = self.claim.takeovers
+        self.log.error("run.poisoned", takeovers=takeovers, max_takeovers=self.max_takeovers)
+        error = RunError(
+            "internal_error",
+            f"the run was taken over {takeovers} times after its executor was lost "
+            f"(limit {self.max_takeovers}); it may be what stops its executors",
+        )
+        state = RunState.from_json(run.state) if run.state is not None else None
+        if state is None:
+            await self._fail_unloaded(run, error)
+            return
+        observer = StoreObserver(self.db, self.wakeups, self.claim, run)
+        await observer.store(state, event_records(self.engine.fail(state, error)))
 
     async def _advance(self, state: RunState, observer: StoreObserver) -> None:
         while state.status is RunStatus.RUNNING and not self._draining:
@@ -140,12 +193,15 @@ class RunDriver:
             elif state.status is RunStatus.RUNNING:  # stopped or drained mid-run
                 run = observer.run
                 run.status = Status.QUEUED
-                async with self.db.session_scope() as session:
-                    event = lifecycle_event(run, "run.queued", state)
-                    await RunRepository(session).release(self.claim, event, now())
+                event = lifecycle_event(run, "run.queued", state)
+                await retrying(lambda: self._release(event), self.log)
                 self.wakeups.run_changed(run.id)
-                self.wakeups.work_available()
+                self.wakeups.work_enqueued()  # another process takes it over at once
                 self.log.info("run.released")
+
+    async def _release(self, event: EventRecord) -> None:
+        async with self.db.session_scope() as session:
+            await RunRepository(session).release(self.claim, event, now())
 
     async def _fail(
         self,
@@ -154,8 +210,9 @@ class RunDriver:
         exc: Exception,
         error_id: str,
     ) -> None:
-        """End the run `failed` with `internal_error`; a database outage is left to the lease
-        (another try later), anything else would only fail again."""
+        """End the run `failed` with `internal_error`: it would only fail again. A database
+        error is left to the lease instead (another executor tries again, up to the bound on
+        takeovers)."""
         if isinstance(exc, SQLAlchemyError) or self._run is None:
             return
         error = RunError("internal_error", f"internal error {error_id}: {type(exc).__name__}")
@@ -181,7 +238,7 @@ class RunDriver:
             "claimed_by": None,
             "lease_expires_at": None,
         }
-        async with self.db.session_scope() as session:
-            records = [lifecycle_event(run, "run.failed")]
-            await RunRepository(session).save_fenced(self.claim, values, records, stamp)
-        self.wakeups.run_changed(run.id)
+        saved = await retrying(
+            lambda: self._save(values, [lifecycle_event(run, "run.failed")]), self.log
+        )
+        self.wakeups.run_changed(run.id, saved.event_seq)

@@ -6,17 +6,19 @@ from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
+import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.engine import RunState, RunStatus
 from app.engine.events import RunEvent, TextDelta
 from app.executor.errors import LeaseLost
 from app.executor.lifecycle import event_records, lifecycle_event, now, save_to_session
+from app.executor.retry import retrying
 from app.executor.wakeups import Wakeups
 from app.store.approvals import ApprovalRepository
 from app.store.database import Database
 from app.store.models import Run
-from app.store.runs import Claim, RunRepository
+from app.store.runs import Claim, RunRepository, Saved
 from app.store.sessions import SessionRepository
 from app.store.status import Status
 
@@ -38,6 +40,7 @@ class StoreObserver:
         self.run = run  # a detached copy kept in step with what is stored
         self.cancel_requested = run.cancel_requested
         self._unsaved: list[tuple[str, dict[str, Any]]] = []  # events of a park not stored
+        self.log = structlog.get_logger("app.executor").bind(run_id=run.id)
 
     async def on_delta(self, delta: TextDelta) -> None:
         # Never stored: live only. A model call repeated after a takeover runs under a new
@@ -49,14 +52,31 @@ class StoreObserver:
         await self.store(state, event_records(events))
 
     async def store(self, state: RunState, records: list[tuple[str, dict[str, Any]]]) -> None:
-        """Write the state, its events, and on a rest its status with the lifecycle event."""
-        run = self.run
-        stamp = now()
+        """Write the state, its events, and on a rest its status with the lifecycle event;
+        through database faults, until it is stored or the lease is found lost."""
         records = [*self._unsaved, *records]
+        stamp = now()
+        await self.wakeups.flush_deltas()
+        saved = await retrying(lambda: self._write(state, records, stamp), self.log)
+        if saved is None:
+            # Cancelled while the turn ran: it must not park (an approval UI would show calls
+            # of a cancelled run). The driver stores `cancelled` with these events.
+            self._unsaved = records
+            self.cancel_requested = True
+            return
+        self._unsaved = []
+        self.cancel_requested = saved.cancel_requested
+        self.run.event_seq = saved.event_seq
+        self.wakeups.run_changed(self.run.id, saved.event_seq)
+
+    async def _write(
+        self, state: RunState, records: list[tuple[str, dict[str, Any]]], stamp: datetime
+    ) -> Saved | None:
+        """One transaction of `store`; None when a cancelled run was not parked."""
+        run = self.run
         values: dict[str, Any] = {"state": state.to_json(), "current_agent": state.current_agent}
         resting = _LIFECYCLE.get(state.status)
         ends_session = state.status.ended and run.session_id is not None
-        await self.wakeups.flush_deltas()
         async with self.db.session_scope() as session:
             runs = RunRepository(session)
             if ends_session:
@@ -65,11 +85,7 @@ class StoreObserver:
                 await SessionRepository(session).ensure(run.session_id, stamp)
             parking = state.status is RunStatus.PENDING_APPROVAL
             if parking and await runs.cancel_requested(run.id):
-                # Cancelled while the turn ran: it must not park (an approval UI would show
-                # calls of a cancelled run). The driver stores `cancelled` with these events.
-                self._unsaved = records
-                self.cancel_requested = True
-                return
+                return None
             if resting is not None:
                 event_name, status = resting
                 run.status = status
@@ -83,15 +99,17 @@ class StoreObserver:
                     values.update(final_output=state.final_output, finished_at=stamp)
                 records = [*records, lifecycle_event(run, event_name, state)]
             run.current_agent = state.current_agent
-            saved = await runs.save_fenced(self.claim, values, records, stamp)
+            saved = await runs.save_fenced(
+                self.claim, values, records, stamp, after_seq=run.event_seq
+            )
             if saved is None:
                 raise LeaseLost(f"run {run.id} is no longer held by this executor")
+            if saved.earlier:
+                return saved  # that attempt's transaction wrote the rest as well
             if ends_session:
                 await save_to_session(session, run, state)
             await _track_approvals(session, run, state, stamp)
-        self._unsaved = []
-        self.cancel_requested = saved.cancel_requested
-        self.wakeups.run_changed(run.id, saved.event_seq)
+        return saved
 
 
 LAST_MESSAGES = 5

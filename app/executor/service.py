@@ -69,7 +69,7 @@ class RunService:
             for cancelled in interrupted:
                 self.wakeups.run_changed(cancelled.id)
             await self._signal_cancels([r.id for r in interrupted if r.status == Status.RUNNING])
-            self.wakeups.work_available()
+            self.wakeups.work_enqueued()
         return run, created
 
     async def _insert(self, session: AsyncSession, new: NewRun, interrupted: list[Run]) -> Run:
@@ -158,7 +158,7 @@ class RunService:
             signal = await self._cancel_locked(session, runs, run)
         await self._signal_cancels([run_id] if signal else [])
         self.wakeups.run_changed(run_id)
-        self.wakeups.work_available()  # the session's next run may start now
+        self.wakeups.work_enqueued()  # the session's next run may start now
         return run
 
     async def _cancel_locked(self, session: AsyncSession, runs: RunRepository, run: Run) -> bool:

@@ -88,6 +88,8 @@ class RunWatch:
 class Wakeups:
     def __init__(self) -> None:
         self._work = asyncio.Event()
+        self._local_work = False
+        self._hinted = False
         self._watchers: defaultdict[str, set[RunWatch]] = defaultdict(set)
         self._cancel_listeners: list[Callable[[str], None]] = []
         self._seen_seq: dict[str, int] = {}
@@ -96,12 +98,32 @@ class Wakeups:
         self._watchers_changed = threading.Condition()
 
     def work_available(self) -> None:
+        """Something this process's executor may claim now (a slot came free, say)."""
+        self._local_work = True
         self._work.set()
 
-    async def wait_for_work(self) -> None:
-        """Return when work was signalled since the last call; callers bound the wait."""
+    def work_enqueued(self) -> None:
+        """Runs were queued: this process's executor and idle ones elsewhere may claim them."""
+        self._local_work = True
+        self._work.set()
+        if self.channel is not None:
+            self.channel.work_queued()
+
+    def work_hinted(self) -> None:
+        """Another process queued runs (every listening executor hears it)."""
+        self._hinted = True
+        self._work.set()
+
+    async def wait_for_work(self) -> bool:
+        """Return when work was signalled since the last call; callers bound the wait.
+
+        True when only other processes' hints woke it: every idle executor heard those, and
+        the caller staggers its claim so they do not all run at the same instant."""
         await self._work.wait()
         self._work.clear()
+        hinted_only = self._hinted and not self._local_work
+        self._hinted = self._local_work = False
+        return hinted_only
 
     def run_changed(self, run_id: str, seq: int | None = None) -> None:
         """The run's row (and events up to `seq`, when known) changed in the store."""

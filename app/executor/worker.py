@@ -6,6 +6,7 @@ and a stop that hands unfinished runs back to the queue.
 
 from __future__ import annotations
 
+import random
 import signal
 import socket
 import uuid
@@ -22,11 +23,14 @@ from app.executor.lifecycle import now
 from app.executor.wakeups import Wakeups
 from app.settings import Settings
 from app.store.channels import DeltaChannel
-from app.store.database import Database
+from app.store.database import Database, is_transient
 from app.store.migrations import ensure_schema
 from app.store.runs import RunRepository
 
 log = structlog.get_logger("app.executor")
+
+
+STAGGER_SECONDS = 0.005
 
 
 def worker_name() -> str:
@@ -45,6 +49,7 @@ class Executor:
         lease_seconds: float = 30.0,
         heartbeat_seconds: float = 1.0,
         shutdown_grace: float = 10.0,
+        max_takeovers: int = 3,
         name: str | None = None,
     ) -> None:
         self.db = db
@@ -55,9 +60,12 @@ class Executor:
         self.lease_seconds = lease_seconds
         self.heartbeat_seconds = heartbeat_seconds
         self.shutdown_grace = shutdown_grace
+        self.max_takeovers = max_takeovers
         self.name = name or worker_name()
         self.drivers: dict[str, RunDriver] = {}
         self.claimed_total = 0
+        self.fenced_total = 0  # writes refused because another executor had taken the run
+        self._claim_failures = 0
         self._slot_freed = anyio.Event()
         self._stop = anyio.Event()
         self.stopped = anyio.Event()
@@ -75,7 +83,10 @@ class Executor:
             wakeups,
             concurrency=settings.concurrency,
             poll_interval=settings.poll_interval_seconds,
+            lease_seconds=settings.lease_seconds,
+            heartbeat_seconds=settings.heartbeat_seconds,
             shutdown_grace=settings.shutdown_grace_seconds,
+            max_takeovers=settings.max_takeovers,
         )
 
     async def run(self) -> None:
@@ -125,11 +136,18 @@ class Executor:
                 claims = await RunRepository(session).claim(
                     self.name, limit=free, now=now(), lease_seconds=self.lease_seconds
                 )
-        except Exception:
-            self.log.exception("executor.claim_failed")
+        except Exception as exc:
+            self._claim_failures += 1
+            if is_transient(exc):
+                self.log.warning("executor.database_unavailable", error=type(exc).__name__)
+            else:
+                self.log.exception("executor.claim_failed")
             return
+        self._claim_failures = 0
         for claim in claims:
-            driver = RunDriver(self.db, self.engine, self.wakeups, claim)
+            driver = RunDriver(
+                self.db, self.engine, self.wakeups, claim, max_takeovers=self.max_takeovers
+            )
             self.drivers[claim.run_id] = driver
             assert self._group is not None
             self._group.start_soon(self._drive, driver)
@@ -141,47 +159,78 @@ class Executor:
             with anyio.CancelScope(shield=True):
                 await driver.drive()
         finally:
+            if driver.lost_lease:
+                self._fenced(driver.claim.run_id, "write")
             # The same run may have been claimed again by now (after its lease expired).
             if self.drivers.get(driver.claim.run_id) is driver:
                 del self.drivers[driver.claim.run_id]
             self._slot_freed.set()
             self.wakeups.work_available()  # a session's next run may be waiting for this one
 
+    def _fenced(self, run_id: str, refused: str) -> None:
+        self.fenced_total += 1
+        self.log.warning(
+            "executor.lease_fenced", run_id=run_id, refused=refused, fenced_total=self.fenced_total
+        )
+
     async def _idle(self) -> None:
-        """Wait for work, a freed slot, or the poll interval (work from other processes)."""
+        """Wait for work, a freed slot, or the poll interval (work from other processes, and
+        leases that expired); after database faults, back off instead."""
+        if self._claim_failures:
+            await anyio.sleep(min(0.05 * 2**self._claim_failures, 2.0, self.poll_interval * 5))
+            return
         with anyio.move_on_after(self.poll_interval):
             if len(self.drivers) >= self.concurrency:
                 await self._slot_freed.wait()
-            else:
-                await self.wakeups.wait_for_work()
+            elif await self.wakeups.wait_for_work():
+                await anyio.sleep(self._stagger())
+
+    def _stagger(self) -> float:
+        """Every idle executor hears another process's work hint. The least loaded claims
+        first; the others come a few milliseconds later, mostly to find the runs taken."""
+        load = len(self.drivers) / self.concurrency
+        return STAGGER_SECONDS * (load + random.random() / 4)
 
     async def _heartbeat(self) -> None:
         while True:
             await anyio.sleep(self.heartbeat_seconds)
-            if not self.drivers:
+            claims = [driver.claim for driver in self.drivers.values()]
+            if not claims:
                 continue
             expires = now() + timedelta(seconds=self.lease_seconds)
             try:
                 async with self.db.session_scope() as session:
-                    cancelled = await RunRepository(session).renew_leases(
-                        self.name, list(self.drivers), expires_at=expires
-                    )
-            except Exception:
-                self.log.exception("executor.heartbeat_failed")
+                    renewal = await RunRepository(session).renew_leases(claims, expires_at=expires)
+            except Exception as exc:
+                if is_transient(exc):
+                    self.log.warning("executor.heartbeat_failed", error=type(exc).__name__)
+                else:
+                    self.log.exception("executor.heartbeat_failed")
                 continue
-            for run_id in cancelled:
+            for claim in claims:
+                driver = self.drivers.get(claim.run_id)
+                if claim.run_id in renewal.taken and driver is not None and driver.claim is claim:
+                    self._fenced(claim.run_id, "lease renewal")
+                    driver.stop(StopReason.LEASE_LOST)
+            for run_id in renewal.cancel_requested:
                 self.cancel(run_id)
 
 
 async def run_worker(settings: Settings, stop_signals: tuple[signal.Signals, ...]) -> None:
     """The `worker` process: an executor on the configured database until a stop signal."""
-    db = Database(settings.database_url)
+    db = Database(settings.database_url, pool_size=settings.database_pool_size)
     try:
         await ensure_schema(db)
         engine = build_engine(settings, load_agents_module(settings.agents_module))
         wakeups = Wakeups()
         # Deltas go out to the API processes whose clients watch; cancels come in.
-        channel = DeltaChannel(db, worker_name(), deliver=None, on_cancel=wakeups.cancel_requested)
+        channel = DeltaChannel(
+            db,
+            worker_name(),
+            deliver=None,
+            on_cancel=wakeups.cancel_requested,
+            on_work=wakeups.work_hinted,
+        )
         wakeups.channel = channel
         executor = Executor.from_settings(db, engine, wakeups, settings)
         async with anyio.create_task_group() as group:

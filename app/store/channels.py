@@ -1,4 +1,8 @@
-"""Hints between processes over PostgreSQL LISTEN/NOTIFY: text deltas and cancels.
+"""Hints between processes over PostgreSQL LISTEN/NOTIFY: new work, text deltas and cancels.
+
+A run queued (created, resumed by a decision, handed back by a stopping process) is stored
+first; the work hint only lets idle executors claim it at once instead of at their next poll.
+Hints sent while one is on its way fold into it, so a burst of runs costs a few notifications.
 
 A worker's model streams text that an API process's clients watch. Deltas are never stored, so
 they travel as notifications: batched per process every few milliseconds (NOTIFY takes a global
@@ -11,6 +15,7 @@ notification only makes the driving worker stop at once instead of at its next h
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import json
 from collections.abc import Callable
@@ -26,16 +31,19 @@ log = structlog.get_logger("app.store")
 
 CHANNEL = "agent_runs_deltas"
 CANCEL_CHANNEL = "agent_runs_cancels"
+WORK_CHANNEL = "agent_runs_work"
 PAYLOAD_LIMIT = 7000  # PostgreSQL refuses payloads of 8000 bytes and more
 PENDING_LIMIT = 10_000  # deltas held while the database is away; later ones are dropped
 
 Deliver = Callable[[str, dict[str, Any]], None]
 OnCancel = Callable[[str], None]
+OnWork = Callable[[], None]
 
 
 class DeltaChannel:
-    """Publishes this process's deltas and cancels; delivers other processes' deltas to
-    `deliver` (API processes) and their cancels to `on_cancel` (processes with an executor)."""
+    """Publishes this process's deltas, cancels and work; delivers other processes' deltas to
+    `deliver` (API processes), and their cancels and work to `on_cancel` and `on_work`
+    (processes with an executor)."""
 
     def __init__(
         self,
@@ -43,6 +51,7 @@ class DeltaChannel:
         origin: str,
         deliver: Deliver | None,
         on_cancel: OnCancel | None = None,
+        on_work: OnWork | None = None,
         *,
         flush_seconds: float = 0.02,
     ) -> None:
@@ -53,6 +62,8 @@ class DeltaChannel:
         self._origin = origin
         self._deliver = deliver
         self._on_cancel = on_cancel
+        self._on_work = on_work
+        self._work_queued = asyncio.Event()
         self._flush_seconds = flush_seconds
         self._pending: list[tuple[str, dict[str, Any]]] = []
         self._connection: asyncpg.Connection | None = None
@@ -69,6 +80,15 @@ class DeltaChannel:
         batch, self._pending = self._pending, []
         if not await self._notify(CHANNEL, _payloads(self._origin, batch)):
             log.warning("deltas.not_sent", count=len(batch))
+
+    def work_queued(self) -> None:
+        """Runs were queued: idle executors elsewhere should claim now (sent at once)."""
+        self._work_queued.set()
+
+    async def _send_work(self) -> None:
+        if self._work_queued.is_set():
+            self._work_queued.clear()
+            await self._notify(WORK_CHANNEL, [self._origin])
 
     async def cancel(self, run_id: str) -> None:
         """Tell the process that drives the run to stop it now (its flag is stored already;
@@ -99,12 +119,19 @@ class DeltaChannel:
                         await connection.add_listener(CHANNEL, self._received)
                     if self._on_cancel is not None:
                         await connection.add_listener(CANCEL_CHANNEL, self._cancelled)
+                    if self._on_work is not None:
+                        await connection.add_listener(WORK_CHANNEL, self._work_hinted)
                     self._connection = connection
                     while not connection.is_closed():
-                        await anyio.sleep(self._flush_seconds)
+                        with anyio.move_on_after(self._flush_seconds):
+                            await self._work_queued.wait()
+                        await self._send_work()
                         await self.flush()
                 finally:
                     with anyio.CancelScope(shield=True):
+                        # Runs a stopping process handed back: others take them over at once.
+                        with anyio.move_on_after(1):
+                            await self._send_work()
                         async with self._send_lock:
                             self._connection = None
                             if not connection.is_closed():
@@ -122,6 +149,10 @@ class DeltaChannel:
                 self._deliver(run_id, data)
         except Exception:
             log.exception("deltas.bad_notification")
+
+    def _work_hinted(self, _connection: Any, _pid: int, _channel: str, payload: object) -> None:
+        if self._on_work is not None and str(payload) != self._origin:
+            self._on_work()  # this process's own executor was woken when it queued the run
 
     def _cancelled(self, _connection: Any, _pid: int, _channel: str, payload: object) -> None:
         if self._on_cancel is not None:

@@ -12,7 +12,9 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 from sqlalchemy import event, text
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -24,6 +26,26 @@ from sqlalchemy.ext.asyncio import (
 
 class DatabaseInUse(RuntimeError):
     """Another agent-runs process is using this SQLite database."""
+
+
+# Faults of the connection or of the server's availability (a restart, a failover, a full
+# connection table), raised by asyncpg itself when they happen while connecting.
+_UNAVAILABLE = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.OperatorInterventionError,
+    asyncpg.TooManyConnectionsError,
+    sa_exc.TimeoutError,  # no pooled connection came free
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True when the database was away, not when the statement was wrong: worth another try."""
+    if isinstance(exc, sa_exc.DBAPIError):
+        if exc.connection_invalidated or isinstance(exc, sa_exc.OperationalError):
+            return True
+        return isinstance(exc.orig, _UNAVAILABLE)
+    return isinstance(exc, _UNAVAILABLE)
 
 
 def normalize_url(url: str) -> URL:
@@ -40,6 +62,7 @@ class Database:
     """An async engine and its session factory; `session_scope()` owns commit and rollback."""
 
     def __init__(self, url: str, *, pool_size: int = 10) -> None:
+        """`pool_size` connections per process on PostgreSQL, and as many again in bursts."""
         self.url = normalize_url(url)
         self.is_sqlite = self.url.get_backend_name() == "sqlite"
         self._lock_file: int | None = None

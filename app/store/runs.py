@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, exists, insert, or_, select, update
+from sqlalchemy import and_, case, exists, insert, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
@@ -21,10 +21,12 @@ EventRecord = tuple[str, dict[str, Any]]
 @dataclass(frozen=True, slots=True)
 class Saved:
     """A fenced save that went through: the run's last event id, and whether a cancel was
-    requested meanwhile."""
+    requested meanwhile. `earlier` means an attempt whose commit was in doubt (the connection
+    dropped) had stored it already, with everything else that attempt's transaction wrote."""
 
     event_seq: int
     cancel_requested: bool
+    earlier: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +35,17 @@ class Claim:
 
     run_id: str
     lease_token: int
+    takeovers: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Renewal:
+    """What a heartbeat found: the runs whose leases it extended, those of them whose cancel
+    was requested, and the runs another executor took over (their drivers must stop)."""
+
+    held: set[str]
+    cancel_requested: list[str]
+    taken: set[str]
 
 
 class RunRepository:
@@ -121,31 +134,57 @@ class RunRepository:
                 claimed_by=worker,
                 lease_token=Run.lease_token + 1,
                 lease_expires_at=now + timedelta(seconds=lease_seconds),
+                takeovers=Run.takeovers + case((Run.status == Status.RUNNING, 1), else_=0),
                 updated_at=now,
             )
-            .returning(Run.id, Run.lease_token)
+            .returning(Run.id, Run.lease_token, Run.takeovers)
         )
-        return [Claim(run_id, token) for run_id, token in result.all()]
+        return [Claim(*row) for row in result.all()]
 
     async def save_fenced(
-        self, claim: Claim, values: dict[str, Any], events: Sequence[EventRecord], now: datetime
+        self,
+        claim: Claim,
+        values: dict[str, Any],
+        events: Sequence[EventRecord],
+        now: datetime,
+        *,
+        after_seq: int,
     ) -> Saved | None:
-        """Write the driver's progress and its events, only while `claim` still holds the run.
+        """Write the driver's progress and its events, only while `claim` still holds the run,
+        on top of the run as the driver last stored it (its events up to `after_seq`).
 
-        None means the lease was lost: another executor owns the run now.
+        None means the lease was lost: another executor owns the run now. Repeating a save
+        whose commit was in doubt is safe: it finds the first attempt's events and says so.
         """
         result = await self.session.execute(
             update(Run)
-            .where(Run.id == claim.run_id, Run.lease_token == claim.lease_token)
+            .where(
+                Run.id == claim.run_id,
+                Run.lease_token == claim.lease_token,
+                Run.event_seq == after_seq,
+            )
             .values(**values, event_seq=Run.event_seq + len(events), updated_at=now)
             .returning(Run.event_seq, Run.cancel_requested)
         )
         row = result.one_or_none()
         if row is None:
-            return None
+            return await self._stored_earlier(claim, after_seq + len(events))
         last_seq, cancel_requested = row
         await self._insert_events(claim.run_id, last_seq, events, now)
         return Saved(event_seq=last_seq, cancel_requested=bool(cancel_requested))
+
+    async def _stored_earlier(self, claim: Claim, expected_seq: int) -> Saved | None:
+        # Under a held lease only its holder adds events, so the expected last event id
+        # means this very save was committed by an attempt that lost its connection.
+        result = await self.session.execute(
+            select(Run.lease_token, Run.event_seq, Run.cancel_requested).where(
+                Run.id == claim.run_id
+            )
+        )
+        row = result.one_or_none()
+        if row is None or row.lease_token != claim.lease_token or row.event_seq != expected_seq:
+            return None
+        return Saved(row.event_seq, bool(row.cancel_requested), earlier=True)
 
     async def release(self, claim: Claim, event: EventRecord, now: datetime) -> None:
         """Put a run this claim still drives back in the queue, from its last stored state."""
@@ -182,20 +221,31 @@ class RunRepository:
         query = select(Run.cancel_requested).where(Run.id == run_id).with_for_update()
         return bool(await self.session.scalar(query))
 
-    async def renew_leases(
-        self, worker: str, run_ids: Iterable[str], *, expires_at: datetime
-    ) -> list[str]:
-        """Extend this worker's leases; returns the runs whose cancel was requested."""
-        ids = list(run_ids)
-        if not ids:
-            return []
+    async def renew_leases(self, claims: Iterable[Claim], *, expires_at: datetime) -> Renewal:
+        """Extend the leases these claims still hold (fenced by their tokens, like every
+        write of a driver)."""
+        held = [(claim.run_id, claim.lease_token) for claim in claims]
+        if not held:
+            return Renewal(set(), [], set())
         result = await self.session.execute(
             update(Run)
-            .where(Run.id.in_(ids), Run.claimed_by == worker, Run.status == Status.RUNNING)
+            .where(tuple_(Run.id, Run.lease_token).in_(held), Run.status == Status.RUNNING)
             .values(lease_expires_at=expires_at)
             .returning(Run.id, Run.cancel_requested)
         )
-        return [run_id for run_id, cancel in result.all() if cancel]
+        rows = result.all()
+        renewed = {run_id for run_id, _ in rows}
+        cancels = [run_id for run_id, cancel in rows if cancel]
+        missing = {run_id: token for run_id, token in held if run_id not in renewed}
+        if not missing:
+            return Renewal(renewed, cancels, set())
+        # Rested meanwhile (still this claim's token), or taken over (a newer token).
+        current = await self.session.execute(
+            select(Run.id, Run.lease_token).where(Run.id.in_(missing))
+        )
+        tokens: dict[str, int] = dict(current.all())
+        taken = {run_id for run_id, token in missing.items() if tokens.get(run_id) != token}
+        return Renewal(renewed, cancels, taken)
 
     async def events_after(self, run_id: str, after_seq: int, *, limit: int) -> list[RunEvent]:
         query = (
