@@ -9,6 +9,7 @@ from typing import Annotated
 import anyio
 import typer
 import uvicorn
+from pydantic import ValidationError
 
 from app.settings import Settings
 
@@ -31,7 +32,14 @@ Concurrency = Annotated[
 def _settings(**overrides: object) -> Settings:
     from app.logs import configure_logging
 
-    settings = Settings()
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}" if e["loc"] else e["msg"]
+            for e in exc.errors()
+        )
+        raise _fail(f"invalid settings: {problems}") from None
     settings = settings.model_copy(update={k: v for k, v in overrides.items() if v is not None})
     configure_logging(settings.log_level, settings.log_format)
     return settings

@@ -66,14 +66,18 @@ def migrated_url(database_url: str) -> str:
 @pytest.fixture
 async def db_url(migrated_url: str) -> str:
     """The migrated test database, emptied before the test."""
-    db = Database(migrated_url)
+    await empty_tables(migrated_url)
+    return migrated_url
+
+
+async def empty_tables(url: str) -> None:
+    db = Database(url)
     try:
         async with db.session_scope() as session:
             for table in reversed(Base.metadata.sorted_tables):
                 await session.execute(delete(table))
     finally:
         await db.dispose()
-    return migrated_url
 
 
 def is_postgres(url: str) -> bool:

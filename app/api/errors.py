@@ -23,7 +23,7 @@ from app.engine.errors import (
     UnknownCall,
 )
 from app.executor.errors import IdempotencyKeyInUse, IdempotencyKeyReused, NotFound, SessionBusy
-from app.store.database import is_transient
+from app.store.database import DATABASE_ERRORS, is_transient
 
 log = structlog.get_logger("app.api")
 
@@ -96,6 +96,8 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(HTTPException, _http_error)  # type: ignore[arg-type]
     app.add_exception_handler(ApiError, _api_error)  # type: ignore[arg-type]
     app.add_exception_handler(EngineError, _domain_error)  # type: ignore[arg-type]
+    for database_error in DATABASE_ERRORS:
+        app.add_exception_handler(database_error, _database_error)
     app.add_exception_handler(Exception, _unexpected_error)
 
 
@@ -132,18 +134,21 @@ async def _domain_error(request: Request, exc: EngineError) -> JSONResponse:
     return await _unexpected_error(request, exc)
 
 
+async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    if not is_transient(exc):
+        return await _unexpected_error(request, exc)
+    # A database restart or failover: nothing was wrong with the request, try it again.
+    log.warning("request.database_unavailable", path=request.url.path, error=type(exc).__name__)
+    return problem(
+        503,
+        "The database is not answering; retry shortly.",
+        kind="unavailable",
+        title="Service unavailable",
+        headers={"Retry-After": "1"},
+    )
+
+
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
-    if is_transient(exc):
-        # A database restart or failover: nothing was wrong with the request, try it again.
-        log.warning("request.database_unavailable", path=request.url.path, error=type(exc).__name__)
-        detail = "The database is not answering; retry shortly."
-        return problem(
-            503,
-            detail,
-            kind="unavailable",
-            title="Service unavailable",
-            headers={"Retry-After": "1"},
-        )
     error_id = uuid.uuid4().hex
     log.error(
         "request.failed",

@@ -122,6 +122,7 @@ class DeltaChannel:
                     if self._on_work is not None:
                         await connection.add_listener(WORK_CHANNEL, self._work_hinted)
                     self._connection = connection
+                    log.info("channel.connected", origin=self._origin)
                     while not connection.is_closed():
                         with anyio.move_on_after(self._flush_seconds):
                             await self._work_queued.wait()

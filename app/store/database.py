@@ -39,12 +39,24 @@ _UNAVAILABLE = (
 )
 
 
+DATABASE_ERRORS: tuple[type[Exception], ...] = (sa_exc.SQLAlchemyError, *_UNAVAILABLE)
+"""What talking to the database may raise, for handlers that tell faults from bugs."""
+
+
 def is_transient(exc: BaseException) -> bool:
     """True when the database was away, not when the statement was wrong: worth another try."""
     if isinstance(exc, sa_exc.DBAPIError):
         if exc.connection_invalidated or isinstance(exc, sa_exc.OperationalError):
             return True
-        return isinstance(exc.orig, _UNAVAILABLE)
+        # The driver's own error sits under SQLAlchemy's adaptation of it.
+        cause: BaseException | None = exc.orig
+        for _ in range(3):
+            if cause is None:
+                break
+            if isinstance(cause, _UNAVAILABLE):
+                return True
+            cause = cause.__cause__
+        return False
     return isinstance(exc, _UNAVAILABLE)
 
 
