@@ -96,6 +96,8 @@ def create_app(
                 yield
                 if executor is not None:
                     executor.stop()
+                    # The channel outlives the hand-back: it tells other executors at once.
+                    await executor.stopped.wait()
                 listening.cancel()
             await engine.aclose()
         finally:

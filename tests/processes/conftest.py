@@ -145,10 +145,13 @@ class Cluster:
     def worker(self, **env: str) -> Process:
         return self._start("worker", ["worker"], env)
 
-    def api(self, **env: str) -> Process:
-        """`serve --no-executor` on a free port, once it answers /readyz."""
+    def api(self, *, executor: bool = False, **env: str) -> Process:
+        """`serve --no-executor` (or `serve`) on a free port, once it answers /readyz."""
         port = free_port()
-        process = self._start("api", ["serve", "--no-executor", "--port", str(port)], env)
+        args = ["serve", "--port", str(port)]
+        if not executor:
+            args.append("--no-executor")
+        process = self._start("api", args, env)
         process.url = f"http://127.0.0.1:{port}"
 
         def ready() -> bool:

@@ -12,6 +12,8 @@ import signal
 from collections import Counter
 from collections.abc import Callable
 
+import pytest
+
 from app.testing import FakeModel, Rule, Script, call, text
 from tests.processes.conftest import RESTING, Api, Cluster, Process, until
 
@@ -115,8 +117,9 @@ def pending_call(api: Api, run_id: str) -> str:
     return call_id
 
 
-def test_a_worker_stopped_by_sigterm_hands_its_runs_over_at_once(
-    cluster: Cluster, fake: FakeModel, connect: Connect
+@pytest.mark.parametrize("first_kind", ["worker", "serve"])
+def test_a_process_stopped_by_sigterm_hands_its_runs_over_at_once(
+    cluster: Cluster, fake: FakeModel, connect: Connect, first_kind: str
 ) -> None:
     # Slow enough that the first worker is still in its model calls when the second is up.
     script_ops(fake, slow_model=6)
@@ -124,7 +127,10 @@ def test_a_worker_stopped_by_sigterm_hands_its_runs_over_at_once(
     # get the runs to the second worker this soon.
     slow = {"LEASE_SECONDS": "120", "HEARTBEAT_SECONDS": "5", "POLL_INTERVAL_SECONDS": "60"}
     api = connect(cluster.api(**slow))
-    first = cluster.worker(SHUTDOWN_GRACE_SECONDS="0.2", **slow)
+    if first_kind == "worker":
+        first = cluster.worker(SHUTDOWN_GRACE_SECONDS="0.2", **slow)
+    else:  # an API process with its embedded executor: uvicorn's shutdown, then the hand-back
+        first = cluster.api(executor=True, SHUTDOWN_GRACE_SECONDS="0.2", **slow)
     run_ids = [api.create(f"think-{i}")["id"] for i in range(4)]
     assert fake.wait_for_requests(4)
     second = cluster.worker(**slow)
