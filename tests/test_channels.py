@@ -1,11 +1,19 @@
-"""The LISTEN/NOTIFY channel: payloads within PostgreSQL's limits, connection options."""
+"""The LISTEN/NOTIFY channel: payloads within PostgreSQL's limits, connection options, work
+hints."""
 
 from __future__ import annotations
 
 import json
 
+import anyio
+import pytest
+
+from app.executor.wakeups import Wakeups
 from app.store.channels import PAYLOAD_LIMIT, DeltaChannel, _payloads
 from app.store.database import Database
+from tests.conftest import is_postgres
+
+pytestmark = pytest.mark.anyio
 
 
 def test_payloads_stay_under_the_limit_and_keep_every_character() -> None:
@@ -44,3 +52,49 @@ def test_connection_options_only_sqlalchemy_knows_are_left_out() -> None:
         "database": "db",
         "ssl": "disable",
     }
+
+
+async def test_work_hints_reach_other_processes_only_and_a_burst_folds(migrated_url: str) -> None:
+    if not is_postgres(migrated_url):
+        pytest.skip("LISTEN/NOTIFY is PostgreSQL's")
+    db = Database(migrated_url)
+    heard_by_sender: list[None] = []
+    hints_in, hints = anyio.create_memory_object_stream[str](1000)
+    sender = DeltaChannel(db, "sender", None, on_work=lambda: heard_by_sender.append(None))
+    listener = DeltaChannel(
+        db,
+        "listener",
+        None,
+        on_cancel=hints_in.send_nowait,
+        on_work=lambda: hints_in.send_nowait("work"),
+    )
+    try:
+        async with anyio.create_task_group() as group:
+            group.start_soon(sender.run)
+            group.start_soon(listener.run)
+            with anyio.fail_after(10):
+                await sender.connected.wait()
+                await listener.connected.wait()
+                for _ in range(100):  # a burst of queued runs
+                    sender.work_queued()
+                assert await hints.receive() == "work"
+                # Notifications of one connection arrive in order: once this one is heard,
+                # any other hint of the burst would have been too.
+                await sender.cancel("marker")
+                assert await hints.receive() == "marker"
+            group.cancel_scope.cancel()
+    finally:
+        await db.dispose()
+
+    assert heard_by_sender == []  # its own executor was woken in-process
+
+
+async def test_an_executor_woken_only_by_other_processes_hints_is_told_so() -> None:
+    wakeups = Wakeups()
+
+    wakeups.work_hinted()
+    assert await wakeups.wait_for_work() is True
+
+    wakeups.work_hinted()
+    wakeups.work_available()
+    assert await wakeups.wait_for_work() is False

@@ -64,6 +64,7 @@ class DeltaChannel:
         self._on_cancel = on_cancel
         self._on_work = on_work
         self._work_queued = asyncio.Event()
+        self.connected = asyncio.Event()  # listening and able to send
         self._flush_seconds = flush_seconds
         self._pending: list[tuple[str, dict[str, Any]]] = []
         self._connection: asyncpg.Connection | None = None
@@ -122,6 +123,7 @@ class DeltaChannel:
                     if self._on_work is not None:
                         await connection.add_listener(WORK_CHANNEL, self._work_hinted)
                     self._connection = connection
+                    self.connected.set()
                     log.info("channel.connected", origin=self._origin)
                     while not connection.is_closed():
                         with anyio.move_on_after(self._flush_seconds):
@@ -135,6 +137,7 @@ class DeltaChannel:
                             await self._send_work()
                         async with self._send_lock:
                             self._connection = None
+                            self.connected.clear()
                             if not connection.is_closed():
                                 await connection.close(timeout=5)
             except Exception:
