@@ -75,6 +75,19 @@ class Settings(BaseSettings):
     sse_send_timeout_seconds: float = Field(
         30, gt=0, le=600, description="A client that reads nothing for this long is dropped."
     )
+    api_keys: SecretStr | None = Field(
+        None,
+        description="Comma-separated `name:key` (or bare keys): every route but the health "
+        "checks then needs `Authorization: Bearer <key>`.",
+    )
+    approver_api_keys: SecretStr | None = Field(
+        None,
+        description="Comma-separated `name:key`: only these may decide approvals (and they may "
+        "call every other route too).",
+    )
+    max_request_bytes: int = Field(
+        1024 * 1024, ge=1024, le=1024**3, description="Larger request bodies get 413."
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
 

@@ -10,8 +10,9 @@ import structlog
 from fastapi import FastAPI
 
 from app.api import errors
-from app.api.deps import Services
-from app.api.middleware import RefuseNul, RequestLog
+from app.api.auth import Authenticated, Keys
+from app.api.deps import Services, problems
+from app.api.middleware import LimitBody, RefuseNul, RequestLog
 from app.api.openapi import problem_openapi
 from app.api.routes import agents, approvals, events, health, runs, sessions
 from app.executor.agents import (
@@ -113,16 +114,11 @@ def create_app(
     )
     app.openapi = lambda: problem_openapi(app)  # type: ignore[method-assign]
     errors.install(app)
-    routers = (
-        runs.router,
-        events.router,
-        approvals.router,
-        agents.router,
-        sessions.router,
-        health.router,
-    )
-    for router in routers:
-        app.include_router(router)
+    app.state.keys = Keys.from_settings(settings)
+    for router in (runs.router, events.router, approvals.router, agents.router, sessions.router):
+        app.include_router(router, dependencies=[Authenticated], responses=problems(401))
+    app.include_router(health.router)  # probes carry no key
+    app.add_middleware(LimitBody, max_bytes=settings.max_request_bytes)
     app.add_middleware(RefuseNul)
     app.add_middleware(RequestLog)
     return app

@@ -12,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from app.api.auth import Forbidden, Unauthenticated
 from app.api.schemas import Problem, ProblemError
 from app.engine.errors import (
     CallAlreadyDecided,
@@ -96,6 +97,8 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(HTTPException, _http_error)  # type: ignore[arg-type]
     app.add_exception_handler(ApiError, _api_error)  # type: ignore[arg-type]
     app.add_exception_handler(EngineError, _domain_error)  # type: ignore[arg-type]
+    app.add_exception_handler(Unauthenticated, _unauthenticated)  # type: ignore[arg-type]
+    app.add_exception_handler(Forbidden, _forbidden)
     for database_error in DATABASE_ERRORS:
         app.add_exception_handler(database_error, _database_error)
     app.add_exception_handler(Exception, _unexpected_error)
@@ -120,6 +123,14 @@ async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
 
 async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
     return problem(exc.status, exc.detail, errors=exc.errors or None)
+
+
+async def _unauthenticated(request: Request, exc: Unauthenticated) -> JSONResponse:
+    return problem(401, exc.detail, headers={"WWW-Authenticate": exc.challenge})
+
+
+async def _forbidden(request: Request, exc: Exception) -> JSONResponse:
+    return problem(403, str(exc))
 
 
 async def _domain_error(request: Request, exc: EngineError) -> JSONResponse:

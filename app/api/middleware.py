@@ -1,10 +1,12 @@
-"""Pure ASGI middleware: a log line per request, and a refusal of NUL characters in URLs."""
+"""Pure ASGI middleware: a log line per request, a bound on request bodies, and a refusal of NUL
+characters in URLs."""
 
 from __future__ import annotations
 
 import time
 
 import structlog
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.errors import problem
@@ -40,6 +42,7 @@ class RequestLog:
                 path=scope["path"],
                 status=status,
                 duration_ms=round((time.perf_counter() - started) * 1000, 1),
+                caller=scope.get("state", {}).get("caller"),  # a key's name, set by auth
             )
 
 
@@ -58,3 +61,50 @@ class RefuseNul:
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+class LimitBody:
+    """Bodies over `max_bytes` get 413: at once when Content-Length says so, else as soon as the
+    bytes read pass the limit, never after buffering the whole body."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = _content_length(scope)
+        if declared is not None and declared > self.max_bytes:
+            await self._refuse(scope, receive, send)
+            return
+        received = 0
+
+        async def counted() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise HTTPException(413, self._detail())
+            return message
+
+        await self.app(scope, counted, send)
+
+    def _detail(self) -> str:
+        return f"The request body is larger than {self.max_bytes} bytes (MAX_REQUEST_BYTES)."
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = problem(413, self._detail(), headers={"Connection": "close"})
+        await response(scope, receive, send)
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from datetime import datetime
-from typing import Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -35,6 +35,7 @@ class ChatMessage(BaseModel):
 
 
 MAX_JSON_DEPTH = 64
+MAX_INPUT_MESSAGES = 1000
 
 
 def storable_json(value: Any, depth: int = 0) -> Any:
@@ -62,8 +63,10 @@ class CreateRun(BaseModel):
         return storable_json(data)
 
     agent: str = Field(min_length=1, max_length=64, description="The agent the run starts with.")
-    input: str | list[ChatMessage] = Field(
-        description="One user message, or Chat Completions messages.", min_length=1
+    input: str | Annotated[list[ChatMessage], Field(max_length=MAX_INPUT_MESSAGES)] = Field(
+        description="One user message, or Chat Completions messages "
+        f"(at most {MAX_INPUT_MESSAGES}; the whole body at most MAX_REQUEST_BYTES).",
+        min_length=1,
     )
     session_id: str | None = Field(
         None,

@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query, Request
 
 from app.api import pagination
+from app.api.auth import Approver
 from app.api.deps import ApprovalsDep, caller_name, problems
 from app.api.routes.runs import IdempotencyKey, fingerprint
 from app.api.schemas import ApprovalOut, ApprovalPage, Decide, RunOut
@@ -16,7 +17,11 @@ from app.executor.idempotency import Idempotency
 router = APIRouter(tags=["approvals"])
 
 
-@router.post("/runs/{run_id}/approvals", responses=problems(400, 404, 409, 422))
+@router.post(
+    "/runs/{run_id}/approvals",
+    responses=problems(400, 403, 404, 409, 422),
+    dependencies=[Approver],
+)
 async def decide(
     run_id: str,
     body: Decide,
