@@ -75,6 +75,13 @@ class Settings(BaseSettings):
     sse_send_timeout_seconds: float = Field(
         30, gt=0, le=600, description="A client that reads nothing for this long is dropped."
     )
+    metrics_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="`worker` only: serve its Prometheus metrics on this port (at HOST); API "
+        "processes serve theirs at GET /metrics.",
+    )
     api_keys: SecretStr | None = Field(
         None,
         description="Comma-separated `name:key` (or bare keys): every route but the health "

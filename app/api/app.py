@@ -14,7 +14,7 @@ from app.api.auth import Authenticated, Keys
 from app.api.deps import Services, problems
 from app.api.middleware import LimitBody, RefuseNul, RequestLog
 from app.api.openapi import problem_openapi
-from app.api.routes import agents, approvals, events, health, runs, sessions
+from app.api.routes import agents, approvals, events, health, metrics, runs, sessions
 from app.executor.agents import (
     AgentsModule,
     AgentsModuleError,
@@ -115,7 +115,8 @@ def create_app(
     app.openapi = lambda: problem_openapi(app)  # type: ignore[method-assign]
     errors.install(app)
     app.state.keys = Keys.from_settings(settings)
-    for router in (runs.router, events.router, approvals.router, agents.router, sessions.router):
+    secured = (runs, events, approvals, agents, sessions, metrics)
+    for router in (module.router for module in secured):
         app.include_router(router, dependencies=[Authenticated], responses=problems(401))
     app.include_router(health.router)  # probes carry no key
     app.add_middleware(LimitBody, max_bytes=settings.max_request_bytes)

@@ -11,6 +11,7 @@ from app.engine.approvals import DecisionInput, apply_decisions
 from app.engine.config import RunConfig
 from app.engine.errors import RunEnded
 from app.engine.events import NullObserver, RunEvent, RunObserver
+from app.engine.instruments import Instruments, NoInstruments
 from app.engine.outcomes import HandedOff, RunAgain, TurnResult
 from app.engine.providers.router import ModelRouter
 from app.engine.registry import AgentRegistry
@@ -28,9 +29,16 @@ def input_messages(run_input: str | Sequence[Message]) -> list[Message]:
 class Engine:
     """Runs agents turn by turn over a `RunState` that any process can store and continue."""
 
-    def __init__(self, agents: Iterable[Agent], models: ModelRouter) -> None:
+    def __init__(
+        self,
+        agents: Iterable[Agent],
+        models: ModelRouter,
+        *,
+        instruments: Instruments | None = None,
+    ) -> None:
         self.agents = AgentRegistry(agents)
         self.models = models
+        self.instruments: Instruments = instruments or NoInstruments()
 
     def start(
         self,

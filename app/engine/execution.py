@@ -61,17 +61,20 @@ async def _execute(turn: Turn, call: ToolCall, tool: Tool) -> None:
     log = turn.log.bind(call_id=call.call_id, tool=call.name)
     if turn.state.config.debug:
         log.info("tool_call.started", arguments=call.arguments)
-    try:
-        result = await tool.invoke(call.arguments or {}, ctx)
-    except Exception as exc:
-        log.warning("tool_call.raised", exc_info=exc)
-        calls.fail(call, calls.raised_output(call.name, exc))
-    else:
-        if isinstance(result, Agent):
-            _hand_off(turn, call, result)
+    run_id = turn.state.run_id or ""
+    with turn.engine.instruments.tool_call(run_id, call.name, call.call_id) as measure:
+        try:
+            result = await tool.invoke(call.arguments or {}, ctx)
+        except Exception as exc:
+            log.warning("tool_call.raised", exc_info=exc)
+            calls.fail(call, calls.raised_output(call.name, exc))
         else:
-            call.status = CallStatus.COMPLETED
-            call.output = calls.output_text(result)
+            if isinstance(result, Agent):
+                _hand_off(turn, call, result)
+            else:
+                call.status = CallStatus.COMPLETED
+                call.output = calls.output_text(result)
+        measure.outcome = call.status.value
     if turn.state.config.debug:
         log.info("tool_call.completed", status=call.status.value, output=call.output)
     turn.emit(events.tool_call_completed(call))

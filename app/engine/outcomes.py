@@ -44,6 +44,19 @@ class Failed:
 
 TurnOutcome = RunAgain | HandedOff | Completed | Paused | Failed
 
+_NAMES: dict[type, str] = {
+    RunAgain: "run_again",
+    HandedOff: "handed_off",
+    Completed: "completed",
+    Paused: "paused",
+    Failed: "failed",
+}
+
+
+def outcome_name(outcome: TurnOutcome) -> str:
+    """A label for how a turn ended (metrics, traces)."""
+    return _NAMES[type(outcome)]
+
 
 @dataclass(frozen=True, slots=True)
 class TurnResult:

@@ -19,7 +19,15 @@ from app.engine.errors import EngineError, ModelError
 from app.engine.events import RunEvent, RunObserver, TextDelta
 from app.engine.execution import run_queued_calls
 from app.engine.model import ModelRequest, ModelResponse
-from app.engine.outcomes import Completed, Failed, HandedOff, Paused, RunAgain, TurnOutcome
+from app.engine.outcomes import (
+    Completed,
+    Failed,
+    HandedOff,
+    Paused,
+    RunAgain,
+    TurnOutcome,
+    outcome_name,
+)
 from app.engine.state import CallStatus, RunError, RunState, RunStatus, Step, ToolCall
 from app.engine.tools import Tool
 
@@ -47,9 +55,14 @@ class Turn:
         state = self.state
         started = time.perf_counter()
         remaining = state.config.timeout_seconds - state.elapsed_ms / 1000
+        run_id = state.run_id or ""
         try:
-            with anyio.fail_after(remaining if remaining > 0 else 0):
+            with (
+                self.engine.instruments.turn(run_id, state.turns + 1, state.current_agent) as turn,
+                anyio.fail_after(remaining if remaining > 0 else 0),
+            ):
                 outcome = await self._advance()
+                turn.outcome = outcome_name(outcome)
         except TimeoutError:
             limit = state.config.timeout_seconds
             outcome = Failed(RunError("timeout", f"the run used its {limit:g} s of execution time"))
@@ -151,7 +164,8 @@ class Turn:
             await self.observer.on_delta(TextDelta(turn, text))
 
         try:
-            response = await provider.complete(request, on_text)
+            with self.engine.instruments.model_call(state.run_id or "", model):
+                response = await provider.complete(request, on_text)
         except ModelError:
             raise
         except Exception as exc:

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from app.engine import Agent, Engine, ModelProvider, ModelRouter, OpenAIProvider
+from app.executor.metrics import PrometheusInstruments
 from app.settings import Settings
 
 
@@ -60,4 +61,4 @@ def build_engine(settings: Settings, module: AgentsModule) -> Engine:
     }
     providers.update(module.providers)
     router = ModelRouter(default, providers, default_model=settings.default_model)
-    return Engine(module.agents, router)
+    return Engine(module.agents, router, instruments=PrometheusInstruments())

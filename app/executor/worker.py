@@ -11,12 +11,15 @@ import signal
 import socket
 import uuid
 from datetime import timedelta
+from wsgiref.simple_server import WSGIServer
 
 import anyio
 import structlog
 from anyio.abc import TaskGroup
+from prometheus_client import start_http_server
 
 from app.engine import Engine
+from app.executor import metrics
 from app.executor.agents import build_engine, load_agents_module
 from app.executor.driver import RunDriver, StopReason
 from app.executor.lifecycle import now
@@ -144,6 +147,7 @@ class Executor:
                 self.log.exception("executor.claim_failed")
             return
         self._claim_failures = 0
+        metrics.TAKEOVERS.inc(sum(1 for claim in claims if claim.taken_over))
         for claim in claims:
             driver = RunDriver(
                 self.db, self.engine, self.wakeups, claim, max_takeovers=self.max_takeovers
@@ -169,6 +173,7 @@ class Executor:
 
     def _fenced(self, run_id: str, refused: str) -> None:
         self.fenced_total += 1
+        metrics.FENCED.inc()
         self.log.warning(
             "executor.lease_fenced", run_id=run_id, refused=refused, fenced_total=self.fenced_total
         )
@@ -219,6 +224,7 @@ class Executor:
 async def run_worker(settings: Settings, stop_signals: tuple[signal.Signals, ...]) -> None:
     """The `worker` process: an executor on the configured database until a stop signal."""
     db = Database(settings.database_url, pool_size=settings.database_pool_size)
+    metrics_server: WSGIServer | None = None
     try:
         await ensure_schema(db)
         engine = build_engine(settings, load_agents_module(settings.agents_module))
@@ -233,6 +239,10 @@ async def run_worker(settings: Settings, stop_signals: tuple[signal.Signals, ...
         )
         wakeups.channel = channel
         executor = Executor.from_settings(db, engine, wakeups, settings)
+        if settings.metrics_port is not None:
+            # A thread of prometheus-client's own: a scrape never waits on the event loop.
+            metrics_server, _ = start_http_server(settings.metrics_port, addr=settings.host)
+            log.info("metrics.serving", host=settings.host, port=settings.metrics_port)
         async with anyio.create_task_group() as group:
             group.start_soon(channel.run)
             group.start_soon(executor.run)
@@ -245,4 +255,6 @@ async def run_worker(settings: Settings, stop_signals: tuple[signal.Signals, ...
             group.cancel_scope.cancel()  # the channel, once the executor has handed back
         await engine.aclose()
     finally:
+        if metrics_server is not None:
+            metrics_server.shutdown()
         await db.dispose()

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, case, exists, insert, or_, select, tuple_, update
+from sqlalchemy import and_, case, exists, func, insert, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
@@ -35,7 +35,8 @@ class Claim:
 
     run_id: str
     lease_token: int
-    takeovers: int = 0
+    takeovers: int = 0  # of the run, this claim's included
+    taken_over: bool = False  # this claim took the run from a lost executor
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,15 +118,17 @@ class RunRepository:
             and_(Run.status == Status.RUNNING, Run.lease_expires_at < now),
         )
         candidates = (
-            select(Run.seq)
+            select(Run.seq, Run.status)
             .where(claimable)
             .order_by(Run.seq)
             .limit(limit)
             .with_for_update(skip_locked=True)
         )
-        seqs = list(await self.session.scalars(candidates))
-        if not seqs:
+        # Locked now: the status read here is the one the update below replaces.
+        picked = dict((await self.session.execute(candidates)).all())
+        if not picked:
             return []
+        seqs = list(picked)
         result = await self.session.execute(
             update(Run)
             .where(Run.seq.in_(seqs), claimable)
@@ -137,9 +140,12 @@ class RunRepository:
                 takeovers=Run.takeovers + case((Run.status == Status.RUNNING, 1), else_=0),
                 updated_at=now,
             )
-            .returning(Run.id, Run.lease_token, Run.takeovers)
+            .returning(Run.seq, Run.id, Run.lease_token, Run.takeovers)
         )
-        return [Claim(*row) for row in result.all()]
+        return [
+            Claim(run_id, token, takeovers, taken_over=picked[seq] == Status.RUNNING)
+            for seq, run_id, token, takeovers in result.all()
+        ]
 
     async def save_fenced(
         self,
@@ -246,6 +252,20 @@ class RunRepository:
         tokens: dict[str, int] = dict(current.all())
         taken = {run_id for run_id, token in missing.items() if tokens.get(run_id) != token}
         return Renewal(renewed, cancels, taken)
+
+    async def status_counts(self) -> dict[str, int]:
+        """How many runs the store holds in each status (every status, zeros included)."""
+        result = await self.session.execute(select(Run.status, func.count()).group_by(Run.status))
+        counts = {status.value: 0 for status in Status}
+        for status, count in result.all():
+            counts[status] = count
+        return counts
+
+    async def oldest_queued_at(self) -> datetime | None:
+        """When the run that has waited longest to be claimed was created (or handed back)."""
+        query = select(func.min(Run.updated_at)).where(Run.status == Status.QUEUED)
+        oldest: datetime | None = await self.session.scalar(query)
+        return oldest
 
     async def events_after(self, run_id: str, after_seq: int, *, limit: int) -> list[RunEvent]:
         query = (

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import anyio
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from app.store.database import Database
 from app.store.runs import RunRepository
@@ -77,6 +78,16 @@ class Process:
 
     def wait(self, timeout: float = 30) -> int:
         return self.popen.wait(timeout=timeout)
+
+    def metric(self, name: str) -> float:
+        """A metric of the process, summed over its labels."""
+        response = httpx.get(f"{self.url}/metrics", timeout=5)
+        return sum(
+            sample.value
+            for family in text_string_to_metric_families(response.text)
+            for sample in family.samples
+            if sample.name == name
+        )
 
     def log_events(self, event: str) -> list[dict[str, Any]]:
         found = []
@@ -143,7 +154,10 @@ class Cluster:
         }
 
     def worker(self, **env: str) -> Process:
-        return self._start("worker", ["worker"], env)
+        port = free_port()
+        process = self._start("worker", ["worker"], {"METRICS_PORT": str(port), **env})
+        process.url = f"http://127.0.0.1:{port}"  # its metrics
+        return process
 
     def api(self, *, executor: bool = False, **env: str) -> Process:
         """`serve --no-executor` (or `serve`) on a free port, once it answers /readyz."""

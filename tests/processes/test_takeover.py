@@ -110,6 +110,7 @@ def test_a_killed_worker_s_runs_are_finished_or_parked_in_doubt_by_another(
     assert api.rested(runs["charge"][0])["status"] == "completed"
     assert len(cluster.journal("charge.done")) == 1
     assert second.log_events("executor.lease_fenced") == []
+    assert second.metric("agent_runs_takeovers_total") == 9
 
 
 def pending_call(api: Api, run_id: str) -> str:
@@ -169,8 +170,9 @@ def test_a_paused_worker_whose_lease_expired_cannot_write_when_it_wakes(
     stored = cluster.stored_events(run_id)
 
     paused.signal(signal.SIGCONT)
-    fenced = until(lambda: paused.log_events("executor.lease_fenced"), 20, "the fence")
-    assert fenced[-1]["fenced_total"] >= 1
+    until(lambda: paused.log_events("executor.lease_fenced"), 20, "the fence")
+    assert paused.metric("agent_runs_lease_fenced_total") >= 1
+    assert taker.metric("agent_runs_takeovers_total") == 1
     # Its tool call finished after it woke, and nothing of it was stored.
     until(lambda: len(cluster.journal("step.done")) == 2, 20, "the paused step to finish")
     paused.signal(signal.SIGTERM)
