@@ -1,0 +1,149 @@
+"""The resources the service shows, shaped as the contract says: a run, whole.
+
+The API answers with them and webhooks carry them, so they live below the HTTP layer.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from app.engine import RunConfig, RunState
+from app.engine.state import CallStatus, ToolCall
+from app.store.models import Run
+from app.store.status import Status
+
+RunStatus = Literal["queued", "running", "pending_approval", "completed", "failed", "cancelled"]
+
+ToolCallStatus = Literal[
+    "pending", "running", "completed", "failed", "rejected", "cancelled", "in_doubt"
+]
+
+
+class Usage(BaseModel):
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+
+class ToolCallOut(BaseModel):
+    call_id: str
+    name: str
+    arguments: dict[str, Any] | None = Field(description="Null when the model's JSON was invalid.")
+    output: str | None
+    status: ToolCallStatus
+
+
+class Step(BaseModel):
+    agent: str
+    duration_ms: int
+    tool_calls: list[ToolCallOut]
+
+
+class PendingApproval(BaseModel):
+    call_id: str
+    tool: str
+    arguments: dict[str, Any]
+    agent: str
+    in_doubt: bool
+
+
+class DecisionOut(BaseModel):
+    call_id: str
+    approved: bool
+    reason: str | None
+    arguments: dict[str, Any]
+    decided_by: str | None
+    decided_at: datetime
+    source: Literal["human", "handler", "remember"]
+
+
+class RunErrorOut(BaseModel):
+    code: Literal["max_turns_exceeded", "timeout", "model_error", "tool_error", "internal_error"]
+    message: str
+
+
+class RunOut(BaseModel):
+    """A run, whole."""
+
+    id: str
+    status: RunStatus
+    agent: str
+    current_agent: str
+    session_id: str | None
+    config: RunConfig
+    metadata: dict[str, Any]
+    final_output: str | None
+    messages: list[dict[str, Any]]
+    steps: list[Step]
+    usage: Usage
+    pending_approvals: list[PendingApproval]
+    decisions: list[DecisionOut]
+    error: RunErrorOut | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @classmethod
+    def of(cls, run: Run) -> RunOut:
+        state = RunState.from_json(run.state) if run.state is not None else None
+        return cls(
+            id=run.id,
+            status=Status(run.status).value,
+            agent=run.agent,
+            current_agent=run.current_agent,
+            session_id=run.session_id,
+            config=RunConfig.model_validate(run.config),
+            metadata=run.run_metadata,
+            final_output=run.final_output,
+            messages=state.messages if state else list(run.input),
+            steps=[_step(step.agent, step.duration_ms, step.tool_calls) for step in state.steps]
+            if state
+            else [],
+            usage=Usage.model_validate(state.usage, from_attributes=True) if state else Usage(),
+            pending_approvals=[
+                PendingApproval.model_validate(p, from_attributes=True)
+                for p in state.pending_approvals
+            ]
+            if state and run.status == Status.PENDING_APPROVAL
+            else [],
+            decisions=[DecisionOut.model_validate(d, from_attributes=True) for d in state.decisions]
+            if state
+            else [],
+            error=RunErrorOut.model_validate(run.error) if run.error else None,
+            created_at=run.created_at,
+            started_at=run.started_at,
+            finished_at=run.finished_at,
+        )
+
+
+def _step(agent: str, duration_ms: float, calls: list[ToolCall]) -> Step:
+    return Step(
+        agent=agent,
+        duration_ms=round(duration_ms),
+        tool_calls=[
+            ToolCallOut(
+                call_id=call.call_id,
+                name=call.name,
+                arguments=call.arguments,
+                output=call.output,
+                status=_call_status(call),
+            )
+            for call in calls
+        ],
+    )
+
+
+def _call_status(call: ToolCall) -> ToolCallStatus:
+    match call.status:
+        case CallStatus.AWAITING_APPROVAL:
+            return "in_doubt" if call.in_doubt else "pending"
+        case CallStatus.QUEUED:
+            return "pending"
+        case CallStatus.RUNNING:
+            return "running"
+        case CallStatus.COMPLETED | CallStatus.FAILED | CallStatus.REJECTED | CallStatus.CANCELLED:
+            return call.status.value  # type: ignore[return-value]
