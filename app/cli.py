@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 from pathlib import Path
+from types import FrameType
 from typing import Annotated
 
 import anyio
@@ -60,7 +61,7 @@ def serve(
     ] = True,
 ) -> None:
     """The API, with an embedded executor (SQLite: migrated on start)."""
-    from app.api.app import create_app
+    from app.api.app import begin_shutdown, create_app
     from app.store.database import Database, DatabaseInUse
 
     settings = _settings(host=host, port=port, concurrency=concurrency)
@@ -73,11 +74,22 @@ def serve(
     finally:
         probe.release_sqlite_file()
     app = create_app(settings, with_executor=executor)
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            # uvicorn waits for requests in flight before it stops: held `?wait` requests
+            # answer now instead of holding the shutdown for up to a minute.
+            begin_shutdown(app)
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(
+        app, host=settings.host, port=settings.port, log_config=None, access_log=False
+    )
     # uvicorn shuts down gracefully on SIGTERM (requests, then our lifespan hands runs back),
     # then raises the signal again for whatever handler was there before it: a clean stop
     # asked for by a process manager exits 0.
     signal.signal(signal.SIGTERM, _exit_cleanly)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, access_log=False)
+    Server(config).run()
 
 
 def _exit_cleanly(_signum: int, _frame: object) -> None:

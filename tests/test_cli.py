@@ -10,12 +10,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
 
 from app.store.database import Database, DatabaseInUse
+from app.testing import FakeModel, FakeModelServer, text
 
 AGENT_RUNS = str(Path(sys.executable).with_name("agent-runs"))
 
@@ -143,3 +145,43 @@ def test_serve_runs_an_example_agent_against_the_fake_model(
     assert response.json()["status"] == "completed"
     assert response.json()["final_output"] == "2 + 3 = 5."
     assert process.returncode == 0  # a graceful stop
+
+
+def test_a_stopping_serve_answers_a_held_wait_at_once(
+    fake_server: FakeModelServer, fake: FakeModel, tmp_path: Path
+) -> None:
+    fake.script("*", [text("slow", hold_after=[0])])
+    port = free_port()
+    process = subprocess.Popen(
+        [AGENT_RUNS, "serve", "--port", str(port)],
+        env=env(
+            DATABASE_URL=f"sqlite:///{tmp_path / 'serve.db'}",
+            OPENAI_BASE_URL=fake_server.base_url,
+            SHUTDOWN_GRACE_SECONDS="0.2",
+        ),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        wait_until_listening(process, port)
+        with ThreadPoolExecutor(1) as pool:
+            waiting = pool.submit(
+                httpx.post,
+                f"http://127.0.0.1:{port}/runs",
+                params={"wait": 60},
+                json={"agent": "triage", "input": "hello"},
+                timeout=30,
+            )
+            assert fake.wait_for_requests(1)
+            process.send_signal(signal.SIGTERM)
+            response = waiting.result(timeout=20)
+        # Well before the wait's 60 s: the shutdown is not held by the waiting request.
+        assert process.wait(timeout=20) == 0
+    finally:
+        fake.release()
+        if process.poll() is None:
+            stop(process, signal.SIGKILL)
+
+    assert response.status_code == 201
+    assert response.json()["status"] in ("running", "queued")

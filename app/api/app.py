@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 
 import anyio
 import structlog
@@ -37,6 +39,14 @@ DESCRIPTION = """Run LLM agents as durable REST resources: create a run, poll it
 decide the tool calls that need a human, cancel it. Errors are `application/problem+json`."""
 
 
+def begin_shutdown(app: FastAPI) -> None:
+    """The server stops taking requests: answer held `?wait` requests now. Safe to call from
+    a signal handler, and before the app has started."""
+    begin = getattr(app.state, "begin_shutdown", None)
+    if begin is not None:
+        begin()
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -61,6 +71,9 @@ def create_app(
             wakeups = Wakeups()
             executor = (
                 Executor.from_settings(db, engine, wakeups, settings) if with_executor else None
+            )
+            app.state.begin_shutdown = partial(
+                asyncio.get_running_loop().call_soon_threadsafe, wakeups.close
             )
             app.state.services = Services(
                 settings,

@@ -14,6 +14,7 @@ from app.engine.state import CallStatus, RunState, ToolCall
 from app.engine.tools import Tool
 
 _CANCELLED_OUTPUT = "Tool call cancelled: the run was cancelled before it finished."
+_MAY_HAVE_ACTED = "It had started; whether it took effect is unknown."
 
 
 def with_unique_ids(raw_calls: list[dict[str, Any]], turn: int) -> list[dict[str, Any]]:
@@ -117,8 +118,10 @@ def close_step(state: RunState, unfinished_output: str = _CANCELLED_OUTPUT) -> l
     emitted: list[RunEvent] = []
     for call in state.current_calls:
         if not call.status.final:
+            started = call.status is CallStatus.RUNNING
             call.status = CallStatus.CANCELLED
-            call.output = unfinished_output
+            # A started call may have acted before it was cut off: say so, never guess.
+            call.output = f"{unfinished_output} {_MAY_HAVE_ACTED}" if started else unfinished_output
             emitted.append(events.tool_call_completed(call))
     for call in state.current_calls:
         tool_message = call.message()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -13,13 +14,13 @@ from sqlalchemy.exc import SQLAlchemyError
 from app.engine import Engine, RunConfig, RunState, RunStatus
 from app.engine.events import message
 from app.engine.outcomes import HandedOff, RunAgain
-from app.engine.state import RunError
+from app.engine.state import Message, RunError
 from app.executor.errors import LeaseLost
 from app.executor.lifecycle import event_records, lifecycle_event, now
 from app.executor.observer import StoreObserver
-from app.executor.retry import retrying
+from app.executor.retry import Retrier
 from app.executor.wakeups import Wakeups
-from app.store.database import Database
+from app.store.database import Database, is_transient
 from app.store.models import Run
 from app.store.runs import Claim, EventRecord, RunRepository, Saved
 from app.store.sessions import SessionRepository
@@ -36,11 +37,16 @@ class StopReason(enum.Enum):
     LEASE_LOST = "lease_lost"  # another executor took the run over: write nothing more
 
 
+def raised(exc: BaseException, matches: Callable[[BaseException], bool]) -> bool:
+    """Whether `exc` matches, alone or inside a task group (concurrent tool calls)."""
+    if isinstance(exc, BaseExceptionGroup):
+        leaves = exc.subgroup(lambda e: not isinstance(e, BaseExceptionGroup) and matches(e))
+        return leaves is not None
+    return matches(exc)
+
+
 def lease_lost(exc: BaseException) -> bool:
-    """True for a lost lease, alone or raised inside a task group (concurrent tool calls)."""
-    if isinstance(exc, LeaseLost):
-        return True
-    return isinstance(exc, BaseExceptionGroup) and exc.subgroup(LeaseLost) is not None
+    return raised(exc, lambda e: isinstance(e, LeaseLost))
 
 
 class RunDriver:
@@ -51,7 +57,8 @@ class RunDriver:
         wakeups: Wakeups,
         claim: Claim,
         *,
-        max_takeovers: int = 3,
+        lease_seconds: float,
+        max_takeovers: int,
     ) -> None:
         self.db = db
         self.engine = engine
@@ -59,16 +66,17 @@ class RunDriver:
         self.claim = claim
         self.max_takeovers = max_takeovers
         self.log = log.bind(run_id=claim.run_id)
+        # A cancel is still stored through faults; a handed-back or lost run is left as is.
+        self.retry = Retrier(
+            self.log,
+            within_seconds=lease_seconds,
+            stopping=lambda: self._stop_reason in (StopReason.SHUTDOWN, StopReason.LEASE_LOST),
+        )
         self._scope = anyio.CancelScope()
         self._stop_reason: StopReason | None = None
         self._draining = False
         self._run: Run | None = None
-        self._history: list[dict[str, Any]] = []
         self.lost_lease = False  # a write of this driver was refused: another owns the run
-
-    @property
-    def stop_reason(self) -> StopReason | None:
-        return self._stop_reason
 
     def stop(self, reason: StopReason) -> None:
         """Abandon the model call or tool in flight at its next await."""
@@ -86,13 +94,13 @@ class RunDriver:
         try:
             with self._scope:
                 with anyio.CancelScope(shield=True):  # a short load; stopping waits for it
-                    run = await retrying(self._load, self.log)
-                    if self.claim.takeovers > self.max_takeovers:
+                    run, history = await self.retry(self._load)
+                    if self.claim.takeovers > self.max_takeovers and not run.cancel_requested:
                         await self._give_up(run)
                         return
-                    loaded = await self._start(run)
+                    loaded = await self._start(run, history)
                 state = loaded
-                observer = StoreObserver(self.db, self.wakeups, self.claim, run)
+                observer = StoreObserver(self.db, self.wakeups, self.claim, run, self.retry)
                 if run.cancel_requested:
                     self.stop(StopReason.CANCEL)
                 await self._advance(loaded, observer)
@@ -107,29 +115,35 @@ class RunDriver:
                 self.lost_lease = True
                 self.log.warning("run.lease_lost", token=self.claim.lease_token)
                 return
+            if raised(exc, is_transient):
+                # Retried as long as the lease lasts (or until stopped): the run is left to
+                # its lease, and whoever claims it next goes on from its last stored turn.
+                self.log.warning("run.left_to_lease", error=type(exc).__name__)
+                return
             error_id = uuid.uuid4().hex
             self.log.exception("run.crashed", error_id=error_id)
             await self._fail(state, observer, exc, error_id)
 
-    async def _load(self) -> Run:
+    async def _load(self) -> tuple[Run, list[Message]]:
+        """The run, and the session's history when the run has not started yet."""
         async with self.db.session_scope() as session:
             run = await RunRepository(session).get(self.claim.run_id)
             if run is None:
                 raise LeaseLost(f"run {self.claim.run_id} vanished")
-            self._history = []
+            history = []
             if run.state is None and run.session_id is not None:
-                self._history = await SessionRepository(session).messages(run.session_id)
+                history = await SessionRepository(session).messages(run.session_id)
         self._run = run
-        return run
+        return run, history
 
-    async def _start(self, run: Run) -> RunState:
+    async def _start(self, run: Run, history: list[Message]) -> RunState:
         """Give a new run its engine state (with the session's history), or resume one."""
         records: list[EventRecord]
         if run.state is None:
             state = self.engine.start(
                 run.agent,
                 run.input,
-                history=self._history,
+                history=history,
                 config=RunConfig.model_validate(run.config),
                 variables=run.context,
                 run_id=run.id,
@@ -142,7 +156,7 @@ class RunDriver:
             state = RunState.from_json(run.state)
             records = [lifecycle_event(run, "run.resumed", state)]
         values = {"state": state.to_json(), "started_at": run.started_at}
-        saved = await retrying(lambda: self._save(values, records), self.log)
+        saved = await self.retry(lambda: self._save(values, records))
         run.event_seq = saved.event_seq
         self.wakeups.run_changed(run.id, saved.event_seq)  # watchers see it start at once
         self.log.info(
@@ -174,7 +188,7 @@ class RunDriver:
         if state is None:
             await self._fail_unloaded(run, error)
             return
-        observer = StoreObserver(self.db, self.wakeups, self.claim, run)
+        observer = StoreObserver(self.db, self.wakeups, self.claim, run, self.retry)
         await observer.store(state, event_records(self.engine.fail(state, error)))
 
     async def _advance(self, state: RunState, observer: StoreObserver) -> None:
@@ -194,7 +208,7 @@ class RunDriver:
                 run = observer.run
                 run.status = Status.QUEUED
                 event = lifecycle_event(run, "run.queued", state)
-                await retrying(lambda: self._release(event), self.log)
+                await self.retry(lambda: self._release(event))
                 self.wakeups.run_changed(run.id)
                 self.wakeups.work_enqueued()  # another process takes it over at once
                 self.log.info("run.released")
@@ -238,7 +252,5 @@ class RunDriver:
             "claimed_by": None,
             "lease_expires_at": None,
         }
-        saved = await retrying(
-            lambda: self._save(values, [lifecycle_event(run, "run.failed")]), self.log
-        )
+        saved = await self.retry(lambda: self._save(values, [lifecycle_event(run, "run.failed")]))
         self.wakeups.run_changed(run.id, saved.event_seq)

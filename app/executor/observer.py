@@ -6,14 +6,13 @@ from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
-import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.engine import RunState, RunStatus
 from app.engine.events import RunEvent, TextDelta
 from app.executor.errors import LeaseLost
 from app.executor.lifecycle import event_records, lifecycle_event, now, save_to_session
-from app.executor.retry import retrying
+from app.executor.retry import Retrier
 from app.executor.wakeups import Wakeups
 from app.store.approvals import ApprovalRepository
 from app.store.database import Database
@@ -33,14 +32,16 @@ _LIFECYCLE = {
 class StoreObserver:
     """Stores the run after every engine checkpoint, fenced by the executor's lease."""
 
-    def __init__(self, db: Database, wakeups: Wakeups, claim: Claim, run: Run) -> None:
+    def __init__(
+        self, db: Database, wakeups: Wakeups, claim: Claim, run: Run, retry: Retrier
+    ) -> None:
         self.db = db
+        self.retry = retry
         self.wakeups = wakeups
         self.claim = claim
         self.run = run  # a detached copy kept in step with what is stored
         self.cancel_requested = run.cancel_requested
         self._unsaved: list[tuple[str, dict[str, Any]]] = []  # events of a park not stored
-        self.log = structlog.get_logger("app.executor").bind(run_id=run.id)
 
     async def on_delta(self, delta: TextDelta) -> None:
         # Never stored: live only. A model call repeated after a takeover runs under a new
@@ -57,7 +58,7 @@ class StoreObserver:
         records = [*self._unsaved, *records]
         stamp = now()
         await self.wakeups.flush_deltas()
-        saved = await retrying(lambda: self._write(state, records, stamp), self.log)
+        saved = await self.retry(lambda: self._write(state, records, stamp))
         if saved is None:
             # Cancelled while the turn ran: it must not park (an approval UI would show calls
             # of a cancelled run). The driver stores `cancelled` with these events.
@@ -75,6 +76,8 @@ class StoreObserver:
         """One transaction of `store`; None when a cancelled run was not parked."""
         run = self.run
         values: dict[str, Any] = {"state": state.to_json(), "current_agent": state.current_agent}
+        if any(name in PROGRESS for name, _ in records):
+            values["takeovers"] = 0  # the bound is on takeovers that got nowhere
         resting = _LIFECYCLE.get(state.status)
         ends_session = state.status.ended and run.session_id is not None
         async with self.db.session_scope() as session:
@@ -113,6 +116,9 @@ class StoreObserver:
 
 
 LAST_MESSAGES = 5
+
+# Events that mean a run moved on: a model answer or a tool result was stored.
+PROGRESS = frozenset({"message", "tool_call.completed"})
 
 
 async def _track_approvals(

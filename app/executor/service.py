@@ -184,8 +184,8 @@ class RunService:
         with self.wakeups.watch(run.id) as watch, anyio.move_on_after(seconds):
             while True:
                 run = await self.get(run.id)
-                if run.status in RESTING:
-                    break
+                if run.status in RESTING or self.wakeups.closing:
+                    break  # a stopping process answers now rather than hold its shutdown
                 while not isinstance(await watch.next(), Stored):
                     pass  # text deltas: the run has not rested
         return run

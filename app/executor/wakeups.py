@@ -88,6 +88,7 @@ class RunWatch:
 class Wakeups:
     def __init__(self) -> None:
         self._work = asyncio.Event()
+        self.closing = False
         self._local_work = False
         self._hinted = False
         self._watchers: defaultdict[str, set[RunWatch]] = defaultdict(set)
@@ -96,6 +97,13 @@ class Wakeups:
         self.channel: DeltaChannel | None = None
         # Lets another thread (a test, a metrics scrape) wait for the number of watchers.
         self._watchers_changed = threading.Condition()
+
+    def close(self) -> None:
+        """The process is stopping: every watcher wakes, and waits give the run as it is."""
+        self.closing = True
+        for watches in self._watchers.values():
+            for watch in watches:
+                watch.stored(None)
 
     def work_available(self) -> None:
         """Something this process's executor may claim now (a slot came free, say)."""

@@ -49,8 +49,8 @@ class Executor:
         *,
         concurrency: int,
         poll_interval: float = 1.0,
-        lease_seconds: float = 30.0,
-        heartbeat_seconds: float = 1.0,
+        lease_seconds: float = 20.0,
+        heartbeat_seconds: float = 5.0,
         shutdown_grace: float = 10.0,
         max_takeovers: int = 3,
         name: str | None = None,
@@ -66,6 +66,9 @@ class Executor:
         self.max_takeovers = max_takeovers
         self.name = name or worker_name()
         self.drivers: dict[str, RunDriver] = {}
+        # Drivers of runs this executor claimed again (its own lease had expired in a
+        # database outage): told to stop, they hold a slot until they have.
+        self._retiring: set[RunDriver] = set()
         self.claimed_total = 0
         self.fenced_total = 0  # writes refused because another executor had taken the run
         self._claim_failures = 0
@@ -95,18 +98,20 @@ class Executor:
     async def run(self) -> None:
         """Claim and drive runs until `stop`; then hand back what is unfinished."""
         self.log.info("executor.started", concurrency=self.concurrency)
-        async with anyio.create_task_group() as group:
-            self._group = group
-            group.start_soon(self._heartbeat)
-            while not self._stop.is_set():
-                self._slot_freed = anyio.Event()
-                await self._claim()
-                await self._idle()
-            await self._drain()
-            for driver in list(self.drivers.values()):
-                driver.stop(StopReason.SHUTDOWN)
-            group.cancel_scope.cancel()
-        self.stopped.set()
+        try:
+            async with anyio.create_task_group() as group:
+                self._group = group
+                group.start_soon(self._heartbeat)
+                while not self._stop.is_set():
+                    self._slot_freed = anyio.Event()
+                    await self._claim()
+                    await self._idle()
+                await self._drain()
+                for driver in list(self.drivers.values()):
+                    driver.stop(StopReason.SHUTDOWN)
+                group.cancel_scope.cancel()
+        finally:
+            self.stopped.set()
         self.log.info("executor.stopped")
 
     async def _drain(self) -> None:
@@ -131,7 +136,7 @@ class Executor:
             driver.stop(StopReason.CANCEL)
 
     async def _claim(self) -> None:
-        free = self.concurrency - len(self.drivers)
+        free = self.concurrency - len(self.drivers) - len(self._retiring)
         if free <= 0 or self._stop.is_set():
             return
         try:
@@ -141,16 +146,22 @@ class Executor:
                 )
         except Exception as exc:
             self._claim_failures += 1
-            if is_transient(exc):
-                self.log.warning("executor.database_unavailable", error=type(exc).__name__)
-            else:
-                self.log.exception("executor.claim_failed")
+            self._database_failed("executor.claim_failed", exc)
             return
         self._claim_failures = 0
         metrics.TAKEOVERS.inc(sum(1 for claim in claims if claim.taken_over))
         for claim in claims:
+            stale = self.drivers.get(claim.run_id)
+            if stale is not None:
+                stale.stop(StopReason.LEASE_LOST)
+                self._retiring.add(stale)
             driver = RunDriver(
-                self.db, self.engine, self.wakeups, claim, max_takeovers=self.max_takeovers
+                self.db,
+                self.engine,
+                self.wakeups,
+                claim,
+                lease_seconds=self.lease_seconds,
+                max_takeovers=self.max_takeovers,
             )
             self.drivers[claim.run_id] = driver
             assert self._group is not None
@@ -168,8 +179,15 @@ class Executor:
             # The same run may have been claimed again by now (after its lease expired).
             if self.drivers.get(driver.claim.run_id) is driver:
                 del self.drivers[driver.claim.run_id]
+            self._retiring.discard(driver)
             self._slot_freed.set()
             self.wakeups.work_available()  # a session's next run may be waiting for this one
+
+    def _database_failed(self, event: str, exc: Exception) -> None:
+        if is_transient(exc):  # an outage: one line, no traceback, it will come back
+            self.log.warning(event, error=type(exc).__name__)
+        else:
+            self.log.exception(event)
 
     def _fenced(self, run_id: str, refused: str) -> None:
         self.fenced_total += 1
@@ -182,7 +200,8 @@ class Executor:
         """Wait for work, a freed slot, or the poll interval (work from other processes, and
         leases that expired); after database faults, back off instead."""
         if self._claim_failures:
-            await anyio.sleep(min(0.05 * 2**self._claim_failures, 2.0, self.poll_interval * 5))
+            backoff = 0.05 * 2 ** min(self._claim_failures, 6)
+            await anyio.sleep(min(backoff, 2.0, self.poll_interval * 5))
             return
         with anyio.move_on_after(self.poll_interval):
             if len(self.drivers) >= self.concurrency:
@@ -207,10 +226,7 @@ class Executor:
                 async with self.db.session_scope() as session:
                     renewal = await RunRepository(session).renew_leases(claims, expires_at=expires)
             except Exception as exc:
-                if is_transient(exc):
-                    self.log.warning("executor.heartbeat_failed", error=type(exc).__name__)
-                else:
-                    self.log.exception("executor.heartbeat_failed")
+                self._database_failed("executor.heartbeat_failed", exc)
                 continue
             for claim in claims:
                 driver = self.drivers.get(claim.run_id)

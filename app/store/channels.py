@@ -89,7 +89,8 @@ class DeltaChannel:
     async def _send_work(self) -> None:
         if self._work_queued.is_set():
             self._work_queued.clear()
-            await self._notify(WORK_CHANNEL, [self._origin])
+            if not await self._notify(WORK_CHANNEL, [self._origin]):
+                self._work_queued.set()  # sent once the connection is back
 
     async def cancel(self, run_id: str) -> None:
         """Tell the process that drives the run to stop it now (its flag is stored already;

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import fcntl
 import os
+import socket
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -30,13 +32,19 @@ class DatabaseInUse(RuntimeError):
 
 # Faults of the connection or of the server's availability (a restart, a failover, a full
 # connection table), raised by asyncpg itself when they happen while connecting.
-_UNAVAILABLE = (
-    OSError,
+_UNAVAILABLE: tuple[type[Exception], ...] = (
+    ConnectionError,
+    TimeoutError,
+    socket.gaierror,
     asyncpg.PostgresConnectionError,
-    asyncpg.OperatorInterventionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
     asyncpg.TooManyConnectionsError,
     sa_exc.TimeoutError,  # no pooled connection came free
 )
+# SQLite's OperationalError also means a wrong statement; only these are waits worth retrying.
+_SQLITE_BUSY = ("database is locked", "database is busy")
 
 
 DATABASE_ERRORS: tuple[type[Exception], ...] = (sa_exc.SQLAlchemyError, *_UNAVAILABLE)
@@ -45,19 +53,19 @@ DATABASE_ERRORS: tuple[type[Exception], ...] = (sa_exc.SQLAlchemyError, *_UNAVAI
 
 def is_transient(exc: BaseException) -> bool:
     """True when the database was away, not when the statement was wrong: worth another try."""
-    if isinstance(exc, sa_exc.DBAPIError):
-        if exc.connection_invalidated or isinstance(exc, sa_exc.OperationalError):
+    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    # The driver's own error sits under SQLAlchemy's adaptation of it.
+    cause: BaseException | None = exc.orig if isinstance(exc, sa_exc.DBAPIError) else exc
+    for _ in range(3):
+        if cause is None:
+            return False
+        if isinstance(cause, sqlite3.OperationalError):
+            return any(busy in str(cause) for busy in _SQLITE_BUSY)
+        if isinstance(cause, _UNAVAILABLE):
             return True
-        # The driver's own error sits under SQLAlchemy's adaptation of it.
-        cause: BaseException | None = exc.orig
-        for _ in range(3):
-            if cause is None:
-                break
-            if isinstance(cause, _UNAVAILABLE):
-                return True
-            cause = cause.__cause__
-        return False
-    return isinstance(exc, _UNAVAILABLE)
+        cause = cause.__cause__
+    return False
 
 
 def normalize_url(url: str) -> URL:

@@ -84,7 +84,8 @@ class Run(Base):
     claimed_by: Mapped[str | None] = mapped_column(String(100))
     lease_token: Mapped[int] = mapped_column(Integer, default=0)
     lease_expires_at: Mapped[datetime | None]
-    # Claims of this run after its executor was lost: a bound stops a run that kills them all.
+    # Claims of this run after its executor was lost, since it last made progress: a bound
+    # stops a run that kills every executor that takes it.
     takeovers: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime]
     started_at: Mapped[datetime | None]

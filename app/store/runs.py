@@ -41,10 +41,9 @@ class Claim:
 
 @dataclass(frozen=True, slots=True)
 class Renewal:
-    """What a heartbeat found: the runs whose leases it extended, those of them whose cancel
-    was requested, and the runs another executor took over (their drivers must stop)."""
+    """What a heartbeat found: the runs whose cancel was requested, and the runs another
+    executor took over (their drivers must stop)."""
 
-    held: set[str]
     cancel_requested: list[str]
     taken: set[str]
 
@@ -117,14 +116,17 @@ class RunRepository:
             and_(Run.status == Status.QUEUED, ~blocked_by_session),
             and_(Run.status == Status.RUNNING, Run.lease_expires_at < now),
         )
+        # Claiming a running run whose lease expired is a takeover, unless this executor held
+        # it (the database was away longer than the lease): that counts towards no bound.
+        takeover = and_(Run.status == Status.RUNNING, Run.claimed_by.is_distinct_from(worker))
         candidates = (
-            select(Run.seq, Run.status)
+            select(Run.seq, takeover)
             .where(claimable)
             .order_by(Run.seq)
             .limit(limit)
             .with_for_update(skip_locked=True)
         )
-        # Locked now: the status read here is the one the update below replaces.
+        # Locked now: what is read here is what the update below replaces.
         picked = dict((await self.session.execute(candidates)).all())
         if not picked:
             return []
@@ -137,13 +139,13 @@ class RunRepository:
                 claimed_by=worker,
                 lease_token=Run.lease_token + 1,
                 lease_expires_at=now + timedelta(seconds=lease_seconds),
-                takeovers=Run.takeovers + case((Run.status == Status.RUNNING, 1), else_=0),
+                takeovers=Run.takeovers + case((takeover, 1), else_=0),
                 updated_at=now,
             )
             .returning(Run.seq, Run.id, Run.lease_token, Run.takeovers)
         )
         return [
-            Claim(run_id, token, takeovers, taken_over=picked[seq] == Status.RUNNING)
+            Claim(run_id, token, takeovers, taken_over=bool(picked[seq]))
             for seq, run_id, token, takeovers in result.all()
         ]
 
@@ -232,7 +234,7 @@ class RunRepository:
         write of a driver)."""
         held = [(claim.run_id, claim.lease_token) for claim in claims]
         if not held:
-            return Renewal(set(), [], set())
+            return Renewal([], set())
         result = await self.session.execute(
             update(Run)
             .where(tuple_(Run.id, Run.lease_token).in_(held), Run.status == Status.RUNNING)
@@ -244,14 +246,14 @@ class RunRepository:
         cancels = [run_id for run_id, cancel in rows if cancel]
         missing = {run_id: token for run_id, token in held if run_id not in renewed}
         if not missing:
-            return Renewal(renewed, cancels, set())
+            return Renewal(cancels, set())
         # Rested meanwhile (still this claim's token), or taken over (a newer token).
         current = await self.session.execute(
             select(Run.id, Run.lease_token).where(Run.id.in_(missing))
         )
         tokens: dict[str, int] = dict(current.all())
         taken = {run_id for run_id, token in missing.items() if tokens.get(run_id) != token}
-        return Renewal(renewed, cancels, taken)
+        return Renewal(cancels, taken)
 
     async def status_counts(self) -> dict[str, int]:
         """How many runs the store holds in each status (every status, zeros included)."""

@@ -460,7 +460,10 @@ async def test_timeout_counts_execution_time(make_engine: EngineFactory, fake: F
     assert result.outcome.error.code == "timeout"
     assert state.elapsed_ms >= 300
     assert state.steps[0].tool_calls[0].status == "cancelled"
-    assert tool_messages(state.messages) == ["Tool call not completed: the run failed (timeout)."]
+    assert tool_messages(state.messages) == [
+        "Tool call not completed: the run failed (timeout). "
+        "It had started; whether it took effect is unknown."
+    ]
     assert cancelled_seen.wait(timeout=5)
 
 

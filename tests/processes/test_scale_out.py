@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import signal
 import subprocess
 import tempfile
 from collections import defaultdict
@@ -143,3 +144,30 @@ def test_runs_survive_a_database_restart_under_load(
         names = [name for _, name, _ in events]
         assert names.count("run.completed") == 1
         assert names.count("tool_call.completed") == 2
+
+
+def test_a_worker_stopped_while_the_database_is_away_exits_and_its_runs_go_on_elsewhere(
+    cluster: Cluster, fake: FakeModel, connect: Connect, own_postgres: tuple[str, Path]
+) -> None:
+    url, directory = own_postgres
+    script = str(ROOT / ".ci" / "postgres.sh")
+    cluster.database_url = url
+    subprocess.run(
+        [AGENT_RUNS, "migrate"], env=cluster.base_env(), check=True, capture_output=True, timeout=60
+    )
+    fake.script("m", [call("step", {"label": "one", "seconds": 1}), text("done")])
+    api = connect(cluster.api())
+    first = cluster.worker(SHUTDOWN_GRACE_SECONDS="0.2")
+    run_ids = [api.create(f"run {i}")["id"] for i in range(4)]
+    until(lambda: len(cluster.journal("step.started")) == 4, 20, "the steps to start")
+
+    subprocess.run([script, "down", str(directory)], check=True, timeout=60)
+    first.signal(signal.SIGTERM)
+    # Its retries are bounded by the lease: it gives the runs up to their leases and exits.
+    assert first.wait(timeout=30) == 0
+    subprocess.run([script, "up", str(directory)], check=True, timeout=60)
+
+    cluster.worker()
+    for run_id in run_ids:
+        assert api.rested(run_id, timeout=60)["status"] == "completed"
+    assert len(cluster.journal("step.done")) >= 4

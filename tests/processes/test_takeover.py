@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import pytest
 
-from app.testing import FakeModel, Rule, Script, call, text
+from app.testing import FakeModel, Reply, Rule, Script, call, text
 from tests.processes.conftest import RESTING, Api, Cluster, Process, until
 
 Connect = Callable[[Process], Api]
@@ -22,7 +22,7 @@ Connect = Callable[[Process], Api]
 STEP_SECONDS = 3.0
 
 
-def script_ops(fake: FakeModel, *, slow_model: float = STEP_SECONDS) -> None:
+def script_ops(fake: FakeModel, *, think: Reply | None = None) -> None:
     """`step-*` runs one idempotent step, `charge-*` one unsafe charge, `think-*` a slow
     model answer; all then answer with text."""
     fake.script(
@@ -43,7 +43,7 @@ def script_ops(fake: FakeModel, *, slow_model: float = STEP_SECONDS) -> None:
                         text("charged"),
                     ],
                 ),
-                Rule(match="^think", replies=[text("thought", delay=slow_model)]),
+                Rule(match="^think", replies=[think or text("thought", delay=STEP_SECONDS)]),
                 Rule(match="^crash", replies=[call("crash"), text("survived")]),
             ]
         ),
@@ -122,8 +122,9 @@ def pending_call(api: Api, run_id: str) -> str:
 def test_a_process_stopped_by_sigterm_hands_its_runs_over_at_once(
     cluster: Cluster, fake: FakeModel, connect: Connect, first_kind: str
 ) -> None:
-    # Slow enough that the first worker is still in its model calls when the second is up.
-    script_ops(fake, slow_model=6)
+    # The model holds every answer until the test lets it go: the first process is still in
+    # its model calls when it is stopped, however slowly the second one starts.
+    script_ops(fake, think=text("thought", hold_after=[0]))
     # Leases and polls far longer than the test: only the hand-back and the work hint can
     # get the runs to the second worker this soon.
     slow = {"LEASE_SECONDS": "120", "HEARTBEAT_SECONDS": "5", "POLL_INTERVAL_SECONDS": "60"}
@@ -139,6 +140,9 @@ def test_a_process_stopped_by_sigterm_hands_its_runs_over_at_once(
 
     first.signal(signal.SIGTERM)
     assert first.wait(timeout=20) == 0
+    assert fake.wait_for_requests(8)  # the second worker repeats the four model calls
+    for _ in range(8):  # the abandoned calls' holds take a release each, in any order
+        fake.release()
 
     for run_id in run_ids:
         assert api.rested(run_id, timeout=20)["status"] == "completed"
