@@ -95,8 +95,32 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(
         1024 * 1024, ge=1024, le=1024**3, description="Larger request bodies get 413."
     )
+    webhook_allowed_hosts: str = Field(
+        "",
+        description="Comma-separated hosts webhooks may call (`hooks.example.com`, "
+        "`*.example.com`, or an IP address, which also allows a private one); empty: runs "
+        "with a webhook are refused.",
+    )
+    webhook_secret: SecretStr | None = Field(
+        None, description="Signs webhook bodies (HMAC-SHA256); needed with allowed hosts."
+    )
+    webhook_max_attempts: int = Field(
+        8, ge=1, le=50, description="Tries of one webhook delivery before it is given up."
+    )
+    webhook_retry_seconds: float = Field(
+        2, gt=0, le=3600, description="Wait before the first retry; it doubles each time."
+    )
+    webhook_timeout_seconds: float = Field(
+        10, gt=0, le=300, description="Timeout of one webhook request."
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
+
+    @model_validator(mode="after")
+    def _webhooks_signed(self) -> Settings:
+        if self.webhook_allowed_hosts.strip() and self.webhook_secret is None:
+            raise ValueError("WEBHOOK_ALLOWED_HOSTS needs WEBHOOK_SECRET: every delivery is signed")
+        return self
 
     @model_validator(mode="after")
     def _heartbeat_within_lease(self) -> Settings:

@@ -27,6 +27,7 @@ from app.executor.approvals import ApprovalService
 from app.executor.service import RunService
 from app.executor.streams import RunEventStream
 from app.executor.wakeups import Wakeups
+from app.executor.webhooks import WebhookPolicy
 from app.executor.worker import Executor, worker_name
 from app.settings import Settings
 from app.store.channels import DeltaChannel
@@ -84,6 +85,7 @@ def create_app(
                 RunEventStream(db, wakeups),
                 wakeups,
                 executor,
+                WebhookPolicy(settings.webhook_allowed_hosts),
             )
             # Other processes write too on PostgreSQL: follow their changes and deltas.
             if not db.is_sqlite:

@@ -13,6 +13,7 @@ from app.executor.approvals import ApprovalService
 from app.executor.service import RunService
 from app.executor.streams import RunEventStream
 from app.executor.wakeups import Wakeups
+from app.executor.webhooks import WebhookPolicy
 from app.executor.worker import Executor
 from app.settings import Settings
 from app.store.database import Database
@@ -30,6 +31,7 @@ class Services:
     events: RunEventStream
     wakeups: Wakeups
     executor: Executor | None
+    webhook_policy: WebhookPolicy
 
 
 def get_services(request: Request) -> Services:

@@ -20,6 +20,10 @@ def problem_openapi(app: FastAPI) -> dict[str, Any]:
         )
         for operations in document.get("paths", {}).values():
             for operation in operations.values():
+                # Any URL may be refused as malformed (a NUL character, say) before routing.
+                operation.setdefault("responses", {}).setdefault(
+                    "400", {"description": "Bad Request"}
+                )
                 for status, response in operation.get("responses", {}).items():
                     if int(status) >= 400:
                         response["content"] = {

@@ -79,6 +79,12 @@ class CreateRun(BaseModel):
     if_busy: Literal["enqueue", "reject", "interrupt"] = Field(
         "enqueue", description="What to do when the session already has an unfinished run."
     )
+    webhook: str | None = Field(
+        None,
+        max_length=2048,
+        description="Called (POST, signed) each time the run rests; its host must be in "
+        "WEBHOOK_ALLOWED_HOSTS.",
+    )
 
     def input_value(self) -> str | list[dict[str, Any]]:
         if isinstance(self.input, str):

@@ -15,6 +15,7 @@ from app.engine import Engine, RunConfig, RunState, RunStatus
 from app.engine.events import message
 from app.engine.outcomes import HandedOff, RunAgain
 from app.engine.state import Message, RunError
+from app.executor import webhooks
 from app.executor.errors import LeaseLost
 from app.executor.lifecycle import event_records, lifecycle_event, now
 from app.executor.observer import StoreObserver
@@ -164,14 +165,24 @@ class RunDriver:
         )
         return state
 
-    async def _save(self, values: dict[str, Any], records: list[EventRecord]) -> Saved:
-        assert self._run is not None
+    async def _save(
+        self, values: dict[str, Any], records: list[EventRecord], *, rests: str | None = None
+    ) -> Saved:
+        """A fenced write of the run; `rests` names the event of a rest, which its webhook
+        (if any) is told of."""
+        run = self._run
+        assert run is not None
+        stamp = now()
         async with self.db.session_scope() as session:
             saved = await RunRepository(session).save_fenced(
-                self.claim, values, records, now(), after_seq=self._run.event_seq
+                self.claim, values, records, stamp, after_seq=run.event_seq
             )
-        if saved is None:
-            raise LeaseLost(f"run {self.claim.run_id} is no longer held by this executor")
+            if saved is None:
+                raise LeaseLost(f"run {self.claim.run_id} is no longer held by this executor")
+            queued = rests is not None and not saved.earlier
+            queued = queued and webhooks.enqueue(session, run, rests or "", stamp)
+        if queued:
+            self.wakeups.deliveries_queued()  # committed: the sender can see it now
         return saved
 
     async def _give_up(self, run: Run) -> None:
@@ -252,5 +263,6 @@ class RunDriver:
             "claimed_by": None,
             "lease_expires_at": None,
         }
-        saved = await self.retry(lambda: self._save(values, [lifecycle_event(run, "run.failed")]))
+        records = [lifecycle_event(run, "run.failed")]
+        saved = await self.retry(lambda: self._save(values, records, rests="run.failed"))
         self.wakeups.run_changed(run.id, saved.event_seq)

@@ -9,6 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.engine import Engine, RunState
 from app.engine.events import RunEvent
+from app.executor import webhooks
 from app.store.approvals import ApprovalRepository
 from app.store.models import Run
 from app.store.runs import EventRecord
@@ -72,4 +73,5 @@ async def cancel_resting_run(
     records.append(lifecycle_event(run, "run.cancelled", state))
     await save_to_session(db_session, run, state)
     await ApprovalRepository(db_session).withdraw(run.id)
+    webhooks.enqueue(db_session, run, "run.cancelled", run.finished_at)
     return records

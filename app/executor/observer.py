@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.engine import RunState, RunStatus
 from app.engine.events import RunEvent, TextDelta
+from app.executor import webhooks
 from app.executor.errors import LeaseLost
 from app.executor.lifecycle import event_records, lifecycle_event, now, save_to_session
 from app.executor.retry import Retrier
@@ -42,6 +43,7 @@ class StoreObserver:
         self.run = run  # a detached copy kept in step with what is stored
         self.cancel_requested = run.cancel_requested
         self._unsaved: list[tuple[str, dict[str, Any]]] = []  # events of a park not stored
+        self._deliveries = False  # webhook deliveries stored by the last write
 
     async def on_delta(self, delta: TextDelta) -> None:
         # Never stored: live only. A model call repeated after a takeover runs under a new
@@ -69,6 +71,9 @@ class StoreObserver:
         self.cancel_requested = saved.cancel_requested
         self.run.event_seq = saved.event_seq
         self.wakeups.run_changed(self.run.id, saved.event_seq)
+        if self._deliveries:
+            self._deliveries = False
+            self.wakeups.deliveries_queued()
 
     async def _write(
         self, state: RunState, records: list[tuple[str, dict[str, Any]]], stamp: datetime
@@ -112,6 +117,9 @@ class StoreObserver:
             if ends_session:
                 await save_to_session(session, run, state)
             await _track_approvals(session, run, state, stamp)
+            if resting is not None:
+                run.state = values["state"]
+                self._deliveries |= webhooks.enqueue(session, run, resting[0], stamp)
         return saved
 
 

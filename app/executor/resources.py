@@ -5,6 +5,7 @@ The API answers with them and webhooks carry them, so they live below the HTTP l
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Literal
 
@@ -12,7 +13,7 @@ from pydantic import BaseModel, Field
 
 from app.engine import RunConfig, RunState
 from app.engine.state import CallStatus, ToolCall
-from app.store.models import Run
+from app.store.models import Run, WebhookDelivery
 from app.store.status import Status
 
 RunStatus = Literal["queued", "running", "pending_approval", "completed", "failed", "cancelled"]
@@ -66,6 +67,21 @@ class RunErrorOut(BaseModel):
     message: str
 
 
+class WebhookAttemptOut(BaseModel):
+    at: datetime
+    status_code: int | None = Field(description="The receiver's answer; null when none came.")
+    error: str | None
+
+
+class WebhookDeliveryOut(BaseModel):
+    id: str = Field(description="Sent as `Webhook-Id`: the same on every try of this event.")
+    event: str
+    status: Literal["pending", "delivered", "failed"]
+    attempts: list[WebhookAttemptOut]
+    next_attempt_at: datetime | None
+    delivered_at: datetime | None
+
+
 class RunOut(BaseModel):
     """A run, whole."""
 
@@ -83,12 +99,14 @@ class RunOut(BaseModel):
     pending_approvals: list[PendingApproval]
     decisions: list[DecisionOut]
     error: RunErrorOut | None
+    webhook: str | None
+    webhook_deliveries: list[WebhookDeliveryOut]
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
 
     @classmethod
-    def of(cls, run: Run) -> RunOut:
+    def of(cls, run: Run, deliveries: Sequence[WebhookDelivery] = ()) -> RunOut:
         state = RunState.from_json(run.state) if run.state is not None else None
         return cls(
             id=run.id,
@@ -114,6 +132,20 @@ class RunOut(BaseModel):
             if state
             else [],
             error=RunErrorOut.model_validate(run.error) if run.error else None,
+            webhook=run.webhook,
+            webhook_deliveries=[
+                WebhookDeliveryOut.model_validate(
+                    {
+                        "id": d.id,
+                        "event": d.event,
+                        "status": d.status,
+                        "attempts": d.attempts,
+                        "next_attempt_at": d.next_attempt_at if d.status == "pending" else None,
+                        "delivered_at": d.delivered_at,
+                    }
+                )
+                for d in deliveries
+            ],
             created_at=run.created_at,
             started_at=run.started_at,
             finished_at=run.finished_at,

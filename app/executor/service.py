@@ -17,12 +17,14 @@ from app.engine.errors import RunEnded
 from app.executor.errors import RunNotFound, SessionBusy, SessionNotFound
 from app.executor.idempotency import Idempotency, once
 from app.executor.lifecycle import cancel_resting_run, lifecycle_event, now
+from app.executor.resources import RunOut
 from app.executor.wakeups import Stored, Wakeups
 from app.store.database import Database
-from app.store.models import Run, Session
+from app.store.models import Run, Session, WebhookDelivery
 from app.store.runs import RunRepository
 from app.store.sessions import SessionRepository
 from app.store.status import ENDED, RESTING, Status
+from app.store.webhooks import WebhookRepository
 
 IfBusy = Literal["enqueue", "reject", "interrupt"]
 
@@ -38,6 +40,7 @@ class NewRun:
     config: RunConfig = field(default_factory=RunConfig)
     metadata: dict[str, Any] = field(default_factory=dict)
     if_busy: IfBusy = "enqueue"
+    webhook: str | None = None
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,8 @@ class RunService:
             for cancelled in interrupted:
                 self.wakeups.run_changed(cancelled.id)
             await self._signal_cancels([r.id for r in interrupted if r.status == Status.RUNNING])
+            if any(r.webhook is not None for r in interrupted):
+                self.wakeups.deliveries_queued()
             self.wakeups.work_enqueued()
         return run, created
 
@@ -88,6 +93,7 @@ class RunService:
             config=new.config.model_dump(mode="json"),
             context=new.context,
             run_metadata=new.metadata,
+            webhook=new.webhook,
             state=None,
             cancel_requested=False,
             event_seq=0,
@@ -157,6 +163,8 @@ class RunService:
                 raise RunEnded(f"run {run_id} has already ended ({run.status})")
             signal = await self._cancel_locked(session, runs, run)
         await self._signal_cancels([run_id] if signal else [])
+        if run.webhook is not None and not signal:
+            self.wakeups.deliveries_queued()
         self.wakeups.run_changed(run_id)
         self.wakeups.work_enqueued()  # the session's next run may start now
         return run
@@ -189,6 +197,15 @@ class RunService:
                 while not isinstance(await watch.next(), Stored):
                     pass  # text deltas: the run has not rested
         return run
+
+    async def shown(self, runs: Sequence[Run]) -> list[RunOut]:
+        """The runs as the API shows them, with their webhook deliveries."""
+        with_webhook = [run.id for run in runs if run.webhook is not None]
+        deliveries: dict[str, list[WebhookDelivery]] = {}
+        if with_webhook:
+            async with self.db.session_scope() as session:
+                deliveries = await WebhookRepository(session).of_runs(with_webhook)
+        return [RunOut.of(run, deliveries.get(run.id, ())) for run in runs]
 
     async def get_session(self, session_id: str) -> SessionView:
         async with self.db.session_scope() as session:

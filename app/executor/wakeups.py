@@ -88,6 +88,7 @@ class RunWatch:
 class Wakeups:
     def __init__(self) -> None:
         self._work = asyncio.Event()
+        self._deliveries = asyncio.Event()
         self.closing = False
         self._local_work = False
         self._hinted = False
@@ -104,6 +105,15 @@ class Wakeups:
         for watches in self._watchers.values():
             for watch in watches:
                 watch.stored(None)
+
+    def deliveries_queued(self) -> None:
+        """Webhook deliveries were stored: this process's sender sends them now."""
+        self._deliveries.set()
+
+    async def wait_for_deliveries(self) -> None:
+        """Return when deliveries were stored since the last call; callers bound the wait."""
+        await self._deliveries.wait()
+        self._deliveries.clear()
 
     def work_available(self) -> None:
         """Something this process's executor may claim now (a slot came free, say)."""

@@ -24,6 +24,7 @@ from app.executor.agents import build_engine, load_agents_module
 from app.executor.driver import RunDriver, StopReason
 from app.executor.lifecycle import now
 from app.executor.wakeups import Wakeups
+from app.executor.webhooks import WebhookSender
 from app.settings import Settings
 from app.store.channels import DeltaChannel
 from app.store.database import Database, is_transient
@@ -53,6 +54,7 @@ class Executor:
         heartbeat_seconds: float = 5.0,
         shutdown_grace: float = 10.0,
         max_takeovers: int = 3,
+        webhooks: WebhookSender | None = None,
         name: str | None = None,
     ) -> None:
         self.db = db
@@ -64,6 +66,7 @@ class Executor:
         self.heartbeat_seconds = heartbeat_seconds
         self.shutdown_grace = shutdown_grace
         self.max_takeovers = max_takeovers
+        self.webhooks = webhooks
         self.name = name or worker_name()
         self.drivers: dict[str, RunDriver] = {}
         # Drivers of runs this executor claimed again (its own lease had expired in a
@@ -93,6 +96,7 @@ class Executor:
             heartbeat_seconds=settings.heartbeat_seconds,
             shutdown_grace=settings.shutdown_grace_seconds,
             max_takeovers=settings.max_takeovers,
+            webhooks=WebhookSender(db, wakeups, settings),
         )
 
     async def run(self) -> None:
@@ -102,6 +106,8 @@ class Executor:
             async with anyio.create_task_group() as group:
                 self._group = group
                 group.start_soon(self._heartbeat)
+                if self.webhooks is not None:
+                    group.start_soon(self.webhooks.run)
                 while not self._stop.is_set():
                     self._slot_freed = anyio.Event()
                     await self._claim()
@@ -223,8 +229,11 @@ class Executor:
                 continue
             expires = now() + timedelta(seconds=self.lease_seconds)
             try:
-                async with self.db.session_scope() as session:
-                    renewal = await RunRepository(session).renew_leases(claims, expires_at=expires)
+                with anyio.CancelScope(shield=True):  # a stop waits for the transaction
+                    async with self.db.session_scope() as session:
+                        renewal = await RunRepository(session).renew_leases(
+                            claims, expires_at=expires
+                        )
             except Exception as exc:
                 self._database_failed("executor.heartbeat_failed", exc)
                 continue

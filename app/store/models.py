@@ -84,6 +84,7 @@ class Run(Base):
     claimed_by: Mapped[str | None] = mapped_column(String(100))
     lease_token: Mapped[int] = mapped_column(Integer, default=0)
     lease_expires_at: Mapped[datetime | None]
+    webhook: Mapped[str | None] = mapped_column(String(2048))
     # Claims of this run after its executor was lost, since it last made progress: a bound
     # stops a run that kills every executor that takes it.
     takeovers: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
@@ -174,4 +175,28 @@ class Approval(Base):
     __table_args__ = (
         UniqueConstraint("run_id", "call_id"),
         Index(None, "status", "seq"),
+    )
+
+
+class WebhookDelivery(Base):
+    """One webhook event of a run, from its rest to its delivery (or the last failed try)."""
+
+    __tablename__ = "webhook_deliveries"
+
+    seq: Mapped[int] = mapped_column(Serial, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(40), unique=True)  # the receiver's Webhook-Id
+    run_id: Mapped[str] = mapped_column(String(40), ForeignKey("runs.id", ondelete="CASCADE"))
+    event: Mapped[str] = mapped_column(String(40))
+    url: Mapped[str] = mapped_column(String(2048))
+    payload: Mapped[dict[str, Any]]  # the body, as the run was when it rested
+    status: Mapped[str] = mapped_column(String(20))  # pending | delivered | failed
+    attempts: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    # When the next try is due; while a sender tries, when its claim on the row lapses.
+    next_attempt_at: Mapped[datetime | None]
+    created_at: Mapped[datetime]
+    delivered_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        Index(None, "status", "next_attempt_at"),
+        Index(None, "run_id", "seq"),
     )

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Request
 
 from app.api import pagination
 from app.api.auth import Approver
-from app.api.deps import ApprovalsDep, caller_name, problems
+from app.api.deps import ApprovalsDep, RunsDep, caller_name, problems
 from app.api.routes.runs import IdempotencyKey, fingerprint
 from app.api.schemas import ApprovalOut, ApprovalPage, Decide, RunOut
 from app.engine import DecisionInput
@@ -27,6 +27,7 @@ async def decide(
     body: Decide,
     request: Request,
     approvals: ApprovalsDep,
+    runs: RunsDep,
     idempotency_key: IdempotencyKey = None,
 ) -> RunOut:
     """Decide pending tool calls; the run resumes once every pending call has a decision."""
@@ -38,7 +39,8 @@ async def decide(
     run, _ = await approvals.decide(
         run_id, decisions, decided_by=caller_name(request), idempotency=idempotency
     )
-    return RunOut.of(run)
+    [shown] = await runs.shown([run])
+    return shown
 
 
 @router.get("/approvals", responses=problems(422))

@@ -21,13 +21,26 @@ the run), an `event` name and JSON `data`; `message.delta` events (text as the m
 have no id and are never replayed. The stream closes once the run has ended and all is sent."""
 
 
+SERVER_SENT_EVENT = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string", "description": "The event's id; none on `message.delta`."},
+        "event": {"type": "string", "description": "The event's name, as `run.completed`."},
+        "data": {"type": "string", "description": "The event's data, JSON."},
+        "retry": {"type": "integer", "minimum": 0},
+    },
+    "required": ["data"],
+}
+
+
 @router.get(
     "/runs/{run_id}/events",
     response_class=EventSourceResponse,
     responses={
         200: {
             "description": STREAM_DESCRIPTION,
-            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            # OpenAPI 3.1 describes a stream by its items: one server-sent event each.
+            "content": {"text/event-stream": {"itemSchema": SERVER_SENT_EVENT}},
         },
         **problems(404, 422),
     },

@@ -10,10 +10,12 @@ from fastapi import APIRouter, Header, Query, Response
 from pydantic import BaseModel
 
 from app.api import pagination
-from app.api.deps import RunsDep, problems
-from app.api.schemas import CreateRun, RunOut, RunPage, RunStatus
+from app.api.deps import RunsDep, ServicesDep, problems
+from app.api.errors import ApiError
+from app.api.schemas import CreateRun, ProblemError, RunOut, RunPage, RunStatus
 from app.executor.idempotency import Idempotency
 from app.executor.service import NewRun
+from app.executor.webhooks import WebhookRefused
 
 router = APIRouter(prefix="/runs", tags=["runs"])
 
@@ -38,11 +40,18 @@ IdempotencyKey = Annotated[
 async def create_run(
     body: CreateRun,
     response: Response,
+    services: ServicesDep,
     runs: RunsDep,
     wait: Wait = 0,
     idempotency_key: IdempotencyKey = None,
 ) -> RunOut:
     """Create a run; it is queued for an executor at once."""
+    if body.webhook is not None:
+        try:
+            services.webhook_policy.check_url(body.webhook)
+        except WebhookRefused as exc:
+            where = ProblemError(loc=["body", "webhook"], msg=str(exc))
+            raise ApiError(422, f"body.webhook: {exc}", [where]) from exc
     idempotency = Idempotency(idempotency_key, fingerprint(body)) if idempotency_key else None
     new = NewRun(
         agent=body.agent,
@@ -52,12 +61,14 @@ async def create_run(
         config=body.config,
         metadata=body.metadata,
         if_busy=body.if_busy,
+        webhook=body.webhook,
     )
     run, created = await runs.create(new, idempotency)
     run = await runs.wait_until_resting(run, wait)
     response.status_code = 201 if created else 200
     response.headers["Location"] = f"/runs/{run.id}"
-    return RunOut.of(run)
+    [shown] = await runs.shown([run])
+    return shown
 
 
 @router.get("", responses=problems(422))
@@ -78,20 +89,22 @@ async def list_runs(
         limit=limit + 1,
     )
     page, next_cursor = pagination.by_seq(found, limit)
-    return RunPage(items=[RunOut.of(run) for run in page], next_cursor=next_cursor)
+    return RunPage(items=await runs.shown(page), next_cursor=next_cursor)
 
 
 @router.get("/{run_id}", responses=problems(404, 422))
 async def get_run(run_id: str, runs: RunsDep) -> RunOut:
     """The run, whole."""
-    return RunOut.of(await runs.get(run_id))
+    [shown] = await runs.shown([await runs.get(run_id)])
+    return shown
 
 
 @router.post("/{run_id}/cancel", status_code=202, responses=problems(404, 409, 422))
 async def cancel_run(run_id: str, runs: RunsDep) -> RunOut:
     """Cancel a run that has not ended: queued and parked runs at once, running ones at their
     next await."""
-    return RunOut.of(await runs.cancel(run_id))
+    [shown] = await runs.shown([await runs.cancel(run_id)])
+    return shown
 
 
 def fingerprint(body: BaseModel) -> str:

@@ -1,0 +1,279 @@
+"""Webhooks: each time a run rests, its receiver is told, signed, retried, and never trusted.
+
+A delivery is stored in the same transaction as the rest it reports (an outbox), so none is
+lost or invented; the executor side sends it afterwards, so a slow or failing receiver never
+holds a run. Only allowed hosts are called, checked when the run is created and again before
+each try, after DNS resolution: the request goes to the address that was checked, and a host
+name that resolves to a private address is refused unless that address itself is allowed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import json
+import socket
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from urllib.parse import urlsplit
+
+import anyio
+import httpx
+import structlog
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.executor import metrics
+from app.executor.resources import RunOut
+from app.executor.wakeups import Wakeups
+from app.settings import Settings
+from app.store.database import Database
+from app.store.models import Run, WebhookDelivery
+from app.store.webhooks import WebhookRepository
+
+log = structlog.get_logger("app.executor")
+
+RESTING_EVENTS = frozenset({"run.completed", "run.failed", "run.cancelled", "run.pending_approval"})
+CLAIM_SECONDS = 60  # a sender's hold on a delivery it tries; past it, another may try
+MAX_RETRY_WAIT_SECONDS = 600
+IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class WebhookRefused(ValueError):
+    """A webhook URL this service will not call."""
+
+
+class WebhookPolicy:
+    """Which receivers may be called: `WEBHOOK_ALLOWED_HOSTS`."""
+
+    def __init__(self, allowed_hosts: str) -> None:
+        entries = [entry.strip().lower() for entry in allowed_hosts.split(",") if entry.strip()]
+        self.addresses = {_address(entry) for entry in entries} - {None}
+        self.names = [entry for entry in entries if _address(entry) is None]
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.addresses or self.names)
+
+    def check_url(self, url: str) -> None:
+        """Refuse a URL whose host is not allowed (at creation: before any DNS lookup)."""
+        if not self.enabled:
+            raise WebhookRefused("this service calls no webhooks (WEBHOOK_ALLOWED_HOSTS is empty)")
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise WebhookRefused("a webhook is an http or https URL with a host")
+        if parts.username or parts.password:
+            raise WebhookRefused("a webhook URL carries no credentials")
+        if not self._host_allowed(parts.hostname):
+            raise WebhookRefused(f"the host {parts.hostname!r} is not in WEBHOOK_ALLOWED_HOSTS")
+
+    async def resolve(self, url: str) -> IpAddress:
+        """The address to call: checked again, now that DNS has answered."""
+        self.check_url(url)
+        parts = urlsplit(url)
+        host = parts.hostname
+        assert host is not None
+        literal = _address(host)
+        if literal is not None:
+            addresses = [literal]
+        else:
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+            try:
+                found = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            except OSError as exc:
+                raise WebhookRefused(f"{host!r} does not resolve: {exc}") from exc
+            addresses = [ipaddress.ip_address(info[4][0]) for info in found]
+        for address in addresses:
+            if not address.is_global and address not in self.addresses:
+                raise WebhookRefused(
+                    f"{host!r} resolves to {address}, a private address; allow that address "
+                    "in WEBHOOK_ALLOWED_HOSTS to call it"
+                )
+        return addresses[0]
+
+    def _host_allowed(self, host: str) -> bool:
+        host = host.lower().rstrip(".")
+        address = _address(host)
+        if address is not None:
+            return address in self.addresses
+        return any(
+            host == name or (name.startswith("*.") and host.endswith(name[1:]))
+            for name in self.names
+        )
+
+
+def _address(text: str) -> IpAddress | None:
+    try:
+        return ipaddress.ip_address(text.strip("[]"))
+    except ValueError:
+        return None
+
+
+def enqueue(session: AsyncSession, run: Run, event: str, stamp: datetime) -> bool:
+    """Store the delivery of `event` when the run has a webhook and the event is a rest;
+    the caller's transaction stores it with the rest itself. True when one was stored."""
+    if run.webhook is None or event not in RESTING_EVENTS:
+        return False
+    # The run as it rested; its deliveries are the receiver's own business, not in the body.
+    shown = RunOut.of(run).model_dump(mode="json", exclude={"webhook_deliveries"})
+    body = {"event": event, "run": shown}
+    session.add(
+        WebhookDelivery(
+            id=f"whd_{uuid.uuid4().hex}",
+            run_id=run.id,
+            event=event,
+            url=run.webhook,
+            payload=body,
+            status="pending",
+            attempts=[],
+            next_attempt_at=stamp,
+            created_at=stamp,
+            delivered_at=None,
+        )
+    )
+    return True
+
+
+def signature(secret: bytes, timestamp: int, body: bytes) -> str:
+    """`Webhook-Signature`: the contract's `t=<unix seconds>,v1=<hex HMAC-SHA256>`."""
+    digest = hmac.new(secret, f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"t={timestamp},v1={digest}"
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    status_code: int | None
+    error: str | None
+
+    @property
+    def delivered(self) -> bool:
+        return self.status_code is not None and 200 <= self.status_code < 300
+
+
+class WebhookSender:
+    """Sends due deliveries, a few at a time, until cancelled; any process with an executor
+    runs one, and deliveries are claimed with SKIP LOCKED so each try is made once."""
+
+    def __init__(
+        self,
+        db: Database,
+        wakeups: Wakeups,
+        settings: Settings,
+        *,
+        concurrency: int = 8,
+    ) -> None:
+        secret = settings.webhook_secret
+        self.db = db
+        self.wakeups = wakeups
+        self.policy = WebhookPolicy(settings.webhook_allowed_hosts)
+        self.secret = secret.get_secret_value().encode() if secret is not None else b""
+        self.max_attempts = settings.webhook_max_attempts
+        self.retry_seconds = settings.webhook_retry_seconds
+        self.timeout = settings.webhook_timeout_seconds
+        self.poll_interval = settings.poll_interval_seconds
+        self.concurrency = concurrency
+
+    async def run(self) -> None:
+        if not self.policy.enabled:
+            return
+        slots = anyio.Semaphore(self.concurrency)
+        async with (
+            httpx.AsyncClient(timeout=self.timeout, follow_redirects=False) as client,
+            anyio.create_task_group() as group,
+        ):
+            while True:
+                free = slots.value
+                due = await self._claim(free) if free else []
+                for delivery in due:
+                    await slots.acquire()
+                    group.start_soon(self._send_then_release, client, delivery, slots)
+                if len(due) < free:  # caught up: wait for this process's next, or poll
+                    with anyio.move_on_after(self.poll_interval):
+                        await self.wakeups.wait_for_deliveries()
+
+    async def _claim(self, limit: int) -> Sequence[WebhookDelivery]:
+        stamp = datetime.now(UTC)
+        try:
+            # A cancel (the process stops) waits for the transaction instead of cutting it.
+            with anyio.CancelScope(shield=True):
+                async with self.db.session_scope() as session:
+                    due = await WebhookRepository(session).claim_due(
+                        stamp, limit=limit, hold_until=stamp + timedelta(seconds=CLAIM_SECONDS)
+                    )
+        except Exception:
+            log.warning("webhook.claim_failed", exc_info=True)
+            return []
+        return due
+
+    async def _send_then_release(
+        self, client: httpx.AsyncClient, delivery: WebhookDelivery, slots: anyio.Semaphore
+    ) -> None:
+        try:
+            attempt = await self._send(client, delivery)
+            await self._record(delivery, attempt)
+        except Exception:
+            # The delivery stays claimed until CLAIM_SECONDS pass, then is tried again.
+            log.warning("webhook.not_recorded", delivery=delivery.id, exc_info=True)
+        finally:
+            slots.release()
+
+    async def _send(self, client: httpx.AsyncClient, delivery: WebhookDelivery) -> Attempt:
+        try:
+            address = await self.policy.resolve(delivery.url)
+        except WebhookRefused as exc:
+            return Attempt(None, f"refused: {exc}")
+        body = json.dumps(delivery.payload, separators=(",", ":")).encode()
+        url = httpx.URL(delivery.url)
+        headers = {
+            "Content-Type": "application/json",
+            "Webhook-Id": delivery.id,
+            "Webhook-Signature": signature(self.secret, int(time.time()), body),
+            # The request goes to the address checked above; the receiver sees its own name.
+            "Host": url.netloc.decode(),
+        }
+        try:
+            response = await client.post(
+                url.copy_with(host=str(address)),
+                content=body,
+                headers=headers,
+                extensions={"sni_hostname": url.host},
+            )
+        except httpx.HTTPError as exc:
+            return Attempt(None, f"{type(exc).__name__}: {exc}"[:500])
+        return Attempt(response.status_code, None if response.is_success else "not a 2xx answer")
+
+    async def _record(self, delivery: WebhookDelivery, attempt: Attempt) -> None:
+        stamp = datetime.now(UTC)
+        tries = [
+            *delivery.attempts,
+            {"at": stamp.isoformat(), "status_code": attempt.status_code, "error": attempt.error},
+        ]
+        if attempt.delivered:
+            outcome, next_at = "delivered", None
+        elif len(tries) >= self.max_attempts:
+            outcome, next_at = "failed", None
+        else:
+            wait = min(self.retry_seconds * 2 ** (len(tries) - 1), MAX_RETRY_WAIT_SECONDS)
+            outcome, next_at = "pending", stamp + timedelta(seconds=wait)
+        with anyio.CancelScope(shield=True):
+            async with self.db.session_scope() as session:
+                await WebhookRepository(session).record(
+                    delivery.id,
+                    tries,
+                    status=outcome,
+                    next_attempt_at=next_at,
+                    delivered_at=stamp if outcome == "delivered" else None,
+                )
+        metrics.WEBHOOK_DELIVERIES.labels("delivered" if attempt.delivered else "failed").inc()
+        log.info(
+            "webhook.attempt",
+            run_id=delivery.run_id,
+            delivery=delivery.id,
+            webhook_event=delivery.event,
+            status_code=attempt.status_code,
+            error=attempt.error,
+            outcome=outcome,
+        )

@@ -1,0 +1,74 @@
+"""All SQL about webhook deliveries."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.store.models import WebhookDelivery
+
+
+class WebhookRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def claim_due(
+        self, now: datetime, *, limit: int, hold_until: datetime
+    ) -> Sequence[WebhookDelivery]:
+        """Take up to `limit` deliveries due now, holding each until `hold_until` (a sender
+        that dies mid-try leaves it to be tried again then)."""
+        due = (
+            select(WebhookDelivery.seq)
+            .where(WebhookDelivery.status == "pending", WebhookDelivery.next_attempt_at <= now)
+            .order_by(WebhookDelivery.next_attempt_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        seqs = list(await self.session.scalars(due))
+        if not seqs:
+            return []
+        await self.session.execute(
+            update(WebhookDelivery)
+            .where(WebhookDelivery.seq.in_(seqs))
+            .values(next_attempt_at=hold_until)
+        )
+        claimed = select(WebhookDelivery).where(WebhookDelivery.seq.in_(seqs))
+        return list(await self.session.scalars(claimed))
+
+    async def record(
+        self,
+        delivery_id: str,
+        attempts: list[dict[str, Any]],
+        *,
+        status: str,
+        next_attempt_at: datetime | None,
+        delivered_at: datetime | None,
+    ) -> None:
+        await self.session.execute(
+            update(WebhookDelivery)
+            .where(WebhookDelivery.id == delivery_id)
+            .values(
+                attempts=attempts,
+                status=status,
+                next_attempt_at=next_attempt_at,
+                delivered_at=delivered_at,
+            )
+        )
+
+    async def of_runs(self, run_ids: Sequence[str]) -> dict[str, list[WebhookDelivery]]:
+        if not run_ids:
+            return {}
+        query = (
+            select(WebhookDelivery)
+            .where(WebhookDelivery.run_id.in_(run_ids))
+            .order_by(WebhookDelivery.seq)
+        )
+        found: defaultdict[str, list[WebhookDelivery]] = defaultdict(list)
+        for delivery in await self.session.scalars(query):
+            found[delivery.run_id].append(delivery)
+        return found

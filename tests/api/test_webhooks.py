@@ -1,0 +1,235 @@
+"""Webhooks: signed, retried, only to allowed hosts and addresses, never holding a run.
+
+Contract, "Operating it": each time a run rests the service POSTs `{"event", "run"}` with
+`Webhook-Id` and `Webhook-Signature: t=..,v1=<HMAC-SHA256 of "t.body">`; attempts show in the
+run's `webhook_deliveries`; only WEBHOOK_ALLOWED_HOSTS are called, none set means 422.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import threading
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import pytest
+import structlog
+from pydantic import SecretStr
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from app.testing import FakeModel, call, text
+from app.testing.server import ThreadedServer
+from tests.api.conftest import Client, ClientFactory, rested
+
+pytestmark = pytest.mark.anyio
+
+SECRET = "whsec-test-0123456789"
+PROBLEM = "application/problem+json"
+
+
+@dataclass
+class Receiver:
+    """An HTTP receiver on 127.0.0.1 that answers `fail` errors first, then 204s."""
+
+    fail: int = 0
+    received: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
+    answered: int = 0
+    changed: threading.Condition = field(default_factory=threading.Condition)
+    url: str = ""
+
+    async def hook(self, request: Request) -> Response:
+        body = await request.body()
+        with self.changed:
+            self.answered += 1
+            failing = self.answered <= self.fail
+            if not failing:
+                self.received.append((dict(request.headers), body))
+            self.changed.notify_all()
+        return Response(status_code=500 if failing else 204)
+
+    def wait_for(self, count: int, timeout: float = 10) -> bool:
+        with self.changed:
+            return self.changed.wait_for(lambda: len(self.received) >= count, timeout)
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    receiver = Receiver()
+    app = Starlette(routes=[Route("/hook", receiver.hook, methods=["POST"])])
+    with ThreadedServer(app) as server:
+        receiver.url = f"{server.url}/hook"
+        yield receiver
+
+
+@pytest.fixture
+async def hooked(make_client: ClientFactory) -> AsyncIterator[Client]:
+    async with make_client(
+        webhook_allowed_hosts="127.0.0.1",
+        webhook_secret=SecretStr(SECRET),
+        webhook_retry_seconds=0.05,
+        webhook_max_attempts=3,
+    ) as client:
+        yield client
+
+
+async def deliveries_once(
+    client: Client, run_id: str, done: str = "delivered"
+) -> list[dict[str, Any]]:
+    """The run's deliveries once none is pending any more (bounded). The sender records a try
+    after the receiver answered, in its own process, with no event a client can await."""
+    with anyio.fail_after(10):
+        while True:
+            shown: list[dict[str, Any]] = (await client.get(f"/runs/{run_id}")).json()[
+                "webhook_deliveries"
+            ]
+            if shown and all(d["status"] == done for d in shown):
+                return shown
+            await anyio.sleep(0.02)
+
+
+async def delivered(receiver: Receiver, count: int) -> list[tuple[dict[str, str], Any]]:
+    assert await anyio.to_thread.run_sync(receiver.wait_for, count)
+    return [(headers, json.loads(body)) for headers, body in receiver.received]
+
+
+def verify(headers: dict[str, str], body: bytes) -> None:
+    fields = dict(part.split("=", 1) for part in headers["webhook-signature"].split(","))
+    expected = hmac.new(
+        SECRET.encode(), f"{fields['t']}.".encode() + body, hashlib.sha256
+    ).hexdigest()
+    assert hmac.compare_digest(fields["v1"], expected)
+
+
+async def test_each_rest_is_delivered_signed_and_shown_on_the_run(
+    hooked: Client, fake: FakeModel, receiver: Receiver
+) -> None:
+    fake.script("m", [call("delete_record", {"record_id": "r1"}), text("done")])
+    with structlog.testing.capture_logs() as logs:
+        parked = await hooked.post(
+            "/runs",
+            params={"wait": 10},
+            json={"agent": "calc", "input": "clean up", "webhook": receiver.url},
+        )
+        run = parked.json()
+        assert run["status"] == "pending_approval"
+        assert run["webhook"] == receiver.url
+        await delivered(receiver, 1)
+        call_id = run["pending_approvals"][0]["call_id"]
+        await hooked.post(
+            f"/runs/{run['id']}/approvals",
+            json={"decisions": [{"call_id": call_id, "approved": True}]},
+        )
+        await rested(hooked, run["id"])
+        bodies = await delivered(receiver, 2)
+
+    assert [body["event"] for _, body in bodies] == ["run.pending_approval", "run.completed"]
+    assert [body["run"]["status"] for _, body in bodies] == ["pending_approval", "completed"]
+    assert bodies[1][1]["run"]["final_output"] == "done"
+    assert "webhook_deliveries" not in bodies[1][1]["run"]
+    for headers, raw in receiver.received:
+        assert headers["content-type"] == "application/json"
+        verify(headers, raw)
+    ids = [headers["webhook-id"] for headers, _ in bodies]
+    assert len(set(ids)) == 2
+
+    shown = await deliveries_once(hooked, run["id"])
+    assert [(d["id"], d["event"]) for d in shown] == list(
+        zip(ids, ["run.pending_approval", "run.completed"], strict=True)
+    )
+    assert all(len(d["attempts"]) == 1 for d in shown)
+    assert shown[0]["attempts"][0]["status_code"] == 204
+    assert not any(SECRET in repr(entry) for entry in logs)
+
+
+async def test_a_failing_receiver_is_retried_and_never_holds_the_run(
+    hooked: Client, fake: FakeModel, receiver: Receiver
+) -> None:
+    receiver.fail = 2
+    fake.script("m", [text("done")])
+    done = await hooked.post(
+        "/runs",
+        params={"wait": 10},
+        json={"agent": "calc", "input": "x", "webhook": receiver.url},
+    )
+    assert done.json()["status"] == "completed"  # before any delivery went through
+    [(headers, body)] = await delivered(receiver, 1)
+    assert body["event"] == "run.completed"
+    run_id = done.json()["id"]
+
+    [delivery] = await deliveries_once(hooked, run_id)
+    assert [a["status_code"] for a in delivery["attempts"]] == [500, 500, 204]
+    assert delivery["id"] == headers["webhook-id"]  # the same id on every try
+
+
+async def test_a_receiver_that_never_answers_well_is_given_up(
+    hooked: Client, fake: FakeModel, receiver: Receiver
+) -> None:
+    receiver.fail = 100
+    fake.script("m", [text("done")])
+    run = (
+        await hooked.post(
+            "/runs",
+            params={"wait": 10},
+            json={"agent": "calc", "input": "x", "webhook": receiver.url},
+        )
+    ).json()
+
+    [delivery] = await deliveries_once(hooked, run["id"], "failed")
+    assert len(delivery["attempts"]) == 3  # WEBHOOK_MAX_ATTEMPTS
+    assert delivery["next_attempt_at"] is None
+
+
+@pytest.mark.parametrize(
+    ("allowed", "url", "reason"),
+    [
+        ("", "http://127.0.0.1:9/hook", "calls no webhooks"),
+        ("hooks.example.com", "http://127.0.0.1:9/hook", "not in WEBHOOK_ALLOWED_HOSTS"),
+        ("hooks.example.com", "https://evil.example.com/hook", "not in WEBHOOK_ALLOWED_HOSTS"),
+        ("*.example.com", "ftp://hooks.example.com/hook", "http or https"),
+        ("hooks.example.com", "https://user:pw@hooks.example.com/", "no credentials"),
+    ],
+)
+async def test_a_webhook_the_service_will_not_call_is_refused_at_creation(
+    make_client: ClientFactory, allowed: str, url: str, reason: str
+) -> None:
+    async with make_client(
+        webhook_allowed_hosts=allowed, webhook_secret=SecretStr(SECRET)
+    ) as client:
+        response = await client.post("/runs", json={"agent": "calc", "input": "x", "webhook": url})
+        assert (await client.get("/runs")).json()["items"] == []
+    assert response.status_code == 422
+    assert response.headers["content-type"] == PROBLEM
+    assert reason in response.json()["detail"]
+    assert response.json()["errors"][0]["loc"] == ["body", "webhook"]
+
+
+async def test_an_allowed_name_that_resolves_to_a_private_address_is_never_called(
+    make_client: ClientFactory, fake: FakeModel, receiver: Receiver
+) -> None:
+    fake.script("m", [text("done")])
+    private = receiver.url.replace("127.0.0.1", "localhost")
+    async with make_client(
+        webhook_allowed_hosts="localhost",
+        webhook_secret=SecretStr(SECRET),
+        webhook_retry_seconds=0.05,
+        webhook_max_attempts=2,
+    ) as client:
+        run = (
+            await client.post(
+                "/runs",
+                params={"wait": 10},
+                json={"agent": "calc", "input": "x", "webhook": private},
+            )
+        ).json()
+        [delivery] = await deliveries_once(client, run["id"], "failed")
+
+    assert receiver.answered == 0
+    assert all("private address" in a["error"] for a in delivery["attempts"])
+    assert all(a["status_code"] is None for a in delivery["attempts"])
