@@ -113,6 +113,11 @@ class Settings(BaseSettings):
     webhook_timeout_seconds: float = Field(
         10, gt=0, le=300, description="Timeout of one webhook request."
     )
+    tracing: bool = Field(
+        False,
+        description="Export OpenTelemetry spans of runs, turns, model and tool calls over OTLP "
+        "(OTEL_EXPORTER_OTLP_ENDPOINT ...; needs agent-runs[tracing]).",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
 

@@ -7,7 +7,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from app.engine import Agent, Engine, ModelProvider, ModelRouter, OpenAIProvider
+from app.engine.instruments import Instruments
 from app.executor.metrics import PrometheusInstruments
+from app.executor.tracing import CombinedInstruments, TracingInstruments, configure_tracing
 from app.settings import Settings
 
 
@@ -61,4 +63,8 @@ def build_engine(settings: Settings, module: AgentsModule) -> Engine:
     }
     providers.update(module.providers)
     router = ModelRouter(default, providers, default_model=settings.default_model)
-    return Engine(module.agents, router, instruments=PrometheusInstruments())
+    instruments: Instruments = PrometheusInstruments()
+    if settings.tracing:
+        configure_tracing()
+        instruments = CombinedInstruments(instruments, TracingInstruments())
+    return Engine(module.agents, router, instruments=instruments)

@@ -20,6 +20,7 @@ from app.executor.errors import LeaseLost
 from app.executor.lifecycle import event_records, lifecycle_event, now
 from app.executor.observer import StoreObserver
 from app.executor.retry import Retrier
+from app.executor.tracing import run_span
 from app.executor.wakeups import Wakeups
 from app.store.database import Database, is_transient
 from app.store.models import Run
@@ -90,6 +91,10 @@ class RunDriver:
         self._draining = True
 
     async def drive(self) -> None:
+        with run_span(self.claim.run_id):
+            await self._drive()
+
+    async def _drive(self) -> None:
         state: RunState | None = None
         observer: StoreObserver | None = None
         try:
