@@ -111,7 +111,7 @@ class Settings(BaseSettings):
         2, gt=0, le=3600, description="Wait before the first retry; it doubles each time."
     )
     webhook_timeout_seconds: float = Field(
-        10, gt=0, le=300, description="Timeout of one webhook request."
+        10, gt=0, le=30, description="Timeout of one webhook request, all of it."
     )
     tracing: bool = Field(
         False,

@@ -16,7 +16,7 @@ from app.api.auth import Authenticated, Keys
 from app.api.deps import Services, problems
 from app.api.middleware import LimitBody, RefuseNul, RequestLog
 from app.api.openapi import problem_openapi
-from app.api.routes import agents, approvals, events, health, metrics, runs, sessions
+from app.api.routes import agents, approvals, docs, events, health, metrics, runs, sessions
 from app.executor.agents import (
     AgentsModule,
     AgentsModuleError,
@@ -124,13 +124,17 @@ def create_app(
         version="0.1.0",
         description=DESCRIPTION,
         lifespan=lifespan,
+        # Served by routes.docs instead, behind the API keys like every other route.
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
         # Route names as operation ids give generated SDKs methods like `create_run`.
         generate_unique_id_function=lambda route: route.name,
     )
     app.openapi = lambda: problem_openapi(app)  # type: ignore[method-assign]
     errors.install(app)
     app.state.keys = Keys.from_settings(settings)
-    secured = (runs, events, approvals, agents, sessions, metrics)
+    secured = (runs, events, approvals, agents, sessions, metrics, docs)
     for router in (module.router for module in secured):
         app.include_router(router, dependencies=[Authenticated], responses=problems(401))
     app.include_router(health.router)  # probes carry no key

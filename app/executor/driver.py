@@ -185,7 +185,7 @@ class RunDriver:
             if saved is None:
                 raise LeaseLost(f"run {self.claim.run_id} is no longer held by this executor")
             queued = rests is not None and not saved.earlier
-            queued = queued and webhooks.enqueue(session, run, rests or "", stamp)
+            queued = queued and webhooks.enqueue(session, run, str(rests), stamp)
         if queued:
             self.wakeups.deliveries_queued()  # committed: the sender can see it now
         return saved
@@ -261,6 +261,7 @@ class RunDriver:
         stamp = now()
         run.status = Status.FAILED
         run.error = {"code": error.code, "message": error.message}
+        run.finished_at = stamp
         values = {
             "status": Status.FAILED,
             "error": run.error,

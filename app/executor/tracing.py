@@ -8,6 +8,7 @@ run's span of the process that drives it.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from typing import Any
@@ -39,7 +40,8 @@ def configure_tracing() -> None:
         ) from exc
     if isinstance(trace.get_tracer_provider(), TracerProvider):
         return
-    provider = TracerProvider(resource=Resource.create({"service.name": TRACER_NAME}))
+    service = os.environ.get("OTEL_SERVICE_NAME") or TRACER_NAME
+    provider = TracerProvider(resource=Resource.create({"service.name": service}))
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     trace.set_tracer_provider(provider)
 

@@ -19,7 +19,6 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from urllib.parse import urlsplit
 
 import anyio
 import httpx
@@ -51,8 +50,9 @@ class WebhookPolicy:
 
     def __init__(self, allowed_hosts: str) -> None:
         entries = [entry.strip().lower() for entry in allowed_hosts.split(",") if entry.strip()]
-        self.addresses = {_address(entry) for entry in entries} - {None}
-        self.names = [entry for entry in entries if _address(entry) is None]
+        parsed = {entry: _address(entry) for entry in entries}
+        self.addresses = {address for address in parsed.values() if address is not None}
+        self.names = [entry for entry, address in parsed.items() if address is None]
 
     @property
     def enabled(self) -> bool:
@@ -62,32 +62,31 @@ class WebhookPolicy:
         """Refuse a URL whose host is not allowed (at creation: before any DNS lookup)."""
         if not self.enabled:
             raise WebhookRefused("this service calls no webhooks (WEBHOOK_ALLOWED_HOSTS is empty)")
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        target = _parse(url)
+        if target.scheme not in ("http", "https") or not target.host:
             raise WebhookRefused("a webhook is an http or https URL with a host")
-        if parts.username or parts.password:
+        if target.userinfo:
             raise WebhookRefused("a webhook URL carries no credentials")
-        if not self._host_allowed(parts.hostname):
-            raise WebhookRefused(f"the host {parts.hostname!r} is not in WEBHOOK_ALLOWED_HOSTS")
+        if not self._host_allowed(target.host):
+            raise WebhookRefused(f"the host {target.host!r} is not in WEBHOOK_ALLOWED_HOSTS")
 
     async def resolve(self, url: str) -> IpAddress:
         """The address to call: checked again, now that DNS has answered."""
         self.check_url(url)
-        parts = urlsplit(url)
-        host = parts.hostname
-        assert host is not None
+        target = _parse(url)
+        host = target.host
         literal = _address(host)
         if literal is not None:
             addresses = [literal]
         else:
-            port = parts.port or (443 if parts.scheme == "https" else 80)
+            port = target.port or (443 if target.scheme == "https" else 80)
             try:
                 found = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
             except OSError as exc:
                 raise WebhookRefused(f"{host!r} does not resolve: {exc}") from exc
             addresses = [ipaddress.ip_address(info[4][0]) for info in found]
         for address in addresses:
-            if not address.is_global and address not in self.addresses:
+            if address not in self.addresses and not _public(address):
                 raise WebhookRefused(
                     f"{host!r} resolves to {address}, a private address; allow that address "
                     "in WEBHOOK_ALLOWED_HOSTS to call it"
@@ -103,6 +102,34 @@ class WebhookPolicy:
             host == name or (name.startswith("*.") and host.endswith(name[1:]))
             for name in self.names
         )
+
+
+def _parse(url: str) -> httpx.URL:
+    """The URL as the request will be made (httpx's reading, not another parser's)."""
+    if any(ord(character) < 0x21 or ord(character) == 0x7F for character in url):
+        raise WebhookRefused("a webhook URL has no spaces or control characters")
+    try:
+        target = httpx.URL(url)
+    except (httpx.InvalidURL, ValueError) as exc:
+        raise WebhookRefused(f"not a valid URL: {exc}") from exc
+    if target.port is not None and not 0 < target.port < 65536:
+        raise WebhookRefused(f"not a valid URL: port {target.port} is out of range")
+    return target
+
+
+def _public(address: IpAddress) -> bool:
+    """Global, including the IPv4 address an IPv6 one may carry (mapped, NAT64, 6to4...)."""
+    if isinstance(address, ipaddress.IPv6Address):
+        embedded = address.ipv4_mapped or address.sixtofour
+        if embedded is None and (address in _NAT64 or address in _IPV4_COMPATIBLE):
+            embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+        if embedded is not None:
+            return embedded.is_global
+    return address.is_global
+
+
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
 
 
 def _address(text: str) -> IpAddress | None:
@@ -180,16 +207,18 @@ class WebhookSender:
         if not self.policy.enabled:
             return
         slots = anyio.Semaphore(self.concurrency)
-        async with (
-            httpx.AsyncClient(timeout=self.timeout, follow_redirects=False) as client,
-            anyio.create_task_group() as group,
-        ):
+        client = httpx.AsyncClient(timeout=self.timeout, follow_redirects=False, trust_env=False)
+        async with client, anyio.create_task_group() as group:
             while True:
-                free = slots.value
-                due = await self._claim(free) if free else []
-                for delivery in due:
-                    await slots.acquire()
+                await slots.acquire()  # a free slot first: claim only what can be sent now
+                free = slots.value + 1
+                due = await self._claim(free)
+                for index, delivery in enumerate(due):
+                    if index:
+                        await slots.acquire()
                     group.start_soon(self._send_then_release, client, delivery, slots)
+                if not due:
+                    slots.release()
                 if len(due) < free:  # caught up: wait for this process's next, or poll
                     with anyio.move_on_after(self.poll_interval):
                         await self.wakeups.wait_for_deliveries()
@@ -224,7 +253,10 @@ class WebhookSender:
         try:
             address = await self.policy.resolve(delivery.url)
         except WebhookRefused as exc:
-            return Attempt(None, f"refused: {exc}")
+            log.warning("webhook.refused", run_id=delivery.run_id, reason=str(exc))
+            return Attempt(
+                None, "refused: the host is not allowed, or resolves to an address that is not"
+            )  # the details (internal addresses) stay in the log
         body = json.dumps(delivery.payload, separators=(",", ":")).encode()
         url = httpx.URL(delivery.url)
         headers = {
@@ -234,14 +266,22 @@ class WebhookSender:
             # The request goes to the address checked above; the receiver sees its own name.
             "Host": url.netloc.decode(),
         }
+        request = client.build_request(
+            "POST",
+            url.copy_with(host=str(address)),
+            content=body,
+            headers=headers,
+            extensions={"sni_hostname": url.host},
+        )
         try:
-            response = await client.post(
-                url.copy_with(host=str(address)),
-                content=body,
-                headers=headers,
-                extensions={"sni_hostname": url.host},
-            )
-        except httpx.HTTPError as exc:
+            # One deadline for the whole try, well within the claim's hold.
+            with anyio.fail_after(self.timeout):
+                # The status is all that counts: the body is never read.
+                response = await client.send(request, stream=True)
+                await response.aclose()
+        except TimeoutError:
+            return Attempt(None, f"no answer within {self.timeout:g} s")
+        except Exception as exc:
             return Attempt(None, f"{type(exc).__name__}: {exc}"[:500])
         return Attempt(response.status_code, None if response.is_success else "not a 2xx answer")
 
@@ -260,13 +300,16 @@ class WebhookSender:
             outcome, next_at = "pending", stamp + timedelta(seconds=wait)
         with anyio.CancelScope(shield=True):
             async with self.db.session_scope() as session:
-                await WebhookRepository(session).record(
-                    delivery.id,
+                recorded = await WebhookRepository(session).record(
+                    delivery,
                     tries,
                     status=outcome,
                     next_attempt_at=next_at,
                     delivered_at=stamp if outcome == "delivered" else None,
                 )
+        if not recorded:
+            log.warning("webhook.claim_lapsed", run_id=delivery.run_id, delivery=delivery.id)
+            return
         metrics.WEBHOOK_DELIVERIES.labels("delivered" if attempt.delivered else "failed").inc()
         log.info(
             "webhook.attempt",

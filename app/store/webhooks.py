@@ -42,23 +42,30 @@ class WebhookRepository:
 
     async def record(
         self,
-        delivery_id: str,
+        delivery: WebhookDelivery,
         attempts: list[dict[str, Any]],
         *,
         status: str,
         next_attempt_at: datetime | None,
         delivered_at: datetime | None,
-    ) -> None:
-        await self.session.execute(
+    ) -> bool:
+        """Write a try's outcome while the sender's claim still holds (its hold unchanged);
+        False when the hold had lapsed and the delivery was claimed again."""
+        result = await self.session.execute(
             update(WebhookDelivery)
-            .where(WebhookDelivery.id == delivery_id)
+            .where(
+                WebhookDelivery.id == delivery.id,
+                WebhookDelivery.next_attempt_at == delivery.next_attempt_at,
+            )
             .values(
                 attempts=attempts,
                 status=status,
                 next_attempt_at=next_attempt_at,
                 delivered_at=delivered_at,
             )
+            .returning(WebhookDelivery.seq)
         )
+        return result.first() is not None
 
     async def of_runs(self, run_ids: Sequence[str]) -> dict[str, list[WebhookDelivery]]:
         if not run_ids:

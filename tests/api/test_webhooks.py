@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import json
 import threading
 from collections.abc import AsyncIterator, Iterator
@@ -24,6 +25,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from app.executor.webhooks import _public
 from app.testing import FakeModel, call, text
 from app.testing.server import ThreadedServer
 from tests.api.conftest import Client, ClientFactory, rested
@@ -194,6 +196,9 @@ async def test_a_receiver_that_never_answers_well_is_given_up(
         ("hooks.example.com", "https://evil.example.com/hook", "not in WEBHOOK_ALLOWED_HOSTS"),
         ("*.example.com", "ftp://hooks.example.com/hook", "http or https"),
         ("hooks.example.com", "https://user:pw@hooks.example.com/", "no credentials"),
+        ("127.0.0.1", "http://[::1", "not a valid URL"),
+        ("127.0.0.1", "http://127.0.0.1:99999/hook", "not a valid URL"),
+        ("127.0.0.1", "http://127.0.0.1/a\tb", "no spaces or control characters"),
     ],
 )
 async def test_a_webhook_the_service_will_not_call_is_refused_at_creation(
@@ -231,5 +236,29 @@ async def test_an_allowed_name_that_resolves_to_a_private_address_is_never_calle
         [delivery] = await deliveries_once(client, run["id"], "failed")
 
     assert receiver.answered == 0
-    assert all("private address" in a["error"] for a in delivery["attempts"])
+    # The reason, with the address DNS gave, is in the log; the run shows no internal address.
+    assert all(a["error"].startswith("refused") for a in delivery["attempts"])
+    assert not any("127.0.0.1" in a["error"] for a in delivery["attempts"])
     assert all(a["status_code"] is None for a in delivery["attempts"])
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "10.0.0.1",
+        "169.254.169.254",
+        "::1",
+        "fd00::1",
+        "::ffff:127.0.0.1",  # IPv4-mapped
+        "64:ff9b::a9fe:a9fe",  # NAT64 of 169.254.169.254
+        "2002:a9fe:a9fe::1",  # 6to4 of 169.254.169.254
+        "::7f00:1",  # IPv4-compatible 127.0.0.1
+    ],
+)
+def test_addresses_that_carry_a_private_one_are_not_public(address: str) -> None:
+    assert not _public(ipaddress.ip_address(address))
+
+
+def test_public_addresses_are_public() -> None:
+    assert _public(ipaddress.ip_address("93.184.216.34"))
+    assert _public(ipaddress.ip_address("2606:4700::1111"))
