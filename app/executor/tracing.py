@@ -78,6 +78,8 @@ def _span(name: str, attributes: dict[str, Any]) -> Iterator[Measure]:
         try:
             yield measure
         except BaseException as exc:
+            if measure.outcome == "ok":
+                measure.outcome = "error" if isinstance(exc, Exception) else "cancelled"
             span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
             raise
         finally:

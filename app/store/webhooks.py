@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import defer
 
 from app.store.models import WebhookDelivery
 
@@ -74,6 +75,7 @@ class WebhookRepository:
             select(WebhookDelivery)
             .where(WebhookDelivery.run_id.in_(run_ids))
             .order_by(WebhookDelivery.seq)
+            .options(defer(WebhookDelivery.payload))  # a whole run each: not shown, not read
         )
         found: defaultdict[str, list[WebhookDelivery]] = defaultdict(list)
         for delivery in await self.session.scalars(query):
