@@ -77,34 +77,43 @@ def test_a_session_s_runs_run_in_creation_order_across_workers_and_a_takeover(
         assert inputs == [f"{session} #{position}" for position in range(4)]
 
 
+POSTGRES_SCRIPT = str(ROOT / ".ci" / "postgres.sh")
+
+
 @pytest.fixture
-def own_postgres() -> Iterator[tuple[str, Path]]:
-    """A PostgreSQL of this test's own, to stop and start under load."""
+def own_postgres(cluster: Cluster) -> Iterator[Callable[[str], None]]:
+    """A PostgreSQL of this test's own, migrated, for the cluster to use; the test stops and
+    starts it with the callable (`down`, `up`)."""
     # Not under pytest's tmp_path: the server runs as another user, who cannot enter it.
     directory = Path(tempfile.mkdtemp(prefix="agent-runs-pg-"))
-    script = str(ROOT / ".ci" / "postgres.sh")
     url = subprocess.run(
-        [script, "start", str(directory)], check=True, capture_output=True, text=True, timeout=120
+        [POSTGRES_SCRIPT, "start", str(directory)],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
     ).stdout.strip()
+
+    def server(action: str) -> None:
+        subprocess.run([POSTGRES_SCRIPT, action, str(directory)], check=True, timeout=60)
+
     try:
-        yield url, directory
+        cluster.database_url = url
+        subprocess.run(
+            [AGENT_RUNS, "migrate"],
+            env=cluster.base_env(),
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        yield server
     finally:
-        subprocess.run([script, "stop", str(directory)], check=False, timeout=60)
+        subprocess.run([POSTGRES_SCRIPT, "stop", str(directory)], check=False, timeout=60)
 
 
 def test_runs_survive_a_database_restart_under_load(
-    cluster: Cluster, fake: FakeModel, connect: Connect, own_postgres: tuple[str, Path]
+    cluster: Cluster, fake: FakeModel, connect: Connect, own_postgres: Callable[[str], None]
 ) -> None:
-    url, directory = own_postgres
-    script = str(ROOT / ".ci" / "postgres.sh")
-    cluster.database_url = url
-    subprocess.run(
-        [AGENT_RUNS, "migrate"],
-        env=cluster.base_env(),
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
     fake.script(
         "m",
         [
@@ -118,7 +127,7 @@ def test_runs_survive_a_database_restart_under_load(
     run_ids = [api.create(f"load {i}")["id"] for i in range(12)]
     until(lambda: len(cluster.journal("step.started")) >= 6, 20, "the runs to be under way")
 
-    subprocess.run([script, "down", str(directory)], check=True, timeout=60)
+    own_postgres("down")
     ready = api.http.get("/readyz")
     assert ready.status_code == 503
     assert ready.headers["content-type"] == "application/problem+json"
@@ -126,7 +135,7 @@ def test_runs_survive_a_database_restart_under_load(
     assert refused.status_code == 503
     assert refused.json()["status"] == 503
     assert refused.headers["retry-after"] == "1"
-    subprocess.run([script, "up", str(directory)], check=True, timeout=60)
+    own_postgres("up")
 
     def ready_again() -> bool:
         try:
@@ -147,25 +156,19 @@ def test_runs_survive_a_database_restart_under_load(
 
 
 def test_a_worker_stopped_while_the_database_is_away_exits_and_its_runs_go_on_elsewhere(
-    cluster: Cluster, fake: FakeModel, connect: Connect, own_postgres: tuple[str, Path]
+    cluster: Cluster, fake: FakeModel, connect: Connect, own_postgres: Callable[[str], None]
 ) -> None:
-    url, directory = own_postgres
-    script = str(ROOT / ".ci" / "postgres.sh")
-    cluster.database_url = url
-    subprocess.run(
-        [AGENT_RUNS, "migrate"], env=cluster.base_env(), check=True, capture_output=True, timeout=60
-    )
     fake.script("m", [call("step", {"label": "one", "seconds": 1}), text("done")])
     api = connect(cluster.api())
     first = cluster.worker(SHUTDOWN_GRACE_SECONDS="0.2")
     run_ids = [api.create(f"run {i}")["id"] for i in range(4)]
     until(lambda: len(cluster.journal("step.started")) == 4, 20, "the steps to start")
 
-    subprocess.run([script, "down", str(directory)], check=True, timeout=60)
+    own_postgres("down")
     first.signal(signal.SIGTERM)
     # Its retries are bounded by the lease: it gives the runs up to their leases and exits.
     assert first.wait(timeout=30) == 0
-    subprocess.run([script, "up", str(directory)], check=True, timeout=60)
+    own_postgres("up")
 
     cluster.worker()
     for run_id in run_ids:
