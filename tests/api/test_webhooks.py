@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+import httpx
 import pytest
 import structlog
 from pydantic import SecretStr
@@ -28,7 +29,7 @@ from starlette.routing import Route
 from app.executor.webhooks import _public
 from app.testing import FakeModel, call, text
 from app.testing.server import ThreadedServer
-from tests.api.conftest import Client, ClientFactory, rested
+from tests.api.conftest import Client, ClientFactory, LiveFactory, rested
 
 pytestmark = pytest.mark.anyio
 
@@ -41,6 +42,7 @@ class Receiver:
     """An HTTP receiver on 127.0.0.1 that answers `fail` errors first, then 204s."""
 
     fail: int = 0
+    delay: float = 0
     received: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
     answered: int = 0
     changed: threading.Condition = field(default_factory=threading.Condition)
@@ -48,6 +50,7 @@ class Receiver:
 
     async def hook(self, request: Request) -> Response:
         body = await request.body()
+        await anyio.sleep(self.delay)
         with self.changed:
             self.answered += 1
             failing = self.answered <= self.fail
@@ -262,3 +265,28 @@ def test_addresses_that_carry_a_private_one_are_not_public(address: str) -> None
 def test_public_addresses_are_public() -> None:
     assert _public(ipaddress.ip_address("93.184.216.34"))
     assert _public(ipaddress.ip_address("2606:4700::1111"))
+
+
+async def test_a_backlog_larger_than_the_sender_s_slots_leaves_the_service_answering(
+    serve_live: LiveFactory, fake: FakeModel, receiver: Receiver
+) -> None:
+    receiver.delay = 0.3  # every slot busy for a while
+    fake.script("m", [text("done")])
+    hooks = {
+        "webhook_allowed_hosts": "127.0.0.1",
+        "webhook_secret": SecretStr(SECRET),
+    }
+
+    def backlog(url: str) -> None:
+        # The server runs in a thread of its own: a frozen event loop there shows here as a
+        # request that times out, not as a test that hangs.
+        with httpx.Client(base_url=url, timeout=5) as http:
+            body = {"agent": "calc", "input": "x", "webhook": receiver.url}
+            for _ in range(12):  # more deliveries than the sender's 8 slots
+                assert http.post("/runs", json=body).status_code == 201
+            assert receiver.wait_for(1)
+            assert http.get("/healthz").status_code == 200  # while every slot is busy
+            assert receiver.wait_for(12, timeout=20)
+
+    with serve_live(**hooks) as live:
+        await anyio.to_thread.run_sync(backlog, live.url)
