@@ -72,6 +72,7 @@ class Keys:
         self.callers_required = bool(callers)
         self.approvers_required = bool(approvers)
         self._all = [*callers, *approvers]
+        self.configured = bool(self._all)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Keys:
@@ -102,9 +103,10 @@ def _keys(request: Request) -> Keys:
 
 
 def _identify(request: Request, credentials: HTTPAuthorizationCredentials | None) -> ApiKey | None:
-    if credentials is None:
-        return None
-    key = _keys(request).match(credentials.credentials)
+    keys = _keys(request)
+    if credentials is None or not keys.configured:
+        return None  # an open service ignores whatever key a client sends
+    key = keys.match(credentials.credentials)
     if key is None:
         raise Unauthenticated("The API key is not valid.", invalid_token=True)
     request.state.caller = key.name  # for `decided_by` and the request log; never the key
