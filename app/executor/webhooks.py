@@ -63,18 +63,19 @@ class WebhookPolicy:
         if not self.enabled:
             raise WebhookRefused("this service calls no webhooks (WEBHOOK_ALLOWED_HOSTS is empty)")
         target = _parse(url)
-        if target.scheme not in ("http", "https") or not target.host:
+        host = _ascii_host(target)
+        if target.scheme not in ("http", "https") or not host:
             raise WebhookRefused("a webhook is an http or https URL with a host")
         if target.userinfo:
             raise WebhookRefused("a webhook URL carries no credentials")
-        if not self._host_allowed(target.host):
-            raise WebhookRefused(f"the host {target.host!r} is not in WEBHOOK_ALLOWED_HOSTS")
+        if not self._host_allowed(host):
+            raise WebhookRefused(f"the host {host!r} is not in WEBHOOK_ALLOWED_HOSTS")
 
     async def resolve(self, url: str) -> IpAddress:
         """The address to call: checked again, now that DNS has answered."""
         self.check_url(url)
         target = _parse(url)
-        host = target.host
+        host = _ascii_host(target)
         literal = _address(host)
         if literal is not None:
             addresses = [literal]
@@ -115,6 +116,12 @@ def _parse(url: str) -> httpx.URL:
     if target.port is not None and not 0 < target.port < 65536:
         raise WebhookRefused(f"not a valid URL: port {target.port} is out of range")
     return target
+
+
+def _ascii_host(target: httpx.URL) -> str:
+    """The host as it goes on the wire (IDNA, `xn--...`): what is allowed, resolved and sent,
+    never a Unicode form that another encoder could map to a different name."""
+    return target.raw_host.decode("ascii").strip("[]")
 
 
 def _public(address: IpAddress) -> bool:
@@ -250,6 +257,14 @@ class WebhookSender:
             slots.release()
 
     async def _send(self, client: httpx.AsyncClient, delivery: WebhookDelivery) -> Attempt:
+        # One deadline for the whole try (DNS included), well within the claim's hold.
+        try:
+            with anyio.fail_after(self.timeout):
+                return await self._try(client, delivery)
+        except TimeoutError:
+            return Attempt(None, f"no answer within {self.timeout:g} s")
+
+    async def _try(self, client: httpx.AsyncClient, delivery: WebhookDelivery) -> Attempt:
         try:
             address = await self.policy.resolve(delivery.url)
         except WebhookRefused as exc:
@@ -271,16 +286,12 @@ class WebhookSender:
             url.copy_with(host=str(address)),
             content=body,
             headers=headers,
-            extensions={"sni_hostname": url.host},
+            extensions={"sni_hostname": _ascii_host(url)},
         )
         try:
-            # One deadline for the whole try, well within the claim's hold.
-            with anyio.fail_after(self.timeout):
-                # The status is all that counts: the body is never read.
-                response = await client.send(request, stream=True)
-                await response.aclose()
-        except TimeoutError:
-            return Attempt(None, f"no answer within {self.timeout:g} s")
+            # The status is all that counts: the body is never read.
+            response = await client.send(request, stream=True)
+            await response.aclose()
         except Exception as exc:
             return Attempt(None, f"{type(exc).__name__}: {exc}"[:500])
         return Attempt(response.status_code, None if response.is_success else "not a 2xx answer")

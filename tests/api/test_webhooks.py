@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from app.executor.webhooks import _public
+from app.executor.webhooks import WebhookPolicy, WebhookRefused, _public
 from app.testing import FakeModel, call, text
 from app.testing.server import ThreadedServer
 from tests.api.conftest import Client, ClientFactory, LiveFactory, rested
@@ -290,3 +290,12 @@ async def test_a_backlog_larger_than_the_sender_s_slots_leaves_the_service_answe
 
     with serve_live(**hooks) as live:
         await anyio.to_thread.run_sync(backlog, live.url)
+
+
+def test_hosts_are_allowed_as_they_go_on_the_wire() -> None:
+    policy = WebhookPolicy("xn--fa-hia.de, [::1]")
+    policy.check_url("https://xn--fa-hia.de/hook")
+    policy.check_url("https://faß.de/hook")  # the same name on the wire
+    policy.check_url("http://[::1]:8080/hook")
+    with pytest.raises(WebhookRefused, match=r"'fass\.de' is not in"):
+        policy.check_url("https://fass.de/hook")  # another name IDNA 2003 would map it to
