@@ -18,15 +18,9 @@ import pytest
 
 from app.store.database import Database, DatabaseInUse
 from app.testing import FakeModel, FakeModelServer, text
+from tests.conftest import free_port
 
 AGENT_RUNS = str(Path(sys.executable).with_name("agent-runs"))
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def wait_until_listening(process: subprocess.Popen[str], port: int) -> None:

@@ -15,8 +15,8 @@ from typing import Protocol
 
 @dataclass
 class Measure:
-    """What the measured work came to: `ok` unless the engine says otherwise (an instrument
-    tells errors and cancellation that escape the work apart itself)."""
+    """What the measured work came to: `ok` unless the engine says otherwise (`measuring`
+    tells errors and cancellations that escape the work apart)."""
 
     outcome: str = "ok"
 
@@ -35,15 +35,27 @@ class NoInstruments:
     """Measures nothing."""
 
     def turn(self, run_id: str, turn: int, agent: str) -> AbstractContextManager[Measure]:
-        return _nothing()
+        return measuring()
 
     def model_call(self, run_id: str, model: str) -> AbstractContextManager[Measure]:
-        return _nothing()
+        return measuring()
 
     def tool_call(self, run_id: str, tool: str, call_id: str) -> AbstractContextManager[Measure]:
-        return _nothing()
+        return measuring()
 
 
 @contextmanager
-def _nothing() -> Iterator[Measure]:
-    yield Measure()
+def measuring() -> Iterator[Measure]:
+    """A measure whose outcome, left `ok` by the work, tells an error or a cancellation that
+    escaped it apart: what every instrument records."""
+    measure = Measure()
+    try:
+        yield measure
+    except Exception:
+        if measure.outcome == "ok":
+            measure.outcome = "error"
+        raise
+    except BaseException:
+        if measure.outcome == "ok":
+            measure.outcome = "cancelled"  # the run was cancelled, or this process stops
+        raise

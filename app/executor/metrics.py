@@ -14,7 +14,7 @@ from datetime import datetime
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from app.engine.instruments import Measure
+from app.engine.instruments import Measure, measuring
 
 # Model calls and turns take seconds to minutes; tools anything from microseconds up.
 SLOW_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -80,16 +80,10 @@ class PrometheusInstruments:
 
 @contextmanager
 def _timed(record: _Record) -> Iterator[Measure]:
-    measure = Measure()
     started = time.perf_counter()
     try:
-        yield measure
-    except Exception:
-        measure.outcome = "error"
-        raise
-    except BaseException:
-        measure.outcome = "cancelled"  # the run was cancelled, or this process stops
-        raise
+        with measuring() as measure:
+            yield measure
     finally:
         record(measure, time.perf_counter() - started)
 

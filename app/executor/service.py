@@ -207,6 +207,11 @@ class RunService:
                 deliveries = await WebhookRepository(session).of_runs(with_webhook)
         return [RunOut.of(run, deliveries.get(run.id, ())) for run in runs]
 
+    async def show(self, run: Run) -> RunOut:
+        """One run as the API shows it."""
+        [shown] = await self.shown([run])
+        return shown
+
     async def get_session(self, session_id: str) -> SessionView:
         async with self.db.session_scope() as session:
             sessions = SessionRepository(session)

@@ -16,7 +16,7 @@ from typing import Any
 from opentelemetry import trace
 from opentelemetry.trace import Span, Status, StatusCode
 
-from app.engine.instruments import Instruments, Measure
+from app.engine.instruments import Instruments, Measure, measuring
 
 TRACER_NAME = "agent-runs"
 RUN_ID = "agent_runs.run_id"
@@ -73,13 +73,11 @@ class TracingInstruments:
 
 @contextmanager
 def _span(name: str, attributes: dict[str, Any]) -> Iterator[Measure]:
-    measure = Measure()
     with trace.get_tracer(TRACER_NAME).start_as_current_span(name, attributes=attributes) as span:
         try:
-            yield measure
+            with measuring() as measure:
+                yield measure
         except BaseException as exc:
-            if measure.outcome == "ok":
-                measure.outcome = "error" if isinstance(exc, Exception) else "cancelled"
             span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
             raise
         finally:
@@ -102,21 +100,14 @@ class CombinedInstruments:
         return _all(part.tool_call(run_id, tool, call_id) for part in self.parts)
 
 
-class _SharedMeasure(Measure):
-    """One outcome, written through to every part's measure."""
-
-    def __init__(self, measures: list[Measure]) -> None:
-        super().__init__()
-        self._measures = measures
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        super().__setattr__(name, value)
-        if name == "outcome":
-            for measure in getattr(self, "_measures", ()):
-                measure.outcome = value
-
-
 @contextmanager
 def _all(parts: Iterator[AbstractContextManager[Measure]]) -> Iterator[Measure]:
     with ExitStack() as stack:
-        yield _SharedMeasure([stack.enter_context(part) for part in parts])
+        measures = [stack.enter_context(part) for part in parts]
+        shared = Measure()
+        try:
+            yield shared
+        finally:
+            # Before the parts exit: each records the outcome the engine gave.
+            for measure in measures:
+                measure.outcome = shared.outcome

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from app.store.database import Database
 from app.store.runs import RunRepository
 from app.testing import FakeModelServer
-from tests.conftest import ROOT, empty_tables, is_postgres
+from tests.conftest import ROOT, empty_tables, free_port, is_postgres
 
 AGENT_RUNS = str(Path(sys.executable).with_name("agent-runs"))
 RESTING = {"completed", "failed", "cancelled", "pending_approval"}
@@ -46,13 +45,6 @@ def until(check: Callable[[], T | None], timeout: float, what: str, every: float
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(every)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 @dataclass

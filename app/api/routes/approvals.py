@@ -39,8 +39,7 @@ async def decide(
     run, _ = await approvals.decide(
         run_id, decisions, decided_by=caller_name(request), idempotency=idempotency
     )
-    [shown] = await runs.shown([run])
-    return shown
+    return await runs.show(run)
 
 
 @router.get("/approvals", responses=problems(422))

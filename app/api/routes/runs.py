@@ -67,8 +67,7 @@ async def create_run(
     run = await runs.wait_until_resting(run, wait)
     response.status_code = 201 if created else 200
     response.headers["Location"] = f"/runs/{run.id}"
-    [shown] = await runs.shown([run])
-    return shown
+    return await runs.show(run)
 
 
 @router.get("", responses=problems(422))
@@ -95,16 +94,14 @@ async def list_runs(
 @router.get("/{run_id}", responses=problems(404, 422))
 async def get_run(run_id: str, runs: RunsDep) -> RunOut:
     """The run, whole."""
-    [shown] = await runs.shown([await runs.get(run_id)])
-    return shown
+    return await runs.show(await runs.get(run_id))
 
 
 @router.post("/{run_id}/cancel", status_code=202, responses=problems(404, 409, 422))
 async def cancel_run(run_id: str, runs: RunsDep) -> RunOut:
     """Cancel a run that has not ended: queued and parked runs at once, running ones at their
     next await."""
-    [shown] = await runs.shown([await runs.cancel(run_id)])
-    return shown
+    return await runs.show(await runs.cancel(run_id))
 
 
 def fingerprint(body: BaseModel) -> str:
