@@ -59,7 +59,7 @@ class Settings(BaseSettings):
         10,
         ge=1,
         le=200,
-        description="Pooled PostgreSQL connections per process (as many again may overflow).",
+        description="PostgreSQL connections per process (transactions beyond wait their turn).",
     )
     shutdown_grace_seconds: float = Field(
         10, ge=0, le=600, description="How long a stopping process lets turns in flight finish."

@@ -34,20 +34,21 @@ class Services:
     webhook_policy: WebhookPolicy
 
 
-def get_services(request: Request) -> Services:
+# Dependencies are `async def`: FastAPI runs plain functions in its thread pool, a hop per request.
+async def get_services(request: Request) -> Services:
     services: Services = request.app.state.services
     return services
 
 
-def get_runs(request: Request) -> RunService:
-    return get_services(request).runs
+async def get_runs(request: Request) -> RunService:
+    return (await get_services(request)).runs
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-def get_approvals(request: Request) -> ApprovalService:
-    return get_services(request).approvals
+async def get_approvals(request: Request) -> ApprovalService:
+    return (await get_services(request)).approvals
 
 
 def caller_name(request: Request) -> str | None:

@@ -86,7 +86,7 @@ class ApprovalService:
         before_seq: int | None,
         limit: int,
     ) -> list[Approval]:
-        async with self.db.session_scope() as session:
+        async with self.db.read_scope() as session:
             return await ApprovalRepository(session).page(
                 statuses=statuses, agent=agent, tool=tool, before_seq=before_seq, limit=limit
             )

@@ -86,6 +86,11 @@ class RunDriver:
             self._stop_reason = reason
         self._scope.cancel()
 
+    @property
+    def in_session(self) -> bool:
+        """Whether the run belongs to a session (whose next run waits for this one to rest)."""
+        return self._run is not None and self._run.session_id is not None
+
     def drain(self) -> None:
         """Let the turn in flight finish, then hand the run back (a graceful shutdown)."""
         self._draining = True
@@ -131,7 +136,12 @@ class RunDriver:
             await self._fail(state, observer, exc, error_id)
 
     async def _load(self) -> tuple[Run, list[Message]]:
-        """The run, and the session's history when the run has not started yet."""
+        """The run (as claimed, when the claim carries it), and the session's history when
+        the run has not started yet."""
+        run = self.claim.run
+        if run is not None and (run.state is not None or run.session_id is None):
+            self._run = run
+            return run, []
         async with self.db.session_scope() as session:
             run = await RunRepository(session).get(self.claim.run_id)
             if run is None:
@@ -164,7 +174,8 @@ class RunDriver:
         values = {"state": state.to_json(), "started_at": run.started_at}
         saved = await self.retry(lambda: self._save(values, records))
         run.event_seq = saved.event_seq
-        self.wakeups.run_changed(run.id, saved.event_seq)  # watchers see it start at once
+        # Watchers see it start at once.
+        self.wakeups.run_changed(run.id, saved.event_seq, Status.RUNNING)
         self.log.info(
             "run.started", agent=run.agent, turns=state.turns, takeovers=self.claim.takeovers
         )

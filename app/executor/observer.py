@@ -70,7 +70,7 @@ class StoreObserver:
         self._unsaved = []
         self.cancel_requested = saved.cancel_requested
         self.run.event_seq = saved.event_seq
-        self.wakeups.run_changed(self.run.id, saved.event_seq)
+        self.wakeups.run_changed(self.run.id, saved.event_seq, self.run.status)
         if self._deliveries:
             self._deliveries = False
             self.wakeups.deliveries_queued()
@@ -137,7 +137,9 @@ async def _track_approvals(
     if state.status is RunStatus.PENDING_APPROVAL:
         pending = [asdict(request) for request in state.pending_approvals]
         await approvals.add_pending(run.id, pending, state.messages[-LAST_MESSAGES:], stamp)
-    elif state.status.ended:
+    elif state.status.ended and state.decisions:
+        # A run lists approvals only by parking, and runs again only once they are decided:
+        # one that never had a decision has nothing to withdraw.
         await approvals.withdraw(run.id)
 
 

@@ -101,9 +101,7 @@ class RunService:
             created_at=stamp,
             updated_at=stamp,
         )
-        runs.add(run)
-        await session.flush()
-        await runs.save(run, [lifecycle_event(run, "run.queued")], stamp)
+        await runs.add(run, [lifecycle_event(run, "run.queued")], stamp)
         return run
 
     async def _make_way(
@@ -123,7 +121,7 @@ class RunService:
         return unfinished
 
     async def get(self, run_id: str) -> Run:
-        async with self.db.session_scope() as session:
+        async with self.db.read_scope() as session:
             run = await RunRepository(session).get(run_id)
         if run is None:
             raise RunNotFound(f"no run has id {run_id!r}")
@@ -138,7 +136,7 @@ class RunService:
         before_seq: int | None,
         limit: int,
     ) -> list[Run]:
-        async with self.db.session_scope() as session:
+        async with self.db.read_scope() as session:
             return await RunRepository(session).page(
                 statuses=statuses,
                 agent=agent,
@@ -194,8 +192,11 @@ class RunService:
                 run = await self.get(run.id)
                 if run.status in RESTING or self.wakeups.closing:
                     break  # a stopping process answers now rather than hold its shutdown
-                while not isinstance(await watch.next(), Stored):
-                    pass  # text deltas: the run has not rested
+                change = await watch.next()
+                # Text deltas, and changes known not to be a rest, need no read of the run.
+                # A stopping process's close() wakes every watcher with a status unknown.
+                while not isinstance(change, Stored) or change.status not in (None, *RESTING):
+                    change = await watch.next()
         return run
 
     async def shown(self, runs: Sequence[Run]) -> list[RunOut]:
@@ -203,7 +204,7 @@ class RunService:
         with_webhook = [run.id for run in runs if run.webhook is not None]
         deliveries: dict[str, list[WebhookDelivery]] = {}
         if with_webhook:
-            async with self.db.session_scope() as session:
+            async with self.db.read_scope() as session:
                 deliveries = await WebhookRepository(session).of_runs(with_webhook)
         return [RunOut.of(run, deliveries.get(run.id, ())) for run in runs]
 
@@ -213,7 +214,7 @@ class RunService:
         return shown
 
     async def get_session(self, session_id: str) -> SessionView:
-        async with self.db.session_scope() as session:
+        async with self.db.read_scope() as session:
             sessions = SessionRepository(session)
             found = await sessions.get(session_id)
             if found is None:

@@ -33,7 +33,7 @@ class RunEventStream:
 
     async def check(self, run_id: str) -> None:
         """Raise `RunNotFound` before a stream is opened for nothing."""
-        async with self.db.session_scope() as session:
+        async with self.db.read_scope() as session:
             if await RunRepository(session).get(run_id) is None:
                 raise RunNotFound(f"no run has id {run_id!r}")
 
@@ -65,7 +65,7 @@ class RunEventStream:
     async def _read(self, run_id: str, cursor: int, up_to: int | None) -> _Read:
         """Stored events after `cursor`, none past `up_to` (a turn's deltas come before its
         later events)."""
-        async with self.db.session_scope() as session:
+        async with self.db.read_scope() as session:
             runs = RunRepository(session)
             run = await runs.get(run_id)
             events = await runs.events_after(run_id, cursor, limit=BATCH)

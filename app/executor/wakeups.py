@@ -31,9 +31,11 @@ DELTA_BUFFER = 512
 
 @dataclass(frozen=True, slots=True)
 class Stored:
-    """Events up to `seq` are stored (None: up to whatever is stored now)."""
+    """Events up to `seq` are stored (None: up to whatever is stored now), and the run's
+    status is `status` (None: not known without reading it)."""
 
     seq: int | None
+    status: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,13 +60,13 @@ class RunWatch:
     buffered_deltas: int = 0
     dropped_deltas: int = 0
 
-    def stored(self, seq: int | None) -> None:
+    def stored(self, seq: int | None, status: str | None = None) -> None:
         last = self.items[-1] if self.items else None
         if isinstance(last, Stored):
             merged = None if last.seq is None or seq is None else max(last.seq, seq)
-            self.items[-1] = Stored(merged)
+            self.items[-1] = Stored(merged, status)
         else:
-            self.items.append(Stored(seq))
+            self.items.append(Stored(seq, status))
         self.changed.set()
 
     def delta(self, data: dict[str, Any]) -> None:
@@ -143,10 +145,11 @@ class Wakeups:
         self._hinted = self._local_work = False
         return hinted_only
 
-    def run_changed(self, run_id: str, seq: int | None = None) -> None:
-        """The run's row (and events up to `seq`, when known) changed in the store."""
+    def run_changed(self, run_id: str, seq: int | None = None, status: str | None = None) -> None:
+        """The run's row (and events up to `seq`, when known) changed in the store; `status`
+        is what it has become, when the caller knows."""
         for watch in self._watchers.get(run_id, ()):
-            watch.stored(seq)
+            watch.stored(seq, status)
 
     def delta(self, run_id: str, data: dict[str, Any]) -> None:
         """Text as the model generates it: to this process's watchers of the run, and to other
@@ -213,14 +216,14 @@ class Wakeups:
             if not watched:
                 continue
             try:
-                async with db.session_scope() as session:
-                    seqs = await RunRepository(session).event_seqs(watched)
+                async with db.read_scope() as session:
+                    changes = await RunRepository(session).event_seqs(watched)
             except Exception:
                 log.exception("wakeups.poll_failed")
                 continue
-            for run_id, seq in seqs.items():
+            for run_id, (seq, status) in changes.items():
                 if run_id not in self._watchers:
                     continue  # its last watcher left during the query
                 if self._seen_seq.get(run_id) != seq:
                     self._seen_seq[run_id] = seq
-                    self.run_changed(run_id, seq)
+                    self.run_changed(run_id, seq, status)

@@ -72,6 +72,8 @@ class Executor:
         # Drivers of runs this executor claimed again (its own lease had expired in a
         # database outage): told to stop, they hold a slot until they have.
         self._retiring: set[RunDriver] = set()
+        # The last claim took as many runs as it had slots for: more may wait in the queue.
+        self._more_queued = True
         self.claimed_total = 0
         self.fenced_total = 0  # writes refused because another executor had taken the run
         self._claim_failures = 0
@@ -155,6 +157,7 @@ class Executor:
             self._database_failed("executor.claim_failed", exc)
             return
         self._claim_failures = 0
+        self._more_queued = len(claims) == free
         metrics.TAKEOVERS.inc(sum(1 for claim in claims if claim.taken_over))
         for claim in claims:
             stale = self.drivers.get(claim.run_id)
@@ -187,7 +190,8 @@ class Executor:
                 del self.drivers[driver.claim.run_id]
             self._retiring.discard(driver)
             self._slot_freed.set()
-            self.wakeups.work_available()  # a session's next run may be waiting for this one
+            if driver.in_session:
+                self.wakeups.work_available()  # the session's next run may wait for this one
 
     def _database_failed(self, event: str, exc: Exception) -> None:
         if is_transient(exc):  # an outage: one line, no traceback, it will come back
@@ -212,7 +216,11 @@ class Executor:
         with anyio.move_on_after(self.poll_interval):
             if len(self.drivers) >= self.concurrency:
                 await self._slot_freed.wait()
-            elif await self.wakeups.wait_for_work():
+                if self._more_queued:
+                    return  # runs were left in the queue when the slots ran out
+            # Otherwise the queue was empty at the last claim: claiming again on every freed
+            # slot would cost a transaction per run for nothing. Work signals say when to.
+            if await self.wakeups.wait_for_work():
                 await anyio.sleep(self._stagger())
 
     def _stagger(self) -> float:

@@ -9,6 +9,7 @@ import fcntl
 import os
 import socket
 import sqlite3
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -24,6 +25,7 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.pool import ConnectionPoolEntry
 
 
 class DatabaseInUse(RuntimeError):
@@ -43,6 +45,9 @@ _UNAVAILABLE: tuple[type[Exception], ...] = (
     asyncpg.TooManyConnectionsError,
     sa_exc.TimeoutError,  # no pooled connection came free
 )
+# A pooled connection idle this long is pinged before use: the server may have restarted or
+# dropped it meanwhile. Busy connections skip the ping's two round trips.
+IDLE_PING_SECONDS = 2.0
 # SQLite's OperationalError also means a wrong statement; only these are waits worth retrying.
 _SQLITE_BUSY = ("database is locked", "database is busy")
 
@@ -82,28 +87,63 @@ class Database:
     """An async engine and its session factory; `session_scope()` owns commit and rollback."""
 
     def __init__(self, url: str, *, pool_size: int = 10) -> None:
-        """`pool_size` connections per process on PostgreSQL, and as many again in bursts."""
+        """Up to `pool_size` connections on PostgreSQL, kept open: a burst of transactions
+        waits its turn rather than open connections to close again (each costs the server a
+        process, and more than a few per core buy nothing)."""
         self.url = normalize_url(url)
         self.is_sqlite = self.url.get_backend_name() == "sqlite"
         self._lock_file: int | None = None
-        options: dict[str, Any] = {"pool_pre_ping": not self.is_sqlite}
+        options: dict[str, Any] = {}
         if self.is_sqlite:
             # One process serves a SQLite file, and one connection serves that process: writers
             # never wait on each other's locks, and transactions are short.
             options.update(pool_size=1, max_overflow=0, pool_timeout=60)
         else:
-            options.update(pool_size=pool_size, max_overflow=pool_size)
+            options.update(pool_size=pool_size, max_overflow=0)
         self.engine: AsyncEngine = create_async_engine(self.url, **options)
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _configure_sqlite)
             event.listen(self.engine.sync_engine, "begin", _begin_sqlite)
+        else:
+            event.listen(self.engine.sync_engine.pool, "checkin", _note_idle_since)
+            event.listen(self.engine.sync_engine.pool, "checkout", self._ping_if_idle)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        # Reads on PostgreSQL run each statement on its own: READ COMMITTED gives a statement
+        # its own snapshot inside a transaction too, so BEGIN and COMMIT would buy nothing but
+        # two round trips.
+        readers = self.engine
+        if not self.is_sqlite:
+            readers = self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._readers = async_sessionmaker(readers, expire_on_commit=False)
 
     @asynccontextmanager
     async def session_scope(self) -> AsyncIterator[AsyncSession]:
         """A session in a transaction, committed when the block ends, rolled back on error."""
         async with self.sessions() as session, session.begin():
             yield session
+
+    @asynccontextmanager
+    async def read_scope(self) -> AsyncIterator[AsyncSession]:
+        """A session that only reads: what it sees is as of each statement."""
+        if self.is_sqlite:  # no round trips to spare; BEGIN IMMEDIATE keeps writes in order
+            async with self.session_scope() as session:
+                yield session
+            return
+        async with self._readers() as session:
+            yield session
+
+    def _ping_if_idle(
+        self, dbapi_connection: Any, record: ConnectionPoolEntry, _proxy: Any
+    ) -> None:
+        # `pool_pre_ping` would ping before every transaction; under load that doubles the
+        # round trips of a short one. A connection that fails the ping is replaced at once.
+        idle_since = record.info.pop(_IDLE_SINCE, None)
+        if idle_since is None or time.monotonic() - idle_since < IDLE_PING_SECONDS:
+            return
+        try:
+            self.engine.dialect.do_ping(dbapi_connection)
+        except Exception as exc:
+            raise sa_exc.DisconnectionError(f"a pooled connection was lost: {exc}") from exc
 
     async def ping(self) -> None:
         async with self.engine.connect() as connection:
@@ -142,6 +182,13 @@ class Database:
     async def dispose(self) -> None:
         await self.engine.dispose()
         self.release_sqlite_file()
+
+
+_IDLE_SINCE = "agent_runs.idle_since"
+
+
+def _note_idle_since(_dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+    record.info[_IDLE_SINCE] = time.monotonic()
 
 
 def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:

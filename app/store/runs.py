@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import and_, case, exists, func, insert, or_, select, tuple_, update
+from sqlalchemy import Table, and_, case, exists, func, insert, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
@@ -37,6 +37,8 @@ class Claim:
     lease_token: int
     takeovers: int = 0  # of the run, this claim's included
     taken_over: bool = False  # this claim took the run from a lost executor
+    # The run as claimed, so a driver needs no read of its own; not part of the claim's identity.
+    run: Run | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,12 +50,22 @@ class Renewal:
     taken: set[str]
 
 
+# The hot writes (every turn) go to the tables as Core statements: the ORM's bulk update and
+# insert paths cost more than the SQL they send.
+_RUNS = cast(Table, Run.__table__)
+_EVENTS = cast(Table, RunEvent.__table__)
+
+
 class RunRepository:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
 
-    def add(self, run: Run) -> None:
+    async def add(self, run: Run, events: Sequence[EventRecord], now: datetime) -> None:
+        """Store a new run with its first events."""
+        run.event_seq = len(events)
         self.session.add(run)
+        await self.session.flush()
+        await self._insert_events(run.id, run.event_seq, events, now)
 
     async def get(
         self, run_id: str, *, for_update: bool = False, refresh: bool = False
@@ -103,9 +115,10 @@ class RunRepository:
     async def claim(
         self, worker: str, *, limit: int, now: datetime, lease_seconds: float
     ) -> list[Claim]:
-        """Take up to `limit` runs: queued ones whose session has no earlier unfinished run, and
-        running ones whose lease expired. Pick with SKIP LOCKED, then a guarded UPDATE is the
-        real guard (SQLite ignores FOR UPDATE but serves a single process)."""
+        """Take up to `limit` runs, in one statement: queued ones whose session has no earlier
+        unfinished run, and running ones whose lease expired. The rows are picked with SKIP
+        LOCKED, and the update's guard repeats the pick's condition (SQLite ignores FOR UPDATE
+        but serves a single process). Each claim carries its run as the claim left it."""
         earlier = aliased(Run)
         blocked_by_session = exists().where(
             earlier.session_id == Run.session_id,
@@ -119,34 +132,38 @@ class RunRepository:
         # Claiming a running run whose lease expired is a takeover, unless this executor held
         # it (the database was away longer than the lease): that counts towards no bound.
         takeover = and_(Run.status == Status.RUNNING, Run.claimed_by.is_distinct_from(worker))
-        candidates = (
-            select(Run.seq, takeover)
+        picked = (
+            select(Run.seq, takeover.label("takeover"))
             .where(claimable)
             .order_by(Run.seq)
             .limit(limit)
             .with_for_update(skip_locked=True)
+            .cte("picked")
+            # Computed once, before the update: the flag must read the row as it was.
+            .prefix_with("MATERIALIZED")
         )
-        # Locked now: what is read here is what the update below replaces.
-        picked = dict((await self.session.execute(candidates)).all())
-        if not picked:
-            return []
-        seqs = list(picked)
-        result = await self.session.execute(
+        # SQLite's RETURNING names only the updated table; a subquery may read the pick.
+        was_takeover = (
+            select(picked.c.takeover).where(picked.c.seq == Run.seq).correlate(Run)
+        ).scalar_subquery()
+        statement = (
             update(Run)
-            .where(Run.seq.in_(seqs), claimable)
+            .where(Run.seq == picked.c.seq, claimable)
             .values(
                 status=Status.RUNNING,
                 claimed_by=worker,
                 lease_token=Run.lease_token + 1,
                 lease_expires_at=now + timedelta(seconds=lease_seconds),
-                takeovers=Run.takeovers + case((takeover, 1), else_=0),
+                takeovers=Run.takeovers + case((picked.c.takeover, 1), else_=0),
                 updated_at=now,
             )
-            .returning(Run.seq, Run.id, Run.lease_token, Run.takeovers)
+            .returning(Run, was_takeover)
+            .execution_options(synchronize_session=False)
         )
+        result = await self.session.execute(statement)
         return [
-            Claim(run_id, token, takeovers, taken_over=bool(picked[seq]))
-            for seq, run_id, token, takeovers in result.all()
+            Claim(run.id, run.lease_token, run.takeovers, taken_over=bool(taken_over), run=run)
+            for run, taken_over in result.all()
         ]
 
     async def save_fenced(
@@ -165,14 +182,14 @@ class RunRepository:
         whose commit was in doubt is safe: it finds the first attempt's events and says so.
         """
         result = await self.session.execute(
-            update(Run)
+            update(_RUNS)
             .where(
-                Run.id == claim.run_id,
-                Run.lease_token == claim.lease_token,
-                Run.event_seq == after_seq,
+                _RUNS.c.id == claim.run_id,
+                _RUNS.c.lease_token == claim.lease_token,
+                _RUNS.c.event_seq == after_seq,
             )
-            .values(**values, event_seq=Run.event_seq + len(events), updated_at=now)
-            .returning(Run.event_seq, Run.cancel_requested)
+            .values(**values, event_seq=_RUNS.c.event_seq + len(events), updated_at=now)
+            .returning(_RUNS.c.event_seq, _RUNS.c.cancel_requested)
         )
         row = result.one_or_none()
         if row is None:
@@ -278,12 +295,13 @@ class RunRepository:
         )
         return list(await self.session.scalars(query))
 
-    async def event_seqs(self, run_ids: Sequence[str]) -> dict[str, int]:
-        """The last event id of each run: what changed since a watcher last looked."""
+    async def event_seqs(self, run_ids: Sequence[str]) -> dict[str, tuple[int, str]]:
+        """The last event id and the status of each run: what changed since a watcher last
+        looked."""
         result = await self.session.execute(
-            select(Run.id, Run.event_seq).where(Run.id.in_(run_ids))
+            select(Run.id, Run.event_seq, Run.status).where(Run.id.in_(run_ids))
         )
-        return {run_id: seq for run_id, seq in result.all()}  # noqa: C416 - rows, not pairs
+        return {run_id: (seq, status) for run_id, seq, status in result.all()}
 
     async def _insert_events(
         self, run_id: str, last_seq: int, events: Sequence[EventRecord], now: datetime
@@ -295,4 +313,4 @@ class RunRepository:
             {"run_id": run_id, "seq": first_seq + i, "name": name, "data": data, "created_at": now}
             for i, (name, data) in enumerate(events)
         ]
-        await self.session.execute(insert(RunEvent), rows)
+        await self.session.execute(insert(_EVENTS), rows)

@@ -170,6 +170,8 @@ async def test_two_executors_never_drive_one_run_twice(
         async with anyio.create_task_group() as group:
             for executor in executors:
                 group.start_soon(executor.run)
+            # As an API process does: the other executor's writes are found by polling.
+            group.start_soon(executors[0].wakeups.poll_changes, databases[0], 0.05)
             with anyio.fail_after(60):
                 finished = [
                     await service.wait_until_resting(await service.get(run_id), 60)
@@ -177,6 +179,9 @@ async def test_two_executors_never_drive_one_run_twice(
                 ]
             for executor in executors:
                 executor.stop()
+            for executor in executors:
+                await executor.stopped.wait()
+            group.cancel_scope.cancel()
     finally:
         await provider.aclose()
         for db in databases:

@@ -21,7 +21,7 @@ router = APIRouter(tags=["operations"])
 async def metrics(services: ServicesDep) -> Response:
     """Prometheus text format: runs by status, the queue, turn, model-call and tool-call
     latency, tool outcomes, takeovers and webhook deliveries."""
-    async with services.db.session_scope() as session:
+    async with services.db.read_scope() as session:
         runs = RunRepository(session)
         counts = await runs.status_counts()
         oldest = await runs.oldest_queued_at()

@@ -6,7 +6,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import openai
-from openai.types.chat import ChatCompletionChunk
 
 from app.engine.errors import ModelError
 from app.engine.model import ModelProvider, ModelRequest, ModelResponse, TextSink
@@ -36,11 +35,22 @@ class OpenAIProvider(ModelProvider):
     async def complete(
         self, request: ModelRequest, on_text: TextSink | None = None
     ) -> ModelResponse:
+        body = {
+            **_request_arguments(request),
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
         try:
-            stream = await self._client.chat.completions.create(
-                **_request_arguments(request),
+            # `post` sends the body as it is and yields each chunk as parsed JSON, with the
+            # SDK's retries, timeout and errors. `chat.completions.create` would first walk the
+            # whole request against the SDK's type hints and build a model of every chunk: on
+            # a short turn that costs more than everything else the engine does.
+            stream = await self._client.post(
+                "/chat/completions",
+                body=body,
+                cast_to=object,
                 stream=True,
-                stream_options={"include_usage": True},
+                stream_cls=openai.AsyncStream[object],
             )
             assembler = _StreamAssembler()
             async with stream:
@@ -85,23 +95,30 @@ class _StreamAssembler:
     calls: dict[int, _PartialCall] = field(default_factory=dict)
     usage: Usage = field(default_factory=lambda: Usage(requests=1))
 
-    def add(self, chunk: ChatCompletionChunk) -> str:
-        if chunk.usage is not None:
-            self.usage.prompt_tokens = chunk.usage.prompt_tokens
-            self.usage.completion_tokens = chunk.usage.completion_tokens
-            self.usage.total_tokens = chunk.usage.total_tokens
-        if not chunk.choices:
+    def add(self, chunk: Any) -> str:
+        """Take one streamed chunk (JSON as the server sent it); the text it adds, if any."""
+        if not isinstance(chunk, dict):
             return ""
-        delta = chunk.choices[0].delta
-        for call_delta in delta.tool_calls or ():
-            call = self.calls.setdefault(call_delta.index, _PartialCall())
-            call.id = call_delta.id or call.id
-            if call_delta.function is not None:
-                call.name += call_delta.function.name or ""
-                call.arguments.append(call_delta.function.arguments or "")
-        if delta.content:
-            self.content.append(delta.content)
-            return delta.content
+        usage = chunk.get("usage")
+        if isinstance(usage, dict):
+            self.usage.prompt_tokens = usage.get("prompt_tokens") or 0
+            self.usage.completion_tokens = usage.get("completion_tokens") or 0
+            self.usage.total_tokens = usage.get("total_tokens") or 0
+        choices = chunk.get("choices")
+        if not choices:
+            return ""
+        delta = choices[0].get("delta") or {}
+        for call_delta in delta.get("tool_calls") or ():
+            call = self.calls.setdefault(call_delta.get("index", 0), _PartialCall())
+            call.id = call_delta.get("id") or call.id
+            function = call_delta.get("function")
+            if function is not None:
+                call.name += function.get("name") or ""
+                call.arguments.append(function.get("arguments") or "")
+        content = delta.get("content")
+        if content:
+            self.content.append(content)
+            return str(content)
         return ""
 
     def response(self) -> ModelResponse:
