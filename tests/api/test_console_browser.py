@@ -165,7 +165,14 @@ async def test_start_a_run_approve_it_edited_in_the_inbox_and_watch_it_stream_to
         await runs.get_by_role("button", name="Start run").click()
         await expect(runs.locator(".field-error:visible")).to_contain_text("Not valid JSON")
         assert not [r for r in browsing.api_requests() if r.method == "POST"]
+        # What the service refuses comes back readably, on the field it names.
+        session = runs.get_by_label("Session (optional)")
+        await session.fill("not a session id!")
         await context.fill('{"user_id": "u_1"}')
+        await runs.get_by_role("button", name="Start run").click()
+        await expect(runs.get_by_role("alert")).to_contain_text("Validation error (422)")
+        await expect(session).to_have_attribute("aria-invalid", "true")
+        await session.fill("")
         await runs.get_by_role("button", name="Start run").click()
 
         # The form leads to the run's page, which streams it: it waits for a person.
@@ -279,6 +286,14 @@ async def test_with_api_keys_the_console_asks_for_one_and_sends_it_only_as_a_bea
 
         dialog = page.get_by_role("dialog")
         await expect(dialog).to_contain_text("This service needs an API key")
+        # Closed, the prompt stays closed while the inbox's polls are refused.
+        await page.keyboard.press("Escape")
+        async with page.expect_response(lambda response: "/approvals?" in response.url) as polled:
+            pass
+        assert (await polled.value).status == 401
+        await expect(dialog).to_be_hidden()
+        await expect(page.get_by_role("alert")).to_contain_text("Unauthorized (401)")
+        await page.get_by_role("button", name="Enter key").click()
         await dialog.get_by_label("API key").fill("ui-secret")
         await dialog.get_by_role("button", name="Use this key").click()
         card = card_of(page, run["id"])

@@ -17,6 +17,9 @@ const keyButton = document.getElementById("key-button");
 const forgetButton = document.getElementById("forget-key");
 
 let leave = () => {};
+// Once the person closes the prompt, a refused call (the inbox polls) must not reopen it: the
+// refusal shows in the page, and "Enter key" is one button away.
+let declined = false;
 
 function announce(text) {
   // Emptied first, so the same words said twice are read twice.
@@ -67,9 +70,10 @@ function showKeyState() {
   forgetButton.hidden = !held;
 }
 
-function askForKey(reason) {
+function askForKey(reason, { asked = false } = {}) {
   keyReason.textContent = reason;
-  if (!keyDialog.open) {
+  if (asked) declined = false;
+  if (!keyDialog.open && !declined) {
     keyInput.value = "";
     keyDialog.showModal();
   }
@@ -85,14 +89,21 @@ keyForm.addEventListener("submit", (event) => {
   const key = keyInput.value.trim();
   if (!key) return;
   setKey(key);
+  declined = false;
   keyInput.value = "";
   keyDialog.close();
   showKeyState();
   render({ focus: true });
 });
 
-document.getElementById("key-cancel").addEventListener("click", () => keyDialog.close());
-keyButton.addEventListener("click", () => askForKey("Keys are kept in this tab only."));
+document.getElementById("key-cancel").addEventListener("click", () => {
+  declined = true;
+  keyDialog.close();
+});
+keyDialog.addEventListener("cancel", () => {
+  declined = true; // Escape
+});
+keyButton.addEventListener("click", () => askForKey("Keys are kept in this tab only.", { asked: true }));
 forgetButton.addEventListener("click", () => {
   forgetKey();
   showKeyState();
