@@ -33,6 +33,14 @@ function navigate(hash) {
   location.hash = hash;
 }
 
+function safeDecode(text) {
+  try {
+    return decodeURIComponent(text);
+  } catch {
+    return null; // a malformed %-escape: no such page
+  }
+}
+
 function route() {
   const [path, search = ""] = location.hash.replace(/^#/, "").split("?", 2);
   const query = new URLSearchParams(search);
@@ -41,7 +49,8 @@ function route() {
   if (path === "" || path === "/" || path === "/approvals") return ["approvals", (m) => showInbox(m, context)];
   if (path === "/runs") return ["runs", (m) => showRuns(m, context)];
   if (path === "/new") return ["new", (m) => showStart(m, context)];
-  if (run) return ["runs", (m) => showRun(m, { ...context, id: decodeURIComponent(run[1]) })];
+  const id = run ? safeDecode(run[1]) : null;
+  if (id) return ["runs", (m) => showRun(m, { ...context, id })];
   return [
     null,
     (m) => {
@@ -59,7 +68,7 @@ function render({ focus }) {
     else link.removeAttribute("aria-current");
   }
   document.title = "agent-runs console";
-  leave = show(main);
+  leave = show(main); // a view may name the page more precisely
   // A new page moves the focus to its heading, as a page load would for a screen reader.
   if (focus) main.querySelector("h1")?.focus();
 }

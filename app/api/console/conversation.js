@@ -159,12 +159,22 @@ export class Timeline {
   }
 
   lifecycle(event, data) {
+    if (event !== "run.started" && event !== "run.resumed") this.interrupt();
     const error = data.error ? `: ${data.error.code}: ${data.error.message}` : "";
     this.add(h("li", { class: "event lifecycle" }, `Run ${LIFECYCLE[event].toLowerCase()}${error}`));
   }
 
+  /** Text written with no message to follow (a failed or cancelled model call) stays, marked. */
+  interrupt() {
+    if (this.writing === null) return;
+    this.writing.entry.classList.remove("writing");
+    this.writing.entry.querySelector(".role").textContent = "Assistant (interrupted)";
+    this.writing = null;
+  }
+
   delta({ turn, attempt, text }) {
-    if (this.writing === null || this.writing.turn !== turn) {
+    if (this.writing !== null && this.writing.turn !== turn) this.interrupt();
+    if (this.writing === null) {
       const body = h("div", { class: "text" });
       const entry = h(
         "li",

@@ -70,13 +70,15 @@ export function showRun(main, { id, announce }) {
   const approvals = h("div", { class: "cards" });
   const conversation = h("ol", { class: "conversation" });
   const timeline = new Timeline(conversation);
+  const approvalsHeading = h("h2", { id: "run-approvals", tabindex: "-1" }, "Pending approvals");
+  document.title = `Run ${id} · agent-runs`;
   let pendingKeys = null;
 
   replace(
     main,
     h("h1", { tabindex: "-1" }, "Run ", h("code", {}, id)),
     h("section", { "aria-labelledby": "run-summary" }, h("h2", { id: "run-summary" }, "Summary"), summary, h("div", { class: "actions" }, cancel), actionResult),
-    h("section", { "aria-labelledby": "run-approvals" }, h("h2", { id: "run-approvals" }, "Pending approvals"), approvals),
+    h("section", { "aria-labelledby": "run-approvals" }, approvalsHeading, approvals),
     h("section", { "aria-labelledby": "run-conversation" }, h("h2", { id: "run-conversation" }, "Conversation"), stream, conversation),
   );
 
@@ -85,17 +87,18 @@ export function showRun(main, { id, announce }) {
     const keys = pending.map((item) => item.call_id).join(" ");
     if (keys === pendingKeys) return; // keep cards someone may be editing
     pendingKeys = keys;
+    const hadFocus = approvals.contains(document.activeElement);
     if (!pending.length) {
       replace(approvals, h("p", { class: "muted" }, "None."));
-      return;
+    } else {
+      const cards = pending.map((item) => decisionCard({ ...item, run_id: run.id }, { heading: "h3" }));
+      replace(approvals, cards.map((card) => card.element));
     }
-    replace(
-      approvals,
-      pending.map((item) => decisionCard({ ...item, run_id: run.id }, { heading: "h3" }).element),
-    );
+    // The card a keyboard user was in is gone: keep them in this section, not at the page top.
+    if (hadFocus) approvalsHeading.focus();
   }
 
-  let loading = null;
+  let loading = false;
   let again = false;
 
   // Every stored event may change the summary; a burst of them costs one request at a time.
@@ -104,7 +107,8 @@ export function showRun(main, { id, announce }) {
       again = true;
       return;
     }
-    loading = (async () => {
+    loading = true;
+    try {
       do {
         again = false;
         try {
@@ -113,13 +117,12 @@ export function showRun(main, { id, announce }) {
           cancel.disabled = ENDED.has(run.status);
           showApprovals(run);
         } catch (error) {
-          if (controller.signal.aborted) return;
-          replace(summary, problemView(error));
+          if (!controller.signal.aborted) replace(summary, problemView(error));
         }
       } while (again && !controller.signal.aborted);
-    })();
-    await loading;
-    loading = null;
+    } finally {
+      loading = false;
+    }
   }
 
   cancel.addEventListener("click", async () => {

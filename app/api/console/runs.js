@@ -86,6 +86,7 @@ export function showRuns(main, { query }) {
     limit: 20,
   };
   let cursor = null;
+  document.title = "Runs · agent-runs";
 
   replace(
     main,
@@ -122,7 +123,8 @@ export function showRuns(main, { query }) {
         event.preventDefault();
         const chosen = new URLSearchParams();
         for (const [name, value] of new FormData(form)) if (value) chosen.append(name, value);
-        const hash = `#/runs${chosen.size ? `?${chosen}` : ""}`;
+        const search = chosen.toString();
+        const hash = `#/runs${search ? `?${search}` : ""}`;
         if (hash === location.hash) load(true);
         else location.hash = hash;
       });

@@ -50,6 +50,7 @@ export function showStart(main, { navigate }) {
   const form = h("form", { class: "start", novalidate: true }, Object.values(fields).map((f) => f.element), h("div", { class: "actions" }, submit), problems);
 
   replace(main, h("h1", { tabindex: "-1" }, "Start a run"), form);
+  document.title = "Start a run · agent-runs";
 
   agentNames(controller.signal)
     .then((names) => {
