@@ -360,8 +360,13 @@ async def test_runs_are_listed_by_filter_and_cancelled_from_their_page(
 
         await page.goto(f"{live.url}/console#/runs/{parked['id']}")
         await expect(run_status(page)).to_have_text("pending approval")
+        waiting = page.locator("article.approval")
+        await expect(
+            waiting.get_by_role("heading", name=re.compile("delete_record"))
+        ).to_be_visible()
         await page.get_by_role("button", name="Cancel run").click()
         await expect(run_status(page)).to_have_text("cancelled")
+        await expect(waiting).to_have_count(0)
         await expect(page.get_by_role("button", name="Cancel run")).to_be_disabled()
         await expect(page.locator(".conversation")).to_contain_text("Run cancelled")
 

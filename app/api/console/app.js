@@ -46,7 +46,8 @@ function route() {
   const query = new URLSearchParams(search);
   const context = { announce, navigate, query };
   const run = /^\/runs\/([^/]+)$/.exec(path);
-  if (path === "" || path === "/" || path === "/approvals") return ["approvals", (m) => showInbox(m, context)];
+  if (path === "" || path === "/" || path === "/approvals")
+    return ["approvals", (m) => showInbox(m, context)];
   if (path === "/runs") return ["runs", (m) => showRuns(m, context)];
   if (path === "/new") return ["new", (m) => showStart(m, context)];
   const id = run ? safeDecode(run[1]) : null;
@@ -54,7 +55,11 @@ function route() {
   return [
     null,
     (m) => {
-      replace(m, h("h1", { tabindex: "-1" }, "Not found"), h("p", {}, "No such page. ", h("a", { href: "#/approvals" }, "Go to the approvals.")));
+      replace(
+        m,
+        h("h1", { tabindex: "-1" }, "Not found"),
+        h("p", {}, "No such page. ", h("a", { href: "#/approvals" }, "Go to the approvals.")),
+      );
       return () => {};
     },
   ];
@@ -112,7 +117,9 @@ document.getElementById("key-cancel").addEventListener("click", () => {
 keyDialog.addEventListener("cancel", () => {
   declined = true; // Escape
 });
-keyButton.addEventListener("click", () => askForKey("Keys are kept in this tab only.", { asked: true }));
+keyButton.addEventListener("click", () =>
+  askForKey("Keys are kept in this tab only.", { asked: true }),
+);
 forgetButton.addEventListener("click", () => {
   forgetKey();
   showKeyState();

@@ -33,7 +33,8 @@ export function messageView(message) {
   const text = contentText(message.content);
   const calls = (message.tool_calls ?? []).map((call) => {
     const args = String(call?.function?.arguments ?? "");
-    return `${call?.function?.name ?? "?"} ${args.length > 200 ? `${args.slice(0, 200)}…` : args}`;
+    const shown = args.length > 200 ? `${args.slice(0, 200)}…` : args;
+    return `${call?.function?.name ?? "?"} ${shown}`;
   });
   return h(
     "li",
@@ -64,7 +65,14 @@ class ToolCallView {
     this.element = h(
       "li",
       { class: "tool-call", "data-call-id": callId },
-      h("p", { class: "heading" }, h("strong", {}, `Tool call: ${name}`), " ", this.status, this.agent),
+      h(
+        "p",
+        { class: "heading" },
+        h("strong", {}, `Tool call: ${name}`),
+        " ",
+        this.status,
+        this.agent,
+      ),
       h("p", { class: "label" }, "Arguments"),
       this.args,
       this.decision,
@@ -161,7 +169,9 @@ export class Timeline {
   lifecycle(event, data) {
     if (event !== "run.started" && event !== "run.resumed") this.interrupt();
     const error = data.error ? `: ${data.error.code}: ${data.error.message}` : "";
-    this.add(h("li", { class: "event lifecycle" }, `Run ${LIFECYCLE[event].toLowerCase()}${error}`));
+    this.add(
+      h("li", { class: "event lifecycle" }, `Run ${LIFECYCLE[event].toLowerCase()}${error}`),
+    );
   }
 
   /** Text written with no message to follow (a failed or cancelled model call) stays, marked. */

@@ -25,8 +25,9 @@ function argumentsProblem(text) {
 
 /**
  * `item`: a `GET /approvals` item (or a run's `pending_approvals` entry with `run_id` added).
- * Returns {element, settled(), touched(), markGone(), append(...nodes)}. `onDecided(item, approved, run)`
- * hears a success; `onSettled()` hears that nothing is left to decide here (decided, conflict).
+ * Returns {element, settled(), touched(), markGone(), append(...nodes)}.
+ * `onDecided(item, approved, run)` hears a success; `onSettled()` hears that nothing is left
+ * to decide here (decided here, or a conflict).
  */
 export function decisionCard(
   item,
@@ -57,7 +58,12 @@ export function decisionCard(
   const element = h(
     "article",
     { class: "card approval", "aria-labelledby": ids.title, "data-call-id": item.call_id },
-    h(heading, { id: ids.title }, item.tool, h("span", { class: "muted" }, ` · agent ${item.agent}`)),
+    h(
+      heading,
+      { id: ids.title },
+      item.tool,
+      h("span", { class: "muted" }, ` · agent ${item.agent}`),
+    ),
     h(
       "p",
       { class: "meta" },
@@ -128,7 +134,10 @@ export function decisionCard(
       const run = await request("POST", path, { body: { decisions: [decision] } });
       settled = true;
       const verb = approved ? "Approved" : "Rejected";
-      replace(outcome, h("p", { class: "done" }, `${verb}. The run is now `, statusText(run.status), "."));
+      replace(
+        outcome,
+        h("p", { class: "done" }, `${verb}. The run is now `, statusText(run.status), "."),
+      );
       onDecided(item, approved, run);
     } catch (error) {
       const conflict = error.status === 409;

@@ -72,7 +72,10 @@ export function problemView(error, hint) {
   const box = h("div", { class: "problem", role: "alert" });
   if (error && typeof error.status === "number") {
     const status = error.status ? ` (${error.status})` : "";
-    append(box, [h("strong", {}, `${error.title}${status}`), error.detail ? `: ${error.detail}` : ""]);
+    append(box, [
+      h("strong", {}, `${error.title}${status}`),
+      error.detail ? `: ${error.detail}` : "",
+    ]);
     if (error.errors?.length) {
       const items = error.errors.map((item) => {
         const where = Array.isArray(item.loc) ? item.loc.join(".") : "";

@@ -65,7 +65,9 @@ export function showInbox(main, { announce }) {
       context: context(item),
       heading: "h2",
       onDecided: (decided, approved) =>
-        announce(`${approved ? "Approved" : "Rejected"} ${decided.tool} for agent ${decided.agent}.`),
+        announce(
+          `${approved ? "Approved" : "Rejected"} ${decided.tool} for agent ${decided.agent}.`,
+        ),
       onSettled: offerDismiss,
     });
     card.offerDismiss = offerDismiss;

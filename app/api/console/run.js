@@ -11,7 +11,10 @@ const ENDED = new Set(["completed", "failed", "cancelled"]);
 function usageText(usage) {
   if (!usage) return "—";
   const requests = `${usage.requests ?? 0} model request${usage.requests === 1 ? "" : "s"}`;
-  return `${requests}; ${usage.prompt_tokens ?? 0} prompt + ${usage.completion_tokens ?? 0} completion = ${usage.total_tokens ?? 0} tokens`;
+  const prompt = usage.prompt_tokens ?? 0;
+  const completion = usage.completion_tokens ?? 0;
+  const total = usage.total_tokens ?? 0;
+  return `${requests}; ${prompt} prompt + ${completion} completion = ${total} tokens`;
 }
 
 function seconds(from, to) {
@@ -27,16 +30,25 @@ function stepsView(steps) {
     { class: "steps" },
     steps.map((step) => {
       const calls = (step.tool_calls ?? []).map((call) => `${call.name} (${call.status})`);
-      const took = step.duration_ms === null || step.duration_ms === undefined ? "" : ` · ${step.duration_ms} ms`;
-      return h("li", {}, `${step.agent}${took}`, calls.length ? ` · ${calls.join(", ")}` : " · answer");
+      const took =
+        step.duration_ms === null || step.duration_ms === undefined
+          ? ""
+          : ` · ${step.duration_ms} ms`;
+      return h(
+        "li",
+        {},
+        `${step.agent}${took}`,
+        calls.length ? ` · ${calls.join(", ")}` : " · answer",
+      );
     }),
   );
 }
 
 function summaryView(run) {
-  const agent = run.current_agent && run.current_agent !== run.agent
-    ? `${run.agent} (now ${run.current_agent})`
-    : run.agent;
+  const agent =
+    run.current_agent && run.current_agent !== run.agent
+      ? `${run.agent} (now ${run.current_agent})`
+      : run.agent;
   const session = run.session_id
     ? h("a", { href: `#/runs?session_id=${encodeURIComponent(run.session_id)}` }, run.session_id)
     : "—";
@@ -54,7 +66,9 @@ function summaryView(run) {
       run.error ? ["Error", `${run.error.code}: ${run.error.message}`] : null,
       metadata ? ["Metadata", h("pre", { class: "json" }, pretty(run.metadata))] : null,
     ]),
-    run.final_output ? [h("h3", {}, "Final output"), h("div", { class: "final text" }, run.final_output)] : null,
+    run.final_output
+      ? [h("h3", {}, "Final output"), h("div", { class: "final text" }, run.final_output)]
+      : null,
     h("h3", {}, "Steps"),
     stepsView(run.steps),
   ];
@@ -77,9 +91,22 @@ export function showRun(main, { id, announce }) {
   replace(
     main,
     h("h1", { tabindex: "-1" }, "Run ", h("code", {}, id)),
-    h("section", { "aria-labelledby": "run-summary" }, h("h2", { id: "run-summary" }, "Summary"), summary, h("div", { class: "actions" }, cancel), actionResult),
+    h(
+      "section",
+      { "aria-labelledby": "run-summary" },
+      h("h2", { id: "run-summary" }, "Summary"),
+      summary,
+      h("div", { class: "actions" }, cancel),
+      actionResult,
+    ),
     h("section", { "aria-labelledby": "run-approvals" }, approvalsHeading, approvals),
-    h("section", { "aria-labelledby": "run-conversation" }, h("h2", { id: "run-conversation" }, "Conversation"), stream, conversation),
+    h(
+      "section",
+      { "aria-labelledby": "run-conversation" },
+      h("h2", { id: "run-conversation" }, "Conversation"),
+      stream,
+      conversation,
+    ),
   );
 
   function showApprovals(run) {
@@ -91,8 +118,13 @@ export function showRun(main, { id, announce }) {
     if (!pending.length) {
       replace(approvals, h("p", { class: "muted" }, "None."));
     } else {
-      const cards = pending.map((item) => decisionCard({ ...item, run_id: run.id }, { heading: "h3" }));
-      replace(approvals, cards.map((card) => card.element));
+      const cards = pending.map((item) =>
+        decisionCard({ ...item, run_id: run.id }, { heading: "h3" }),
+      );
+      replace(
+        approvals,
+        cards.map((card) => card.element),
+      );
     }
     // The card a keyboard user was in is gone: keep them in this section, not at the page top.
     if (hadFocus) approvalsHeading.focus();
@@ -129,7 +161,16 @@ export function showRun(main, { id, announce }) {
     cancel.disabled = true;
     try {
       const run = await request("POST", `${path}/cancel`);
-      replace(actionResult, h("p", { role: "status" }, "Cancel requested; the run is now ", statusBadge(run.status), "."));
+      replace(
+        actionResult,
+        h(
+          "p",
+          { role: "status" },
+          "Cancel requested; the run is now ",
+          statusBadge(run.status),
+          ".",
+        ),
+      );
       announce("Cancel requested.");
     } catch (error) {
       replace(actionResult, problemView(error));

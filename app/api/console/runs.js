@@ -3,7 +3,14 @@
 import { request } from "./api.js";
 import { append, h, problemView, replace, statusBadge, time, uid } from "./dom.js";
 
-export const STATUSES = ["queued", "running", "pending_approval", "completed", "failed", "cancelled"];
+export const STATUSES = [
+  "queued",
+  "running",
+  "pending_approval",
+  "completed",
+  "failed",
+  "cancelled",
+];
 
 /** The agents' names for a select, or [] when they cannot be listed (the error shows elsewhere). */
 export async function agentNames(signal) {
@@ -40,7 +47,12 @@ function filtersForm(query, agents) {
         h(
           "label",
           { class: "check" },
-          h("input", { type: "checkbox", name: "status", value: status, checked: chosen.has(status) }),
+          h("input", {
+            type: "checkbox",
+            name: "status",
+            value: status,
+            checked: chosen.has(status),
+          }),
           ` ${status.replaceAll("_", " ")}`,
         ),
       ),
@@ -48,8 +60,19 @@ function filtersForm(query, agents) {
     h("label", { for: agentId }, "Agent"),
     agentSelect,
     h("label", { for: sessionId }, "Session"),
-    h("input", { id: sessionId, name: "session_id", type: "text", value: query.get("session_id") ?? "", autocomplete: "off" }),
-    h("div", { class: "actions" }, h("button", { type: "submit" }, "Apply filters"), h("a", { href: "#/runs" }, "Clear")),
+    h("input", {
+      id: sessionId,
+      name: "session_id",
+      type: "text",
+      value: query.get("session_id") ?? "",
+      autocomplete: "off",
+    }),
+    h(
+      "div",
+      { class: "actions" },
+      h("button", { type: "submit" }, "Apply filters"),
+      h("a", { href: "#/runs" }, "Clear"),
+    ),
   );
 }
 
@@ -92,7 +115,11 @@ export function showRuns(main, { query }) {
     main,
     h("h1", { tabindex: "-1" }, "Runs"),
     filters,
-    h("div", { class: "actions" }, h("button", { type: "button", onclick: () => load(true) }, "Refresh")),
+    h(
+      "div",
+      { class: "actions" },
+      h("button", { type: "button", onclick: () => load(true) }, "Refresh"),
+    ),
     problems,
     list,
     more,
@@ -100,7 +127,10 @@ export function showRuns(main, { query }) {
 
   async function load(fromStart) {
     try {
-      const page = await request("GET", "/runs", { params: { ...params, cursor: fromStart ? null : cursor }, signal });
+      const page = await request("GET", "/runs", {
+        params: { ...params, cursor: fromStart ? null : cursor },
+        signal,
+      });
       if (fromStart) replace(list);
       append(list, page.items.map(runItem));
       if (!list.children.length) append(list, h("li", { class: "muted" }, "No run matches."));

@@ -10,7 +10,14 @@ function field(label, control, help) {
   control.setAttribute("aria-describedby", [helpText?.id, error.id].filter(Boolean).join(" "));
   return {
     control,
-    element: h("div", { class: "field" }, h("label", { for: control.id }, label), helpText, control, error),
+    element: h(
+      "div",
+      { class: "field" },
+      h("label", { for: control.id }, label),
+      helpText,
+      control,
+      error,
+    ),
     show(message) {
       error.hidden = !message;
       error.textContent = message ?? "";
@@ -32,8 +39,19 @@ function contextProblem(text) {
 
 export function showStart(main, { navigate }) {
   const controller = new AbortController();
-  const agent = field("Agent", h("select", { id: uid("agent"), required: true }, h("option", { value: "" }, "Loading agents…")));
-  const input = field("Input", h("textarea", { id: uid("input"), rows: 4, required: true }), "The user's message.");
+  const agent = field(
+    "Agent",
+    h(
+      "select",
+      { id: uid("agent"), required: true },
+      h("option", { value: "" }, "Loading agents…"),
+    ),
+  );
+  const input = field(
+    "Input",
+    h("textarea", { id: uid("input"), rows: 4, required: true }),
+    "The user's message.",
+  );
   const session = field(
     "Session (optional)",
     h("input", { id: uid("session"), type: "text", autocomplete: "off" }),
@@ -47,7 +65,13 @@ export function showStart(main, { navigate }) {
   const fields = { agent, input, session_id: session, context };
   const submit = h("button", { type: "submit", class: "primary" }, "Start run");
   const problems = h("div", { tabindex: "-1" });
-  const form = h("form", { class: "start", novalidate: true }, Object.values(fields).map((f) => f.element), h("div", { class: "actions" }, submit), problems);
+  const form = h(
+    "form",
+    { class: "start", novalidate: true },
+    Object.values(fields).map((f) => f.element),
+    h("div", { class: "actions" }, submit),
+    problems,
+  );
 
   replace(main, h("h1", { tabindex: "-1" }, "Start a run"), form);
   document.title = "Start a run · agent-runs";
@@ -64,7 +88,9 @@ export function showStart(main, { navigate }) {
       if (!controller.signal.aborted) replace(problems, problemView(error));
     });
 
-  context.control.addEventListener("input", () => context.show(contextProblem(context.control.value)));
+  context.control.addEventListener("input", () =>
+    context.show(contextProblem(context.control.value)),
+  );
 
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
