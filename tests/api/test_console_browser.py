@@ -196,9 +196,11 @@ async def test_start_a_run_approve_it_edited_in_the_inbox_and_watch_it_stream_to
 
         # The run page, open all along, shows the answer as the model writes it...
         writing = runs.locator(".conversation .writing")
-        await expect(writing).to_contain_text("Deleted the")
-        await expect(run_status(runs)).to_have_text("running")
-        fake.release()
+        try:
+            await expect(writing).to_contain_text("Deleted the")
+            await expect(run_status(runs)).to_have_text("running")
+        finally:
+            fake.release()
         # ...then the whole of it, the edited argument in the tool's output, usage and steps.
         await expect(run_status(runs)).to_have_text("completed")
         await expect(writing).to_have_count(0)

@@ -29,6 +29,7 @@ export function showInbox(main, { announce }) {
   const summary = h("p", { class: "summary" }, "Loading…");
   const problems = h("div");
   let first = true;
+  let lastProblem = null;
   let timer = null;
 
   replace(
@@ -91,9 +92,13 @@ export function showInbox(main, { announce }) {
       page = await request("GET", "/approvals", { params, signal: controller.signal });
     } catch (error) {
       if (controller.signal.aborted) return;
-      replace(problems, problemView(error));
+      // The same refusal on every poll is shown (and read out as an alert) once.
+      const said = `${error.status} ${error.message}`;
+      if (said !== lastProblem) replace(problems, problemView(error));
+      lastProblem = said;
       return;
     }
+    lastProblem = null;
     replace(problems);
     const pending = new Set();
     const fresh = [];
