@@ -77,11 +77,14 @@ export function showInbox(main, { announce }) {
     list.insertBefore(card.element, before);
   }
 
+  // What the service last said is pending: cards decided here stay until dismissed, uncounted.
+  let pendingNow = 0;
+
   function count() {
-    const pending = cards.size;
-    document.title = pending ? `(${pending}) Approvals · agent-runs` : "Approvals · agent-runs";
-    summary.textContent = pending
-      ? `${pending} approval${pending === 1 ? "" : "s"} shown.`
+    const n = pendingNow;
+    document.title = n ? `(${n}) Approvals · agent-runs` : "Approvals · agent-runs";
+    summary.textContent = n
+      ? `${n} approval${n === 1 ? "" : "s"} wait${n === 1 ? "s" : ""} for a decision.`
       : "Nothing waits for a decision.";
   }
 
@@ -122,8 +125,9 @@ export function showInbox(main, { announce }) {
         card.element.remove();
       }
     }
+    pendingNow = page.items.length;
     count();
-    if (page.next_cursor) summary.append(` Only the newest ${PAGE} are shown.`);
+    if (page.next_cursor) summary.append(` More wait: only the newest ${PAGE} are shown.`);
     if (first && fresh.length) {
       announce(`${fresh.length} approval${fresh.length === 1 ? "" : "s"} pending.`);
     } else if (fresh.length) {
