@@ -2,8 +2,9 @@
 the service served by uvicorn with the fake model over HTTP.
 
 Every wait is Playwright's `expect`, bounded by its timeout; no sleeps. Screenshots of the inbox
-and of a run page go to `ARTIFACTS_DIR` (default `test-artifacts/`). Under CI a missing browser
-fails these tests; elsewhere they skip and say why.
+and of a run page go to `ARTIFACTS_DIR` (default `test-artifacts/`). The browser is
+`CHROMIUM_PATH` (default `/usr/bin/chromium`). Under CI a missing browser fails these tests;
+elsewhere they skip and say why.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ except ImportError:  # told apart below: a skip here, a failure under CI
 
 pytestmark = pytest.mark.anyio
 
-CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM = Path(os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -190,6 +191,7 @@ async def test_start_a_run_approve_it_edited_in_the_inbox_and_watch_it_stream_to
         await arguments.fill('{"record_id": ')
         await card.get_by_role("button", name="Approve").click()
         await expect(card.locator(".field-error")).to_contain_text("Not valid JSON")
+        assert not [r for r in browsing.api_requests() if r.url.endswith("/approvals")]
         await arguments.fill('{"record_id": "r_2"}')
         await card.get_by_role("button", name="Approve").click()
         await expect(card.locator(".outcome")).to_contain_text("Approved")
@@ -245,7 +247,9 @@ async def test_reject_with_a_reason_and_read_it_in_the_conversation(
 async def test_a_call_decided_elsewhere_is_a_plain_conflict_in_its_card(
     serve_live: LiveFactory, fake: FakeModel, browsing: Browsing
 ) -> None:
-    fake.script("m", [call("delete_record", {"record_id": "r_3"}), text("Done.")])
+    # Arguments are untrusted: markup in them is shown as text, never built into the page.
+    markup = "<img src=x onerror=document.title=1>"
+    fake.script("m", [call("delete_record", {"record_id": markup}), text("Done.")])
     with serve_live() as live:
         page = await browsing.open(f"{live.url}/console")
         await expect(page.locator("p.summary")).to_have_text("Nothing waits for a decision.")
@@ -256,6 +260,9 @@ async def test_a_call_decided_elsewhere_is_a_plain_conflict_in_its_card(
         await expect(page.locator("#announcer")).to_have_text(
             "New approval: delete_record for agent calc."
         )
+        await expect(card.get_by_label(ARGUMENTS)).to_have_value(re.compile(re.escape(markup)))
+        await expect(card.locator(".context")).to_contain_text(markup)
+        await expect(page.locator("img")).to_have_count(0)
         await card.get_by_label(ARGUMENTS).fill('{"record_id": "r_4"}')
         call_id = run["pending_approvals"][0]["call_id"]
         with api(live) as client:
