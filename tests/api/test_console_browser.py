@@ -1,21 +1,16 @@
 """The console in a real headless Chromium (Debian's `chromium`, driven by Playwright) against
-the service served by uvicorn with the fake model over HTTP.
+the service served by uvicorn with the fake model over HTTP (see tests/api/browser.py).
 
 Every wait is Playwright's `expect`, bounded by its timeout; no sleeps. Screenshots of the inbox
-and of a run page go to `ARTIFACTS_DIR` (default `test-artifacts/`). The browser is
-`CHROMIUM_PATH` (default `/usr/bin/chromium`). Under CI a missing browser fails these tests;
-elsewhere they skip and say why.
+and of a run page are saved as test artifacts.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -23,95 +18,29 @@ import pytest
 from pydantic import SecretStr
 
 from app.testing import FakeModel, call, text
+from tests.api.browser import Browsing, chromium, expect, screenshot
 from tests.api.conftest import Live, LiveFactory
-from tests.conftest import ROOT, in_ci
 
-try:
-    from playwright.async_api import Browser, BrowserContext, Page, Request, Route, expect
-    from playwright.async_api import async_playwright as _async_playwright
-except ImportError:  # told apart below: a skip here, a failure under CI
-    _async_playwright = None
+if TYPE_CHECKING:
+    from playwright.async_api import Browser, Page, Route
 
 pytestmark = pytest.mark.anyio
 
-CHROMIUM = Path(os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium"))
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-ARTIFACTS = Path(os.environ.get("ARTIFACTS_DIR") or ROOT / "test-artifacts")
-WAIT_MS = 10_000
 ARGUMENTS = "Arguments (JSON, editable before approving)"
 REASON = "Reason (told to the model when you reject)"
 PHONE = {"width": 390, "height": 844}
 
 
-def _missing() -> str | None:
-    if _async_playwright is None:
-        return "Playwright for Python is not installed (uv sync installs the dev group)"
-    if not CHROMIUM.exists():
-        return f"no Chromium at {CHROMIUM} (apt-get install chromium; .ci/run does)"
-    return None
-
-
 @pytest.fixture(scope="module")
 async def browser() -> AsyncIterator[Browser]:
-    missing = _missing()
-    if missing is not None:
-        if in_ci():
-            pytest.fail(f"{missing}; CI runs the console in a browser")
-        pytest.skip(missing)
-    assert _async_playwright is not None
-    expect.set_options(timeout=WAIT_MS)
-    async with _async_playwright() as playwright:
-        launched = await playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS
-        )
+    async with chromium() as launched:
         yield launched
-        await launched.close()
-
-
-@dataclass
-class Browsing:
-    """One browser context (its own session storage) and what its pages did."""
-
-    context: BrowserContext
-    errors: list[str] = field(default_factory=list)
-    requests: list[Request] = field(default_factory=list)
-
-    async def open(self, url: str, *, viewport: dict[str, int] | None = None) -> Page:
-        page = await self.context.new_page()
-        if viewport is not None:
-            await page.set_viewport_size(viewport)  # type: ignore[arg-type]
-        page.on("pageerror", lambda error: self.errors.append(f"uncaught: {error}"))
-        page.on("console", self._console)
-        page.on("request", lambda request: self.requests.append(request))
-        await page.goto(url)
-        return page
-
-    def _console(self, message: Any) -> None:
-        # A refused request is logged by the browser itself; anything else (a CSP refusal, a
-        # script error, a warning of ours) is the console misbehaving.
-        if message.type in ("error", "warning") and "Failed to load resource" not in message.text:
-            self.errors.append(f"console {message.type}: {message.text}")
-
-    def api_requests(self) -> list[Request]:
-        return [r for r in self.requests if not urlsplit(r.url).path.startswith("/console")]
 
 
 @pytest.fixture
 async def browsing(browser: Browser) -> AsyncIterator[Browsing]:
-    context = await browser.new_context(viewport={"width": 1100, "height": 900})
-    context.set_default_timeout(WAIT_MS)
-    found = Browsing(context)
-    yield found
-    await context.close()
-    assert found.errors == []
+    async with Browsing.context_of(browser) as found:
+        yield found
 
 
 def api(live: Live, key: str | None = None) -> httpx.Client:
@@ -136,15 +65,6 @@ def card_of(page: Page, run_id: str) -> Any:
 
 def run_status(page: Page) -> Any:
     return page.locator(".summary .facts .status")
-
-
-def artifact(name: str) -> Path:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    return ARTIFACTS / name
-
-
-async def screenshot(page: Page, name: str) -> None:
-    await page.screenshot(path=artifact(name), full_page=True)
 
 
 async def test_start_a_run_approve_it_edited_in_the_inbox_and_watch_it_stream_to_completed(
