@@ -335,7 +335,14 @@ async def test_a_dropped_event_stream_resumes_after_the_last_event_it_got(
 async def test_at_phone_width_with_the_keyboard_only(
     serve_live: LiveFactory, fake: FakeModel, browsing: Browsing
 ) -> None:
-    fake.script("m", [call("delete_record", {"record_id": "r_7"}), text("Done.")])
+    fake.script(
+        "m",
+        [
+            call("delete_record", {"record_id": "r_7"}),
+            call("delete_record", {"record_id": "r_8"}),
+            text("Done."),
+        ],
+    )
     with serve_live() as live:
         run = pending_run(live, "delete r_7")
         page = await browsing.open(f"{live.url}/console", viewport=PHONE)
@@ -348,19 +355,27 @@ async def test_at_phone_width_with_the_keyboard_only(
         assert box["x"] >= 0
         assert box["x"] + box["width"] <= PHONE["width"]
 
-        # Tab from the top of the page to the Approve button (bounded), seeing where focus is.
+        # Tab from the top of the page (bounded) to "remember" and tick it, then to Approve.
+        remember = card.get_by_role("checkbox")
         for _ in range(40):
             await page.keyboard.press("Tab")
-            if await approve.evaluate("button => button === document.activeElement"):
+            if await remember.evaluate("box => box === document.activeElement"):
                 break
         else:
-            raise AssertionError("Tab never reached the Approve button")
+            raise AssertionError("Tab never reached the remember box")
+        await page.keyboard.press("Space")
+        await expect(remember).to_be_checked()
+        await page.keyboard.press("Tab")
+        await expect(approve).to_be_focused()
         outline = await approve.evaluate("button => getComputedStyle(button).outlineStyle")
         assert outline != "none", "the focused button shows its focus"
         await page.keyboard.press("Enter")
         await expect(card.locator(".outcome")).to_contain_text("Approved")
 
+        # The run's second delete_record was approved by that decision, and says so.
         await page.goto(f"{live.url}/console#/runs/{run['id']}")
         await expect(run_status(page)).to_have_text("completed")
+        second = page.locator(".tool-call").filter(has_text="deleted r_8")
+        await expect(second.locator(".decision")).to_contain_text("earlier approval")
         assert await page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
         await screenshot(page, "console-run-phone.png")

@@ -35,6 +35,7 @@ export function decisionCard(
 ) {
   const ids = { title: uid("approval"), args: uid("arguments"), error: uid("arguments-error") };
   const reasonId = uid("reason");
+  const rememberId = uid("remember");
   const original = item.arguments ?? {};
   const text = pretty(original);
   let edited = false;
@@ -50,6 +51,7 @@ export function decisionCard(
   });
   const argsError = h("p", { id: ids.error, class: "field-error", hidden: true });
   const reason = h("input", { id: reasonId, type: "text", maxlength: 2000, autocomplete: "off" });
+  const remember = h("input", { id: rememberId, type: "checkbox" });
   const approve = h("button", { type: "button", class: "approve" }, "Approve");
   const reject = h("button", { type: "button", class: "reject" }, "Reject");
   const notice = h("p", { class: "notice", hidden: true });
@@ -87,6 +89,12 @@ export function decisionCard(
     argsError,
     h("label", { for: reasonId }, "Reason (told to the model when you reject)"),
     reason,
+    h(
+      "label",
+      { class: "check", for: rememberId },
+      remember,
+      ` Approving also approves this run's later calls of ${item.tool}`,
+    ),
     h("div", { class: "actions" }, approve, reject),
     notice,
     outcome,
@@ -103,15 +111,21 @@ export function decisionCard(
     reject.disabled = locked;
     textarea.readOnly = locked;
     reason.readOnly = locked;
+    remember.disabled = locked;
   }
 
   textarea.addEventListener("input", () => {
     edited = true;
     showArgumentsProblem(argumentsProblem(textarea.value));
   });
-  reason.addEventListener("input", () => {
-    edited = true;
-  });
+  for (const [control, change] of [
+    [reason, "input"],
+    [remember, "change"],
+  ]) {
+    control.addEventListener(change, () => {
+      edited = true;
+    });
+  }
 
   async function decide(approved) {
     const decision = { call_id: item.call_id, approved };
@@ -124,6 +138,7 @@ export function decisionCard(
       }
       const args = JSON.parse(textarea.value);
       if (JSON.stringify(args) !== JSON.stringify(original)) decision.arguments = args;
+      if (remember.checked) decision.remember = true;
     } else if (reason.value.trim()) {
       decision.reason = reason.value.trim();
     }
