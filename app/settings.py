@@ -118,6 +118,9 @@ class Settings(BaseSettings):
         description="Export OpenTelemetry spans of runs, turns, model and tool calls over OTLP "
         "(OTEL_EXPORTER_OTLP_ENDPOINT ...; needs agent-runs[tracing]).",
     )
+    console: bool = Field(
+        True, description="Serve the built-in web console at /console (approvals, live runs)."
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
 

@@ -16,7 +16,17 @@ from app.api.auth import Authenticated, Keys
 from app.api.deps import Services, problems
 from app.api.middleware import LimitBody, RefuseNul, RequestLog
 from app.api.openapi import problem_openapi
-from app.api.routes import agents, approvals, docs, events, health, metrics, runs, sessions
+from app.api.routes import (
+    agents,
+    approvals,
+    console,
+    docs,
+    events,
+    health,
+    metrics,
+    runs,
+    sessions,
+)
 from app.executor.agents import (
     AgentsModule,
     AgentsModuleError,
@@ -138,6 +148,9 @@ def create_app(
     for router in (module.router for module in secured):
         app.include_router(router, dependencies=[Authenticated], responses=problems(401))
     app.include_router(health.router)  # probes carry no key
+    if settings.console:
+        # Static files with no data in them: they load without a key, then ask for one.
+        app.include_router(console.build_router())
     app.add_middleware(LimitBody, max_bytes=settings.max_request_bytes)
     app.add_middleware(RefuseNul)
     app.add_middleware(RequestLog)

@@ -1,0 +1,132 @@
+// The console's shell: hash routes to views, the API key prompt, and spoken announcements.
+
+import { forgetKey, getKey, onUnauthorized, setKey } from "./api.js";
+import { h, replace } from "./dom.js";
+import { showInbox } from "./inbox.js";
+import { showRun } from "./run.js";
+import { showRuns } from "./runs.js";
+import { showStart } from "./start.js";
+
+const main = document.getElementById("main");
+const announcer = document.getElementById("announcer");
+const keyDialog = document.getElementById("key-dialog");
+const keyForm = document.getElementById("key-form");
+const keyInput = document.getElementById("key-input");
+const keyReason = document.getElementById("key-reason");
+const keyButton = document.getElementById("key-button");
+const forgetButton = document.getElementById("forget-key");
+
+let leave = () => {};
+// Once the person closes the prompt, a refused call (the inbox polls) must not reopen it: the
+// refusal shows in the page, and "Enter key" is one button away.
+let declined = false;
+
+function announce(text) {
+  // Emptied first, so the same words said twice are read twice.
+  announcer.textContent = "";
+  requestAnimationFrame(() => {
+    announcer.textContent = text;
+  });
+}
+
+function navigate(hash) {
+  location.hash = hash;
+}
+
+function safeDecode(text) {
+  try {
+    return decodeURIComponent(text);
+  } catch {
+    return null; // a malformed %-escape: no such page
+  }
+}
+
+function route() {
+  const [path, search = ""] = location.hash.replace(/^#/, "").split("?", 2);
+  const query = new URLSearchParams(search);
+  const context = { announce, navigate, query };
+  const run = /^\/runs\/([^/]+)$/.exec(path);
+  if (path === "" || path === "/" || path === "/approvals")
+    return ["approvals", (m) => showInbox(m, context)];
+  if (path === "/runs") return ["runs", (m) => showRuns(m, context)];
+  if (path === "/new") return ["new", (m) => showStart(m, context)];
+  const id = run ? safeDecode(run[1]) : null;
+  if (id) return ["runs", (m) => showRun(m, { ...context, id })];
+  return [
+    null,
+    (m) => {
+      replace(
+        m,
+        h("h1", { tabindex: "-1" }, "Not found"),
+        h("p", {}, "No such page. ", h("a", { href: "#/approvals" }, "Go to the approvals.")),
+      );
+      return () => {};
+    },
+  ];
+}
+
+function render({ focus }) {
+  leave();
+  const [section, show] = route();
+  for (const link of document.querySelectorAll("nav a[data-section]")) {
+    if (link.dataset.section === section) link.setAttribute("aria-current", "page");
+    else link.removeAttribute("aria-current");
+  }
+  document.title = "agent-runs console";
+  leave = show(main); // a view may name the page more precisely
+  // A new page moves the focus to its heading, as a page load would for a screen reader.
+  if (focus) main.querySelector("h1")?.focus();
+}
+
+function showKeyState() {
+  const held = Boolean(getKey());
+  keyButton.textContent = held ? "Change key" : "Enter key";
+  forgetButton.hidden = !held;
+}
+
+function askForKey(reason, { asked = false } = {}) {
+  keyReason.textContent = reason;
+  if (asked) declined = false;
+  if (!keyDialog.open && !declined) {
+    keyInput.value = "";
+    keyDialog.showModal();
+  }
+}
+
+onUnauthorized((error) => {
+  const why = getKey() ? "The key this tab holds was refused" : "This service needs an API key";
+  askForKey(`${why}: ${error.detail || error.title}`);
+});
+
+keyForm.addEventListener("submit", (event) => {
+  event.preventDefault();
+  const key = keyInput.value.trim();
+  if (!key) return;
+  setKey(key);
+  declined = false;
+  keyInput.value = "";
+  keyDialog.close();
+  showKeyState();
+  render({ focus: true });
+});
+
+document.getElementById("key-cancel").addEventListener("click", () => {
+  declined = true;
+  keyDialog.close();
+});
+keyDialog.addEventListener("cancel", () => {
+  declined = true; // Escape
+});
+keyButton.addEventListener("click", () =>
+  askForKey("Keys are kept in this tab only.", { asked: true }),
+);
+forgetButton.addEventListener("click", () => {
+  forgetKey();
+  showKeyState();
+  announce("The key is forgotten.");
+  render({ focus: false });
+});
+
+window.addEventListener("hashchange", () => render({ focus: true }));
+showKeyState();
+render({ focus: false });

@@ -1,0 +1,187 @@
+// A decision card: one pending tool call, its arguments editable, Approve and Reject.
+// Used by the inbox (with the run's last messages) and by the run page.
+
+import { request } from "./api.js";
+import { append, h, pretty, problemView, replace, time, uid } from "./dom.js";
+
+const CONFLICT_HINT =
+  "This call was decided elsewhere, or its run moved on (resumed or cancelled): " +
+  "there is nothing left to decide here.";
+const FORBIDDEN_HINT = "Deciding approvals needs an approver's key: use “Change key” at the top.";
+
+/** Where the arguments' text fails to be a JSON object, or null when it is one. */
+function argumentsProblem(text) {
+  let value;
+  try {
+    value = JSON.parse(text);
+  } catch (error) {
+    return `Not valid JSON: ${error.message}`;
+  }
+  if (value === null || typeof value !== "object" || Array.isArray(value)) {
+    return 'The arguments must be a JSON object, like {"name": "value"}.';
+  }
+  return null;
+}
+
+/**
+ * `item`: a `GET /approvals` item (or a run's `pending_approvals` entry with `run_id` added).
+ * Returns {element, settled(), touched(), markGone(), append(...nodes)}.
+ * `onDecided(item, approved, run)` hears a success; `onSettled()` hears that nothing is left
+ * to decide here (decided here, or a conflict).
+ */
+export function decisionCard(
+  item,
+  { context = null, onDecided = () => {}, onSettled = () => {}, heading = "h3" } = {},
+) {
+  const ids = { title: uid("approval"), args: uid("arguments"), error: uid("arguments-error") };
+  const reasonId = uid("reason");
+  const rememberId = uid("remember");
+  const original = item.arguments ?? {};
+  const text = pretty(original);
+  let edited = false;
+  let settled = false;
+
+  const textarea = h("textarea", {
+    id: ids.args,
+    rows: Math.min(14, text.split("\n").length + 1),
+    spellcheck: "false",
+    autocomplete: "off",
+    "aria-describedby": ids.error,
+    value: text,
+  });
+  const argsError = h("p", { id: ids.error, class: "field-error", hidden: true });
+  const reason = h("input", { id: reasonId, type: "text", maxlength: 2000, autocomplete: "off" });
+  const remember = h("input", { id: rememberId, type: "checkbox" });
+  const approve = h("button", { type: "button", class: "approve" }, "Approve");
+  const reject = h("button", { type: "button", class: "reject" }, "Reject");
+  const notice = h("p", { class: "notice", hidden: true });
+  const outcome = h("div", { class: "outcome", tabindex: "-1" });
+
+  const element = h(
+    "article",
+    { class: "card approval", "aria-labelledby": ids.title, "data-call-id": item.call_id },
+    h(
+      heading,
+      { id: ids.title },
+      item.tool,
+      h("span", { class: "muted" }, ` · agent ${item.agent}`),
+    ),
+    h(
+      "p",
+      { class: "meta" },
+      "Run ",
+      h("a", { href: `#/runs/${encodeURIComponent(item.run_id)}` }, item.run_id),
+      item.requested_at ? [" · requested ", time(item.requested_at)] : null,
+      ` · call ${item.call_id}`,
+    ),
+    item.in_doubt
+      ? h(
+          "p",
+          { class: "warning" },
+          h("strong", {}, "In doubt: "),
+          "this call started before a crash and left no result, so it may or may not have " +
+            "taken effect. Approving runs it again; rejecting tells the model it was not done.",
+        )
+      : null,
+    context,
+    h("label", { for: ids.args }, "Arguments (JSON, editable before approving)"),
+    textarea,
+    argsError,
+    h("label", { for: reasonId }, "Reason (told to the model when you reject)"),
+    reason,
+    h(
+      "label",
+      { class: "check", for: rememberId },
+      remember,
+      ` Approving also approves this run's later calls of ${item.tool}`,
+    ),
+    h("div", { class: "actions" }, approve, reject),
+    notice,
+    outcome,
+  );
+
+  function showArgumentsProblem(problem) {
+    argsError.hidden = problem === null;
+    argsError.textContent = problem ?? "";
+    textarea.setAttribute("aria-invalid", problem === null ? "false" : "true");
+  }
+
+  function lock(locked) {
+    approve.disabled = locked;
+    reject.disabled = locked;
+    textarea.readOnly = locked;
+    reason.readOnly = locked;
+    remember.disabled = locked;
+  }
+
+  textarea.addEventListener("input", () => {
+    edited = true;
+    showArgumentsProblem(argumentsProblem(textarea.value));
+  });
+  for (const [control, change] of [
+    [reason, "input"],
+    [remember, "change"],
+  ]) {
+    control.addEventListener(change, () => {
+      edited = true;
+    });
+  }
+
+  async function decide(approved) {
+    const decision = { call_id: item.call_id, approved };
+    if (approved) {
+      const problem = argumentsProblem(textarea.value);
+      showArgumentsProblem(problem);
+      if (problem !== null) {
+        textarea.focus();
+        return;
+      }
+      const args = JSON.parse(textarea.value);
+      if (JSON.stringify(args) !== JSON.stringify(original)) decision.arguments = args;
+      if (remember.checked) decision.remember = true;
+    } else if (reason.value.trim()) {
+      decision.reason = reason.value.trim();
+    }
+    lock(true);
+    replace(outcome, h("p", {}, "Sending…"));
+    try {
+      const path = `/runs/${encodeURIComponent(item.run_id)}/approvals`;
+      const run = await request("POST", path, { body: { decisions: [decision] } });
+      settled = true;
+      const verb = approved ? "Approved" : "Rejected";
+      replace(
+        outcome,
+        h("p", { class: "done" }, `${verb}. The run is now `, statusText(run.status), "."),
+      );
+      onDecided(item, approved, run);
+    } catch (error) {
+      const conflict = error.status === 409;
+      const hint = conflict ? CONFLICT_HINT : error.status === 403 ? FORBIDDEN_HINT : null;
+      replace(outcome, problemView(error, hint));
+      settled = conflict;
+      lock(conflict);
+    }
+    if (settled) onSettled();
+    outcome.focus();
+  }
+
+  approve.addEventListener("click", () => decide(true));
+  reject.addEventListener("click", () => decide(false));
+
+  return {
+    element,
+    /** Nothing is left to decide here: decided, or refused as decided elsewhere. */
+    settled: () => settled,
+    /** Holding what the person typed, or their focus: not to be removed under them. */
+    touched: () => edited || element.contains(document.activeElement),
+    markGone() {
+      notice.hidden = false;
+      notice.textContent = "No longer pending: decided or cancelled elsewhere.";
+    },
+    append: (...nodes) => append(element, nodes),
+  };
+}
+
+function statusText(status) {
+  return String(status).replaceAll("_", " ");
+}

@@ -1,0 +1,207 @@
+// A run's page: its summary (status, usage, timings, steps), its pending approvals, a Cancel
+// button, and its conversation streamed live from `GET /runs/{id}/events`.
+
+import { followEvents, request } from "./api.js";
+import { Timeline } from "./conversation.js";
+import { decisionCard } from "./decide.js";
+import { facts, h, pretty, problemView, replace, statusBadge, time } from "./dom.js";
+
+const ENDED = new Set(["completed", "failed", "cancelled"]);
+
+function usageText(usage) {
+  if (!usage) return "—";
+  const requests = `${usage.requests ?? 0} model request${usage.requests === 1 ? "" : "s"}`;
+  const prompt = usage.prompt_tokens ?? 0;
+  const completion = usage.completion_tokens ?? 0;
+  const total = usage.total_tokens ?? 0;
+  return `${requests}; ${prompt} prompt + ${completion} completion = ${total} tokens`;
+}
+
+function seconds(from, to) {
+  if (!from || !to) return null;
+  const ms = new Date(to) - new Date(from);
+  return Number.isFinite(ms) ? `${(ms / 1000).toFixed(1)} s` : null;
+}
+
+function stepsView(steps) {
+  if (!steps?.length) return h("p", { class: "muted" }, "No step yet.");
+  return h(
+    "ol",
+    { class: "steps" },
+    steps.map((step) => {
+      const calls = (step.tool_calls ?? []).map((call) => `${call.name} (${call.status})`);
+      const took =
+        step.duration_ms === null || step.duration_ms === undefined
+          ? ""
+          : ` · ${step.duration_ms} ms`;
+      return h(
+        "li",
+        {},
+        `${step.agent}${took}`,
+        calls.length ? ` · ${calls.join(", ")}` : " · answer",
+      );
+    }),
+  );
+}
+
+function summaryView(run) {
+  const agent =
+    run.current_agent && run.current_agent !== run.agent
+      ? `${run.agent} (now ${run.current_agent})`
+      : run.agent;
+  const session = run.session_id
+    ? h("a", { href: `#/runs?session_id=${encodeURIComponent(run.session_id)}` }, run.session_id)
+    : "—";
+  const metadata = run.metadata && Object.keys(run.metadata).length;
+  return [
+    facts([
+      ["Status", statusBadge(run.status)],
+      ["Agent", agent],
+      ["Session", session],
+      ["Created", time(run.created_at)],
+      ["Started", time(run.started_at)],
+      ["Finished", time(run.finished_at)],
+      ["Wall time", seconds(run.created_at, run.finished_at) ?? "—"],
+      ["Usage", usageText(run.usage)],
+      run.error ? ["Error", `${run.error.code}: ${run.error.message}`] : null,
+      metadata ? ["Metadata", h("pre", { class: "json" }, pretty(run.metadata))] : null,
+    ]),
+    run.final_output
+      ? [h("h3", {}, "Final output"), h("div", { class: "final text" }, run.final_output)]
+      : null,
+    h("h3", {}, "Steps"),
+    stepsView(run.steps),
+  ];
+}
+
+export function showRun(main, { id, announce }) {
+  const controller = new AbortController();
+  const path = `/runs/${encodeURIComponent(id)}`;
+  const summary = h("div", { class: "summary" }, "Loading…");
+  const stream = h("p", { class: "stream-state", role: "status" }, "Connecting…");
+  const cancel = h("button", { type: "button", class: "danger", disabled: true }, "Cancel run");
+  const actionResult = h("div", { tabindex: "-1" });
+  const approvals = h("div", { class: "cards" });
+  const conversation = h("ol", { class: "conversation" });
+  const timeline = new Timeline(conversation);
+  const approvalsHeading = h("h2", { id: "run-approvals", tabindex: "-1" }, "Pending approvals");
+  document.title = `Run ${id} · agent-runs`;
+  let pendingKeys = null;
+
+  replace(
+    main,
+    h("h1", { tabindex: "-1" }, "Run ", h("code", {}, id)),
+    h(
+      "section",
+      { "aria-labelledby": "run-summary" },
+      h("h2", { id: "run-summary" }, "Summary"),
+      summary,
+      h("div", { class: "actions" }, cancel),
+      actionResult,
+    ),
+    h("section", { "aria-labelledby": "run-approvals" }, approvalsHeading, approvals),
+    h(
+      "section",
+      { "aria-labelledby": "run-conversation" },
+      h("h2", { id: "run-conversation" }, "Conversation"),
+      stream,
+      conversation,
+    ),
+  );
+
+  function showApprovals(run) {
+    const pending = run.pending_approvals ?? [];
+    const keys = pending.map((item) => item.call_id).join(" ");
+    if (keys === pendingKeys) return; // keep cards someone may be editing
+    pendingKeys = keys;
+    const hadFocus = approvals.contains(document.activeElement);
+    if (!pending.length) {
+      replace(approvals, h("p", { class: "muted" }, "None."));
+    } else {
+      const cards = pending.map((item) =>
+        decisionCard({ ...item, run_id: run.id }, { heading: "h3" }),
+      );
+      replace(
+        approvals,
+        cards.map((card) => card.element),
+      );
+    }
+    // The card a keyboard user was in is gone: keep them in this section, not at the page top.
+    if (hadFocus) approvalsHeading.focus();
+  }
+
+  let loading = false;
+  let again = false;
+
+  // Every stored event may change the summary; a burst of them costs one request at a time.
+  async function refresh() {
+    if (loading) {
+      again = true;
+      return;
+    }
+    loading = true;
+    try {
+      do {
+        again = false;
+        try {
+          const run = await request("GET", path, { signal: controller.signal });
+          replace(summary, summaryView(run));
+          cancel.disabled = ENDED.has(run.status);
+          showApprovals(run);
+        } catch (error) {
+          if (!controller.signal.aborted) replace(summary, problemView(error));
+        }
+      } while (again && !controller.signal.aborted);
+    } finally {
+      loading = false;
+    }
+  }
+
+  cancel.addEventListener("click", async () => {
+    cancel.disabled = true;
+    try {
+      const run = await request("POST", `${path}/cancel`);
+      replace(
+        actionResult,
+        h(
+          "p",
+          { role: "status" },
+          "Cancel requested; the run is now ",
+          statusBadge(run.status),
+          ".",
+        ),
+      );
+      announce("Cancel requested.");
+    } catch (error) {
+      replace(actionResult, problemView(error));
+      cancel.disabled = false;
+    }
+    actionResult.focus();
+    refresh();
+  });
+
+  const states = {
+    live: () => "Live: new events appear as they happen.",
+    reconnecting: (detail) => `Connection lost (${detail}).`,
+    ended: () => "The run has ended; everything is shown.",
+  };
+
+  refresh();
+  followEvents(`${path}/events`, {
+    signal: controller.signal,
+    onEvent(event) {
+      timeline.handle(event);
+      if (event.event !== "message.delta") refresh();
+      if (event.event === "run.completed" || event.event === "run.failed") {
+        announce(`Run ${event.event.slice(4)}.`);
+      }
+    },
+    onState(state, detail) {
+      stream.textContent = states[state](detail);
+    },
+  }).catch((error) => {
+    if (!controller.signal.aborted) replace(stream, problemView(error));
+  });
+
+  return () => controller.abort();
+}

@@ -1,0 +1,381 @@
+"""The console in a real headless Chromium (Debian's `chromium`, driven by Playwright) against
+the service served by uvicorn with the fake model over HTTP (see tests/api/browser.py).
+
+Every wait is Playwright's `expect`, bounded by its timeout; no sleeps. Screenshots of the inbox
+and of a run page are saved as test artifacts.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from app.testing import FakeModel, call, text
+from tests.api.browser import Browsing, chromium, expect, screenshot
+from tests.api.conftest import Live, LiveFactory
+
+if TYPE_CHECKING:
+    from playwright.async_api import Browser, Page, Route
+
+pytestmark = pytest.mark.anyio
+
+ARGUMENTS = "Arguments (JSON, editable before approving)"
+REASON = "Reason (told to the model when you reject)"
+PHONE = {"width": 390, "height": 844}
+
+
+@pytest.fixture(scope="module")
+async def browser() -> AsyncIterator[Browser]:
+    async with chromium() as launched:
+        yield launched
+
+
+@pytest.fixture
+async def browsing(browser: Browser) -> AsyncIterator[Browsing]:
+    async with Browsing.context_of(browser) as found:
+        yield found
+
+
+def api(live: Live, key: str | None = None) -> httpx.Client:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return httpx.Client(base_url=live.url, headers=headers, timeout=30)
+
+
+def pending_run(live: Live, text_input: str, key: str | None = None) -> dict[str, Any]:
+    """A run of `calc` resting at pending_approval, created over the API."""
+    with api(live, key) as client:
+        response = client.post(
+            "/runs", params={"wait": 10}, json={"agent": "calc", "input": text_input}
+        )
+    run: dict[str, Any] = response.json()
+    assert run["status"] == "pending_approval", run
+    return run
+
+
+def card_of(page: Page, run_id: str) -> Any:
+    return page.locator("article.approval").filter(has=page.get_by_role("link", name=run_id))
+
+
+def run_status(page: Page) -> Any:
+    return page.locator(".summary .facts .status")
+
+
+async def test_start_a_run_approve_it_edited_in_the_inbox_and_watch_it_stream_to_completed(
+    serve_live: LiveFactory, fake: FakeModel, browsing: Browsing
+) -> None:
+    fake.script(
+        "m",
+        [
+            call("delete_record", {"record_id": "r_1"}),
+            text("Deleted the record as asked.", hold_after=[2]),
+        ],
+    )
+    with serve_live() as live:
+        runs = await browsing.open(f"{live.url}/console#/new")
+        await runs.get_by_label("Agent").select_option("calc")
+        await runs.get_by_label("Input").fill("Please delete r_1")
+        context = runs.get_by_label("Context (optional JSON object)")
+        await context.fill('{"user_id": ')
+        await runs.get_by_role("button", name="Start run").click()
+        await expect(runs.locator(".field-error:visible")).to_contain_text("Not valid JSON")
+        assert not [r for r in browsing.api_requests() if r.method == "POST"]
+        # What the service refuses comes back readably, on the field it names.
+        session = runs.get_by_label("Session (optional)")
+        await session.fill("not a session id!")
+        await context.fill('{"user_id": "u_1"}')
+        await runs.get_by_role("button", name="Start run").click()
+        await expect(runs.get_by_role("alert")).to_contain_text("Validation error (422)")
+        await expect(session).to_have_attribute("aria-invalid", "true")
+        await session.fill("")
+        await runs.get_by_role("button", name="Start run").click()
+
+        # The form leads to the run's page, which streams it: it waits for a person.
+        await expect(runs).to_have_url(re.compile(r"#/runs/run_\w+$"))
+        run_id = runs.url.rsplit("/", 1)[1]
+        await expect(run_status(runs)).to_have_text("pending approval")
+
+        inbox = await browsing.open(f"{live.url}/console")
+        card = card_of(inbox, run_id)
+        await expect(card.get_by_role("heading", name=re.compile("delete_record"))).to_be_visible()
+        await expect(card.locator(".context")).to_contain_text("Please delete r_1")
+        await screenshot(inbox, "console-inbox.png")
+
+        arguments = card.get_by_label(ARGUMENTS)
+        await arguments.fill('{"record_id": ')
+        await card.get_by_role("button", name="Approve").click()
+        await expect(card.locator(".field-error")).to_contain_text("Not valid JSON")
+        assert not [r for r in browsing.api_requests() if r.url.endswith("/approvals")]
+        await arguments.fill('{"record_id": "r_2"}')
+        await card.get_by_role("button", name="Approve").click()
+        await expect(card.locator(".outcome")).to_contain_text("Approved")
+
+        # The run page, open all along, shows the answer as the model writes it...
+        writing = runs.locator(".conversation .writing")
+        try:
+            await expect(writing).to_contain_text("Deleted the")
+            await expect(run_status(runs)).to_have_text("running")
+        finally:
+            fake.release()
+        # ...then the whole of it, the edited argument in the tool's output, usage and steps.
+        await expect(run_status(runs)).to_have_text("completed")
+        await expect(writing).to_have_count(0)
+        await expect(runs.locator(".final")).to_have_text("Deleted the record as asked.")
+        tool_call = runs.locator(".tool-call").filter(has_text="delete_record")
+        await expect(tool_call.locator(".output")).to_have_text("deleted r_2")
+        await expect(tool_call.locator(".decision")).to_contain_text("Approved")
+        await expect(runs.locator(".summary")).to_contain_text("2 model requests")
+        await expect(runs.locator(".steps li")).to_have_count(2)
+        await expect(runs.locator(".stream-state")).to_have_text(re.compile("has ended"))
+        await screenshot(runs, "console-run.png")
+
+        with api(live) as client:
+            run = client.get(f"/runs/{run_id}").json()
+    assert run["decisions"][0]["arguments"] == {"record_id": "r_2"}
+    assert run["final_output"] == "Deleted the record as asked."
+
+
+async def test_reject_with_a_reason_and_read_it_in_the_conversation(
+    serve_live: LiveFactory, fake: FakeModel, browsing: Browsing
+) -> None:
+    fake.script("m", [call("delete_record", {"record_id": "r_9"}), text("I left r_9 alone.")])
+    with serve_live() as live:
+        run = pending_run(live, "delete r_9")
+        page = await browsing.open(f"{live.url}/console")
+        card = card_of(page, run["id"])
+        await card.get_by_label(REASON).fill("not on a Friday")
+        await card.get_by_role("button", name="Reject").click()
+        await expect(card.locator(".outcome")).to_contain_text("Rejected")
+
+        await card.get_by_role("link", name=run["id"]).click()
+        await expect(run_status(page)).to_have_text("completed")
+        tool_call = page.locator(".tool-call").filter(has_text="delete_record")
+        await expect(tool_call.locator(".status")).to_have_text("rejected")
+        await expect(tool_call.locator(".decision")).to_have_text(
+            re.compile("Rejected.*not on a Friday")
+        )
+        await expect(tool_call.locator(".output")).to_contain_text("Reason: not on a Friday")
+        await expect(page.locator(".conversation")).to_contain_text("I left r_9 alone.")
+
+
+async def test_a_call_decided_elsewhere_is_a_plain_conflict_in_its_card(
+    serve_live: LiveFactory, fake: FakeModel, browsing: Browsing
+) -> None:
+    # Arguments are untrusted: markup in them is shown as text, never built into the page.
+    markup = "<img src=x onerror=document.title=1>"
+    fake.script("m", [call("delete_record", {"record_id": markup}), text("Done.")])
+    with serve_live() as live:
+        page = await browsing.open(f"{live.url}/console")
+        await expect(page.locator("p.summary")).to_have_text("Nothing waits for a decision.")
+        run = pending_run(live, "delete r_3")
+        # It appears without a reload, and is announced.
+        card = card_of(page, run["id"])
+        await expect(card).to_be_visible()
+        await expect(page.locator("#announcer")).to_have_text(
+            "New approval: delete_record for agent calc."
+        )
+        await expect(card.get_by_label(ARGUMENTS)).to_have_value(re.compile(re.escape(markup)))
+        await expect(card.locator(".context")).to_contain_text(markup)
+        await expect(page.locator("img")).to_have_count(0)
+        await card.get_by_label(ARGUMENTS).fill('{"record_id": "r_4"}')
+        call_id = run["pending_approvals"][0]["call_id"]
+        with api(live) as client:
+            decided = client.post(
+                f"/runs/{run['id']}/approvals",
+                json={"decisions": [{"call_id": call_id, "approved": True}]},
+            )
+        assert decided.status_code == 200
+
+        await card.get_by_role("button", name="Approve").click()
+        outcome = card.locator(".outcome [role=alert]")
+        await expect(outcome).to_contain_text("(409)")
+        await expect(outcome).to_contain_text("decided elsewhere")
+        await expect(card.get_by_role("button", name="Approve")).to_be_disabled()
+        await card.get_by_role("button", name="Dismiss").click()
+        await expect(card).to_have_count(0)
+
+
+async def test_with_api_keys_the_console_asks_for_one_and_sends_it_only_as_a_bearer(
+    serve_live: LiveFactory, fake: FakeModel, browsing: Browsing
+) -> None:
+    fake.script("m", [call("delete_record", {"record_id": "r_5"}), text("Done.")])
+    keys = {
+        "api_keys": SecretStr("ui:ui-secret"),
+        "approver_api_keys": SecretStr("lead:lead-secret"),
+    }
+    with serve_live(**keys) as live:
+        run = pending_run(live, "delete r_5", key="ui-secret")
+        page = await browsing.open(f"{live.url}/console")
+
+        dialog = page.get_by_role("dialog")
+        await expect(dialog).to_contain_text("This service needs an API key")
+        # Closed, the prompt stays closed while the inbox's polls are refused.
+        await page.keyboard.press("Escape")
+        async with page.expect_response(lambda response: "/approvals?" in response.url) as polled:
+            pass
+        assert (await polled.value).status == 401
+        await expect(dialog).to_be_hidden()
+        await expect(page.get_by_role("alert")).to_contain_text("Unauthorized (401)")
+        await page.get_by_role("button", name="Enter key").click()
+        await dialog.get_by_label("API key").fill("ui-secret")
+        await dialog.get_by_role("button", name="Use this key").click()
+        card = card_of(page, run["id"])
+        await expect(card).to_be_visible()
+        assert await page.evaluate("sessionStorage.getItem('agent-runs.api-key')") == "ui-secret"
+        assert await page.evaluate("localStorage.length") == 0
+
+        # A key that may look but not decide is told so plainly.
+        await card.get_by_role("button", name="Approve").click()
+        await expect(card.locator(".outcome")).to_contain_text("Forbidden (403)")
+        await expect(card.locator(".outcome")).to_contain_text("may not decide approvals")
+
+        await page.get_by_role("button", name="Change key").click()
+        await dialog.get_by_label("API key").fill("lead-secret")
+        await dialog.get_by_role("button", name="Use this key").click()
+        card = card_of(page, run["id"])
+        await card.get_by_role("button", name="Approve").click()
+        await expect(card.locator(".outcome")).to_contain_text("Approved")
+        await card.get_by_role("link", name=run["id"]).click()
+        await expect(run_status(page)).to_have_text("completed")
+
+        sent = [(r, await r.all_headers()) for r in browsing.api_requests()]
+        static = {
+            urlsplit(r.url).path: await r.response()
+            for r in browsing.requests
+            if urlsplit(r.url).path.startswith("/console")
+        }
+        with api(live, "lead-secret") as client:
+            decided_by = client.get(f"/runs/{run['id']}").json()["decisions"][0]["decided_by"]
+
+    assert decided_by == "lead"
+    assert {"/console", "/console/app.js", "/console/api.js"} <= set(static)
+    assert all(response is not None and response.status == 200 for response in static.values())
+    for request, _ in sent:
+        assert "secret" not in request.url, request.url
+    keyed = [headers.get("authorization") for _, headers in sent]
+    first_keyed = keyed.index("Bearer ui-secret")
+    assert None not in keyed[first_keyed:], "every call after the key was given carries it"
+    streams = [headers for request, headers in sent if request.url.endswith("/events")]
+    assert streams
+    assert all(headers["authorization"] == "Bearer lead-secret" for headers in streams)
+
+
+async def test_runs_are_listed_by_filter_and_cancelled_from_their_page(
+    serve_live: LiveFactory, fake: FakeModel, browsing: Browsing
+) -> None:
+    fake.script("m", [call("delete_record", {"record_id": "r_6"}), text("Done.")])
+    with serve_live() as live:
+        parked = pending_run(live, "delete r_6")
+        with api(live) as client:
+            client.post("/runs", json={"agent": "billing", "input": "hello", "session_id": "s-1"})
+        page = await browsing.open(f"{live.url}/console#/runs")
+        await expect(page.locator("li.run")).to_have_count(2)
+
+        await page.get_by_label("pending approval").check()
+        await page.get_by_role("button", name="Apply filters").click()
+        await expect(page).to_have_url(re.compile(r"#/runs\?status=pending_approval$"))
+        await expect(page.locator("li.run")).to_have_count(1)
+        await expect(page.locator("li.run")).to_contain_text(parked["id"])
+
+        await page.goto(f"{live.url}/console#/runs?agent=billing&session_id=s-1")
+        await expect(page.locator("li.run")).to_have_count(1)
+        await expect(page.locator("li.run")).to_contain_text("session s-1")
+
+        await page.goto(f"{live.url}/console#/runs/{parked['id']}")
+        await expect(run_status(page)).to_have_text("pending approval")
+        waiting = page.locator("article.approval")
+        await expect(
+            waiting.get_by_role("heading", name=re.compile("delete_record"))
+        ).to_be_visible()
+        await page.get_by_role("button", name="Cancel run").click()
+        await expect(run_status(page)).to_have_text("cancelled")
+        await expect(waiting).to_have_count(0)
+        await expect(page.get_by_role("button", name="Cancel run")).to_be_disabled()
+        await expect(page.locator(".conversation")).to_contain_text("Run cancelled")
+
+
+async def test_a_dropped_event_stream_resumes_after_the_last_event_it_got(
+    serve_live: LiveFactory, fake: FakeModel, browsing: Browsing
+) -> None:
+    fake.script("m", [text("Hello there.")])
+    with serve_live() as live:
+        with api(live) as client:
+            run = client.post(
+                "/runs", params={"wait": 10}, json={"agent": "calc", "input": "hi"}
+            ).json()
+        assert run["status"] == "completed"
+        resumed: list[str | None] = []
+
+        async def drop_after_the_first_event(route: Route) -> None:
+            if not resumed:
+                resumed.append(None)
+                first = {"run_id": run["id"], "status": "queued", "current_agent": "calc"}
+                body = f"id: 1\nevent: run.queued\ndata: {json.dumps(first)}\n\n"
+                await route.fulfill(status=200, content_type="text/event-stream", body=body)
+                return
+            resumed.append((await route.request.all_headers()).get("last-event-id"))
+            await route.continue_()
+
+        await browsing.context.route(re.compile(r"/events$"), drop_after_the_first_event)
+        page = await browsing.open(f"{live.url}/console#/runs/{run['id']}")
+        await expect(page.locator(".stream-state")).to_have_text(re.compile("has ended"))
+        await expect(page.locator(".conversation")).to_contain_text("Hello there.")
+        queued = page.locator(".conversation .lifecycle", has_text="Run queued")
+        await expect(queued).to_have_count(1)
+
+    assert resumed == [None, "1"]
+
+
+async def test_at_phone_width_with_the_keyboard_only(
+    serve_live: LiveFactory, fake: FakeModel, browsing: Browsing
+) -> None:
+    fake.script(
+        "m",
+        [
+            call("delete_record", {"record_id": "r_7"}),
+            call("delete_record", {"record_id": "r_8"}),
+            text("Done."),
+        ],
+    )
+    with serve_live() as live:
+        run = pending_run(live, "delete r_7")
+        page = await browsing.open(f"{live.url}/console", viewport=PHONE)
+        card = card_of(page, run["id"])
+        approve = card.get_by_role("button", name="Approve")
+        await expect(approve).to_be_visible()
+        assert await page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+        box = await approve.bounding_box()
+        assert box is not None
+        assert box["x"] >= 0
+        assert box["x"] + box["width"] <= PHONE["width"]
+
+        # Tab from the top of the page (bounded) to "remember" and tick it, then to Approve.
+        remember = card.get_by_role("checkbox")
+        for _ in range(40):
+            await page.keyboard.press("Tab")
+            if await remember.evaluate("box => box === document.activeElement"):
+                break
+        else:
+            raise AssertionError("Tab never reached the remember box")
+        await page.keyboard.press("Space")
+        await expect(remember).to_be_checked()
+        await page.keyboard.press("Tab")
+        await expect(approve).to_be_focused()
+        outline = await approve.evaluate("button => getComputedStyle(button).outlineStyle")
+        assert outline != "none", "the focused button shows its focus"
+        await page.keyboard.press("Enter")
+        await expect(card.locator(".outcome")).to_contain_text("Approved")
+
+        # The run's second delete_record was approved by that decision, and says so.
+        await page.goto(f"{live.url}/console#/runs/{run['id']}")
+        await expect(run_status(page)).to_have_text("completed")
+        second = page.locator(".tool-call").filter(has_text="deleted r_8")
+        await expect(second.locator(".decision")).to_contain_text("earlier approval")
+        assert await page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+        await screenshot(page, "console-run-phone.png")
