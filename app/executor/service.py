@@ -184,19 +184,23 @@ class RunService:
             await self.wakeups.request_cancel(run_id)
 
     async def wait_until_resting(self, run: Run, seconds: float) -> Run:
-        """The run once it rests (ended or pending approval), or as it is after `seconds`."""
-        if seconds <= 0 or run.status in RESTING:
+        """The run once it rests (ended or pending approval), or as it is after `seconds`.
+
+        `run` must be as read or written just now, with no await since: the watch starts
+        before anything else in this process can change it, and another process's change is
+        found by `poll_changes` (the watch is told at once of one found meanwhile).
+        """
+        if seconds <= 0:
             return run
-        with self.wakeups.watch(run.id) as watch, anyio.move_on_after(seconds):
-            while True:
-                run = await self.get(run.id)
-                if run.status in RESTING or self.wakeups.closing:
-                    break  # a stopping process answers now rather than hold its shutdown
+        with self.wakeups.watch(run.id, run.event_seq) as watch, anyio.move_on_after(seconds):
+            # A stopping process answers now rather than hold its shutdown.
+            while run.status not in RESTING and not self.wakeups.closing:
                 change = await watch.next()
                 # Text deltas, and changes known not to be a rest, need no read of the run.
                 # A stopping process's close() wakes every watcher with a status unknown.
                 while not isinstance(change, Stored) or change.status not in (None, *RESTING):
                     change = await watch.next()
+                run = await self.get(run.id)
         return run
 
     async def shown(self, runs: Sequence[Run]) -> list[RunOut]:

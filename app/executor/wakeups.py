@@ -173,8 +173,14 @@ class Wakeups:
         return sum(len(watches) for watches in self._watchers.values())
 
     @contextmanager
-    def watch(self, run_id: str) -> Iterator[RunWatch]:
+    def watch(self, run_id: str, seen_seq: int | None = None) -> Iterator[RunWatch]:
+        """Watch a run; `seen_seq`, the event id the caller last read, gets a notice at once
+        if another process's change was found since (while the caller's read was under way,
+        say)."""
         watch = RunWatch(run_id)
+        found = self._seen_seq.get(run_id)
+        if seen_seq is not None and found is not None and found != seen_seq:
+            watch.stored(found)
         with self._watchers_changed:
             self._watchers[run_id].add(watch)
             self._watchers_changed.notify_all()

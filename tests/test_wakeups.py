@@ -1,0 +1,74 @@
+"""Wake-ups: how a watcher hears of changes other processes made (found by polling)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, cast
+
+import anyio
+import pytest
+
+from app.executor.wakeups import Stored, Wakeups
+from app.store.database import Database
+from app.store.runs import RunRepository
+
+pytestmark = pytest.mark.anyio
+
+
+class StoreSeen:
+    """Stands in for the database `poll_changes` reads: each run's event id and status."""
+
+    def __init__(self) -> None:
+        self.runs: dict[str, tuple[int, str]] = {}
+        self.polled = anyio.Event()
+
+    @asynccontextmanager
+    async def read_scope(self) -> AsyncIterator[None]:
+        yield None
+
+    async def event_seqs(self, run_ids: list[str]) -> Any:
+        self.polled.set()
+        return {run_id: self.runs[run_id] for run_id in run_ids if run_id in self.runs}
+
+
+@pytest.fixture
+def store(monkeypatch: pytest.MonkeyPatch) -> StoreSeen:
+    seen = StoreSeen()
+    monkeypatch.setattr(RunRepository, "event_seqs", seen.event_seqs)
+    return seen
+
+
+async def poll_once(wakeups: Wakeups, store: StoreSeen) -> None:
+    store.polled = anyio.Event()
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as group:
+            group.start_soon(wakeups.poll_changes, cast(Database, store), 0.001)
+            await store.polled.wait()
+            await anyio.wait_all_tasks_blocked()
+            group.cancel_scope.cancel()
+
+
+async def test_a_change_found_by_polling_carries_the_run_s_status(store: StoreSeen) -> None:
+    wakeups = Wakeups()
+    store.runs["r"] = (3, "running")
+    with wakeups.watch("r") as watch:
+        await poll_once(wakeups, store)
+        assert await watch.next() == Stored(3, "running")
+
+
+async def test_a_watch_hears_of_a_change_found_while_its_reader_was_reading(
+    store: StoreSeen,
+) -> None:
+    wakeups = Wakeups()
+    # One watcher is there already; the poll finds the run rested at event 7 ...
+    with wakeups.watch("r"):
+        store.runs["r"] = (7, "completed")
+        await poll_once(wakeups, store)
+        # ... while a second reader had read it at event 5: it is told at once, not never.
+        with wakeups.watch("r", seen_seq=5) as late:
+            with anyio.fail_after(5):
+                assert await late.next() == Stored(7)
+        # A reader that read event 7 itself has nothing to hear.
+        with wakeups.watch("r", seen_seq=7) as current:
+            assert not current.items
