@@ -4,6 +4,7 @@ hints."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import anyio
 import pytest
@@ -98,3 +99,36 @@ async def test_an_executor_woken_only_by_other_processes_hints_is_told_so() -> N
     wakeups.work_hinted()
     wakeups.work_available()
     assert await wakeups.wait_for_work() is False
+
+
+async def test_the_first_delta_after_a_quiet_spell_goes_out_at_once(migrated_url: str) -> None:
+    if not is_postgres(migrated_url):
+        pytest.skip("LISTEN/NOTIFY is PostgreSQL's")
+    db = Database(migrated_url)
+    deltas_in, deltas = anyio.create_memory_object_stream[tuple[str, str]](100)
+
+    def deliver(run_id: str, data: dict[str, Any]) -> None:
+        deltas_in.send_nowait((run_id, data["text"]))
+
+    # A tick far longer than the test: only the leading edge can send the first delta.
+    sender = DeltaChannel(db, "sender", None, flush_seconds=300)
+    watcher = DeltaChannel(db, "watcher", deliver)
+    try:
+        async with anyio.create_task_group() as group:
+            group.start_soon(sender.run)
+            group.start_soon(watcher.run)
+            with anyio.fail_after(10):
+                await sender.connected.wait()
+                await watcher.connected.wait()
+                sender.publish("run_1", {"turn": 1, "attempt": 1, "text": "Hel"})
+                assert await deltas.receive() == ("run_1", "Hel")
+                # The next ones wait for the tick or the checkpoint's flush, as one batch.
+                sender.publish("run_1", {"turn": 1, "attempt": 1, "text": "lo"})
+                sender.publish("run_1", {"turn": 1, "attempt": 1, "text": "!"})
+                await anyio.wait_all_tasks_blocked()
+                assert deltas.statistics().current_buffer_used == 0
+                await sender.flush()
+                assert await deltas.receive() == ("run_1", "lo!")
+            group.cancel_scope.cancel()
+    finally:
+        await db.dispose()

@@ -5,8 +5,9 @@ first; the work hint only lets idle executors claim it at once instead of at the
 Hints sent while one is on its way fold into it, so a burst of runs costs a few notifications.
 
 A worker's model streams text that an API process's clients watch. Deltas are never stored, so
-they travel as notifications: batched per process every few milliseconds (NOTIFY takes a global
-lock at commit, so never one per delta), on a connection of their own, and best-effort (a
+they travel as notifications: the first of a quiet spell at once, the rest batched per process
+every few milliseconds (NOTIFY takes a global lock at commit, so never one per delta), on a
+connection of their own, and best-effort (a
 delta lost to a dropped connection is only a delta: the whole message is stored).
 
 A cancel is stored first (the run's flag, which a worker's heartbeat also finds); its
@@ -18,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -63,7 +65,11 @@ class DeltaChannel:
         self._deliver = deliver
         self._on_cancel = on_cancel
         self._on_work = on_work
-        self._work_queued = asyncio.Event()
+        self._work_pending = False
+        # Wakes the sending loop before its tick: work queued, or the first delta of a quiet
+        # spell (sent at once, so a watcher sees text start with no batching delay).
+        self._wake = asyncio.Event()
+        self._last_flush = 0.0
         self.connected = asyncio.Event()  # listening and able to send
         self._flush_seconds = flush_seconds
         self._pending: list[tuple[str, dict[str, Any]]] = []
@@ -71,26 +77,31 @@ class DeltaChannel:
         self._send_lock = anyio.Lock()
 
     def publish(self, run_id: str, data: dict[str, Any]) -> None:
-        if len(self._pending) < PENDING_LIMIT:
-            self._pending.append((run_id, data))
+        if len(self._pending) >= PENDING_LIMIT:
+            return
+        self._pending.append((run_id, data))
+        if time.monotonic() - self._last_flush >= self._flush_seconds:
+            self._wake.set()
 
     async def flush(self) -> None:
         """Send what is pending now (before a checkpoint, so deltas precede its events)."""
         if not self._pending:
             return
+        self._last_flush = time.monotonic()
         batch, self._pending = self._pending, []
         if not await self._notify(CHANNEL, _payloads(self._origin, batch)):
             log.warning("deltas.not_sent", count=len(batch))
 
     def work_queued(self) -> None:
         """Runs were queued: idle executors elsewhere should claim now (sent at once)."""
-        self._work_queued.set()
+        self._work_pending = True
+        self._wake.set()
 
     async def _send_work(self) -> None:
-        if self._work_queued.is_set():
-            self._work_queued.clear()
+        if self._work_pending:
+            self._work_pending = False
             if not await self._notify(WORK_CHANNEL, [self._origin]):
-                self._work_queued.set()  # sent once the connection is back
+                self._work_pending = True  # sent once the connection is back
 
     async def cancel(self, run_id: str) -> None:
         """Tell the process that drives the run to stop it now (its flag is stored already;
@@ -128,7 +139,8 @@ class DeltaChannel:
                     log.info("channel.connected", origin=self._origin)
                     while not connection.is_closed():
                         with anyio.move_on_after(self._flush_seconds):
-                            await self._work_queued.wait()
+                            await self._wake.wait()
+                        self._wake.clear()
                         await self._send_work()
                         await self.flush()
                 finally:

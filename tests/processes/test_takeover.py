@@ -136,7 +136,8 @@ def test_a_process_stopped_by_sigterm_hands_its_runs_over_at_once(
     run_ids = [api.create(f"think-{i}")["id"] for i in range(4)]
     assert fake.wait_for_requests(4)
     second = cluster.worker(**slow)
-    until(lambda: second.log_events("executor.started"), 20, "the second worker to start")
+    # Listening, too: a hint sent before that is lost, and only the 60 s poll would find it.
+    until(lambda: second.log_events("channel.connected"), 20, "the second worker to listen")
 
     first.signal(signal.SIGTERM)
     assert first.wait(timeout=20) == 0
