@@ -98,6 +98,7 @@ class RunService:
             cancel_requested=False,
             event_seq=0,
             lease_token=0,
+            takeovers=0,
             created_at=stamp,
             updated_at=stamp,
         )

@@ -17,6 +17,7 @@ from sqlalchemy import (
     exists,
     func,
     insert,
+    inspect,
     or_,
     select,
     tuple_,
@@ -68,6 +69,8 @@ class Renewal:
 # insert paths cost more than the SQL they send.
 _RUNS = cast(Table, Run.__table__)
 _EVENTS = cast(Table, RunEvent.__table__)
+# A run's attributes by the names of their columns (`run_metadata` is stored as `metadata`).
+_RUN_COLUMNS = {attribute.key: attribute.columns[0].name for attribute in inspect(Run).column_attrs}
 
 
 @cache
@@ -124,10 +127,11 @@ class RunRepository:
         self.session = session
 
     async def add(self, run: Run, events: Sequence[EventRecord], now: datetime) -> None:
-        """Store a new run with its first events."""
+        """Store a new run (built, not added to the session) with its first events."""
         run.event_seq = len(events)
-        self.session.add(run)
-        await self.session.flush()
+        given = inspect(run).dict  # the attributes set; the columns' defaults fill the rest
+        values = {_RUN_COLUMNS[key]: value for key, value in given.items() if key in _RUN_COLUMNS}
+        run.seq = await self.session.scalar(insert(_RUNS).values(values).returning(_RUNS.c.seq))
         await self._insert_events(run.id, run.event_seq, events, now)
 
     async def get(
