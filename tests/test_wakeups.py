@@ -9,9 +9,13 @@ from typing import Any, cast
 import anyio
 import pytest
 
+from app.engine import Engine
+from app.executor.service import RunService
 from app.executor.wakeups import Stored, Wakeups
 from app.store.database import Database
+from app.store.models import Run
 from app.store.runs import RunRepository
+from app.store.status import Status
 
 pytestmark = pytest.mark.anyio
 
@@ -72,3 +76,41 @@ async def test_a_watch_hears_of_a_change_found_while_its_reader_was_reading(
         # A reader that read event 7 itself has nothing to hear.
         with wakeups.watch("r", seen_seq=7) as current:
             assert not current.items
+
+
+async def test_merged_notices_keep_the_newest_status() -> None:
+    wakeups = Wakeups()
+    with wakeups.watch("r") as watch:
+        wakeups.run_changed("r", 7, "completed")  # the in-process executor's rest
+        wakeups.run_changed("r", 6, "running")  # a poll that read before that commit
+        assert await watch.next() == Stored(7, "completed")
+        wakeups.run_changed("r", 8, "running")
+        wakeups.run_changed("r", None)  # whatever is stored now, status unknown
+        assert await watch.next() == Stored(None, None)
+
+
+async def test_a_wait_answers_at_once_when_the_process_stops(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    wakeups = Wakeups()
+    service = RunService(cast(Database, None), cast(Engine, None), wakeups)
+    running = Run(id="r", status=Status.RUNNING, event_seq=5)
+
+    async def get(run_id: str) -> Run:
+        return running
+
+    monkeypatch.setattr(service, "get", get)
+    answered = anyio.Event()
+
+    async def wait() -> None:
+        await service.wait_until_resting(running, 60)
+        answered.set()
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as group:
+            group.start_soon(wait)
+            await anyio.wait_all_tasks_blocked()
+            wakeups.close()
+            # A draining turn's checkpoint in the same tick: its notice says `running`.
+            wakeups.run_changed("r", 8, Status.RUNNING)
+            await answered.wait()

@@ -18,7 +18,7 @@ from app.executor.errors import RunNotFound, SessionBusy, SessionNotFound
 from app.executor.idempotency import Idempotency, once
 from app.executor.lifecycle import cancel_resting_run, lifecycle_event, now
 from app.executor.resources import RunOut
-from app.executor.wakeups import Stored, Wakeups
+from app.executor.wakeups import Delta, Stored, Wakeups
 from app.store.database import Database
 from app.store.models import Run, Session, WebhookDelivery
 from app.store.runs import RunRepository
@@ -199,10 +199,16 @@ class RunService:
                 change = await watch.next()
                 # Text deltas, and changes known not to be a rest, need no read of the run.
                 # A stopping process's close() wakes every watcher with a status unknown.
-                while not isinstance(change, Stored) or change.status not in (None, *RESTING):
+                while not self._may_have_rested(change):
                     change = await watch.next()
                 run = await self.get(run.id)
         return run
+
+    def _may_have_rested(self, change: Stored | Delta) -> bool:
+        """Whether a watcher's notice calls for reading the run (or answering now)."""
+        if self.wakeups.closing:
+            return True
+        return isinstance(change, Stored) and change.status in (None, *RESTING)
 
     async def shown(self, runs: Sequence[Run]) -> list[RunOut]:
         """The runs as the API shows them, with their webhook deliveries."""

@@ -64,6 +64,12 @@ class RunWatch:
         last = self.items[-1] if self.items else None
         if isinstance(last, Stored):
             merged = None if last.seq is None or seq is None else max(last.seq, seq)
+            # The status is the newest notice's; a poll that read before a local write may
+            # report an older one after it. Unknown when either does not say which is newer.
+            if last.seq is None or seq is None or last.status is None:
+                status = None
+            elif seq < last.seq:
+                status = last.status
             self.items[-1] = Stored(merged, status)
         else:
             self.items.append(Stored(seq, status))

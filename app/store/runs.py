@@ -93,7 +93,9 @@ def _claim_statement() -> Any:
     worker = bindparam("worker", type_=Run.claimed_by.type)
     takeover = and_(Run.status == Status.RUNNING, Run.claimed_by.is_distinct_from(worker))
     picked = (
-        select(Run.seq, takeover.label("takeover"))
+        # Named apart from `runs.seq`: SQLite's RETURNING drops table names, and `seq = seq`
+        # would match every picked row.
+        select(Run.seq.label("picked_seq"), takeover.label("takeover"))
         .where(claimable)
         .order_by(Run.seq)
         .limit(bindparam("limit", type_=Integer()))
@@ -104,11 +106,11 @@ def _claim_statement() -> Any:
     )
     # SQLite's RETURNING names only the updated table; a subquery may read the pick.
     was_takeover = (
-        select(picked.c.takeover).where(picked.c.seq == Run.seq).correlate(Run)
+        select(picked.c.takeover).where(picked.c.picked_seq == Run.seq).correlate(Run)
     ).scalar_subquery()
     return (
         update(Run)
-        .where(Run.seq == picked.c.seq, claimable)
+        .where(Run.seq == picked.c.picked_seq, claimable)
         .values(
             status=Status.RUNNING,
             claimed_by=worker,
