@@ -1,0 +1,81 @@
+"""CPU time and memory of processes, from their own accounting in /proc (Linux)."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """CPU time of a process and of its children, live or reaped; None if it is gone. The
+    postmaster's children are PostgreSQL's backends, so this is the whole database's."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+    total = sum(int(ticks) for ticks in fields[11:15]) / CLOCK_TICKS  # utime stime cutime cstime
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    return total + sum(cpu_seconds(int(child)) or 0.0 for child in children)
+
+
+def rss_mib(pid: int) -> float | None:
+    try:
+        pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pages * PAGE_BYTES / 2**20
+
+
+class CpuMeter:
+    """CPU seconds each named process (and this driver) used between `start()` and `stop()`.
+
+    A process that dies meanwhile (a killed worker) counts up to its last reading, so call
+    `sample()` now and then when processes may die."""
+
+    def __init__(self, pids: Mapping[str, int]) -> None:
+        self.pids = dict(pids)
+        self.first: dict[str, float] = {}
+        self.last: dict[str, float] = {}
+
+    def _read(self) -> dict[str, float]:
+        used = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        return {"driver": time.process_time()} | {k: v for k, v in used.items() if v is not None}
+
+    def start(self) -> CpuMeter:
+        self.first = self._read()
+        self.last = dict(self.first)
+        return self
+
+    def watch(self, name: str, pid: int) -> None:
+        """Count a process started after `start()` (a replacement worker) from now on."""
+        self.pids[name] = pid
+        seconds = cpu_seconds(pid)
+        if seconds is not None:
+            self.first[name] = self.last[name] = seconds
+
+    def sample(self) -> None:
+        self.last |= self._read()
+
+    def stop(self) -> dict[str, float]:
+        """Milliseconds used by each process since `start()`."""
+        self.sample()
+        return {
+            name: (self.last[name] - self.first[name]) * 1000
+            for name in self.last
+            if name in self.first
+        }
+
+
+def service_ms(used: Mapping[str, float]) -> float:
+    """The service's own processes: the API and the workers (not the database, the fake or
+    the driver)."""
+    return sum(ms for name, ms in used.items() if name == "api" or name.startswith("worker"))
