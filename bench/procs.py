@@ -185,11 +185,6 @@ class Postgres:
     url: str  # SQLAlchemy's
     pid: int | None  # the postmaster, parent of every backend: its CPU is the database's
 
-    @property
-    def dsn(self) -> str:
-        """The URL as asyncpg takes it."""
-        return self.url.replace("postgresql+asyncpg://", "postgresql://")
-
 
 def postgres(stack: ExitStack) -> Postgres:
     """A throwaway PostgreSQL, stopped when `stack` closes."""
@@ -243,6 +238,11 @@ class Service:
     api: subprocess.Popen[bytes]
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
     postgres_pid: int | None = None
+
+    @property
+    def dsn(self) -> str:
+        """The PostgreSQL URL as asyncpg takes it."""
+        return self.database_url.replace("postgresql+asyncpg://", "postgresql://")
 
     def pids(self) -> dict[str, int]:
         """The service's own processes (the database apart), for CPU accounting."""

@@ -31,7 +31,8 @@ class Figure:
     def shown(self) -> str:
         if self.value is None:
             return "-"
-        digits = 0 if abs(self.value) >= 100 else 1 if abs(self.value) >= 10 else 2
+        whole = abs(self.value) >= 100 or float(self.value).is_integer()
+        digits = 0 if whole else 1 if abs(self.value) >= 10 else 2
         return f"{self.value:,.{digits}f} {self.unit}".strip()
 
 

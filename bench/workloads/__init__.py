@@ -8,10 +8,15 @@ from collections.abc import Callable
 
 from bench.context import Context
 from bench.report import Outcome
-from bench.workloads import ceiling, engine, w1
+from bench.workloads import ceiling, engine, langgraph, w1, w2, w3, w6, w7
 
 WORKLOADS: dict[str, Callable[[Context], Outcome]] = {
     "ceiling": ceiling.run,
     "engine": engine.run,
     "w1": w1.run,
+    "w2": w2.run,
+    "langgraph": langgraph.run,
+    "w3": w3.run,
+    "w6": w6.run,
+    "w7": w7.run,
 }

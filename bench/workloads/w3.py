@@ -1,0 +1,136 @@
+"""W3: sessions x runs submitted at once on PostgreSQL (1 API + 2 workers): runs of a session
+must run one at a time in the order they were created; the rate is compared with W1's."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import anyio
+import asyncpg
+import httpx
+
+from bench import client
+from bench.context import Context
+from bench.load import Failed
+from bench.procs import Resources, Service
+from bench.report import Figure, Outcome, at_least
+from bench.workloads.common import ONE_TURN, log, meter
+
+POSTERS = 64  # sessions being submitted at once
+RESTING = ("completed", "failed", "cancelled", "pending_approval")
+
+
+async def _submit(service: Service, sessions: int, per_session: int) -> list[str]:
+    """Every session's runs, each POSTed after the previous one of its session was created."""
+    errors: list[str] = []
+    numbers = iter(range(sessions))
+    async with client.http(service.url, connections=POSTERS) as http:
+
+        async def poster() -> None:
+            for s in numbers:
+                for _ in range(per_session):
+                    try:
+                        await client.create(http, ONE_TURN, session_id=f"w3-session-{s}")
+                    except (Failed, httpx.HTTPError) as exc:
+                        errors.append(f"{type(exc).__name__}: {exc}"[:200])
+
+        async with anyio.create_task_group() as group:
+            for _ in range(POSTERS):
+                group.start_soon(poster)
+    return errors
+
+
+async def _violations(db: asyncpg.Connection) -> dict[str, int]:
+    """Runs not completed; runs started before the previous run of their session finished;
+    session messages stored out of the runs' creation order."""
+    rows = await db.fetch(
+        "SELECT session_id, id, status, started_at, finished_at FROM runs"
+        " WHERE session_id LIKE 'w3-session-%' ORDER BY session_id, seq"
+    )
+    found = {"not_completed": 0, "overlapping": 0, "messages_out_of_order": 0}
+    order: dict[str, list[str]] = {}
+    previous: Any = None
+    for row in rows:
+        order.setdefault(row["session_id"], []).append(row["id"])
+        found["not_completed"] += row["status"] != "completed"
+        same = previous is not None and previous["session_id"] == row["session_id"]
+        if same and previous["finished_at"] > row["started_at"]:
+            found["overlapping"] += 1
+        previous = row
+    messages = await db.fetch(
+        "SELECT session_id, run_id FROM session_messages"
+        " WHERE session_id LIKE 'w3-session-%' ORDER BY session_id, position"
+    )
+    stored: dict[str, list[str]] = {}
+    for row in messages:
+        runs = stored.setdefault(row["session_id"], [])
+        if not runs or runs[-1] != row["run_id"]:
+            runs.append(row["run_id"])
+    found["messages_out_of_order"] = sum(stored.get(s) != ids for s, ids in order.items())
+    return found
+
+
+async def _measure(
+    ctx: Context, service: Service, sessions: int, per_session: int
+) -> dict[str, Any]:
+    total = sessions * per_session
+    db = await asyncpg.connect(service.dsn)
+    try:
+        cpu = meter(service).start()
+        began = time.perf_counter()
+        errors = await _submit(service, sessions, per_session)
+        submitted = time.perf_counter() - began
+        with anyio.fail_after(ctx.pick(600, 300)):
+            while await db.fetchval(
+                "SELECT count(*) FROM runs WHERE session_id LIKE 'w3-session-%'"
+                " AND status <> ALL($1::text[])",
+                list(RESTING),
+            ):
+                await anyio.sleep(0.2)
+        seconds = time.perf_counter() - began
+        used = cpu.stop()
+        violations = await _violations(db)
+    finally:
+        await db.close()
+    return {
+        "runs": total,
+        "submitted_s": submitted,
+        "seconds": seconds,
+        "runs_per_s": total / seconds,
+        "violations": violations,
+        "post_errors": len(errors),
+        "post_error_examples": errors[:5],
+        "cpu_ms_per_run": {k: v / total for k, v in used.items()},
+    }
+
+
+def run(ctx: Context) -> Outcome:
+    sessions, per_session = ctx.count(1000, 100), ctx.count(10, 5)
+    with Resources() as stack:
+        service = ctx.service(stack, "w3")
+        measured = anyio.run(_measure, ctx, service, sessions, per_session)
+    rate, w1 = measured["runs_per_s"], ctx.shared.get("w1_saturation")
+    violations = sum(measured["violations"].values()) + measured["post_errors"]
+    log(f"w3: {rate:.1f} runs/s, violations {measured['violations']}")
+    return Outcome(
+        figures=[
+            Figure(
+                "W3",
+                f"order violations and failed POSTs ({sessions} sessions x {per_session} runs)",
+                violations,
+                "",
+                "0",
+                violations == 0,
+            ),
+            Figure(
+                "W3",
+                "runs/s, all submitted at once",
+                rate,
+                "/s",
+                f">= 85% of W1 ({w1:.0f}/s)" if w1 else ">= 85% of W1 (not run)",
+                at_least(rate, 0.85 * w1) if w1 else None,
+            ),
+        ],
+        details=measured,
+    )
