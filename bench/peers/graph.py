@@ -19,7 +19,7 @@ def add(a: int, b: int) -> int:
 model = ChatOpenAI(
     model="bench",
     base_url=os.environ["OPENAI_BASE_URL"],
-    api_key="unused",  # type: ignore[arg-type]
+    api_key="unused",
     max_retries=0,
     streaming=True,  # as our engine always streams
     stream_usage=True,

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
 import httpx
 
 from bench import client
@@ -78,3 +80,12 @@ async def saturate(
     found = await sweep(send, start_rate=start_rate, seconds=seconds, on_step=on_step)
     top = best(found)
     return Saturation(top, cpu[id(top)], steps)
+
+
+async def until(done: Callable[[], Awaitable[bool]], seconds: float, interval: float = 0.1) -> None:
+    """Poll `done` until it holds; TimeoutError after `seconds`."""
+    with anyio.fail_after(seconds):
+        while True:
+            if await done():
+                return
+            await anyio.sleep(interval)

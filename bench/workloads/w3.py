@@ -15,7 +15,7 @@ from bench.context import Context
 from bench.load import Failed
 from bench.procs import Resources, Service
 from bench.report import Figure, Outcome, at_least
-from bench.workloads.common import ONE_TURN, log, meter
+from bench.workloads.common import ONE_TURN, log, meter, until
 
 POSTERS = 64  # sessions being submitted at once
 RESTING = ("completed", "failed", "cancelled", "pending_approval")
@@ -81,13 +81,16 @@ async def _measure(
         began = time.perf_counter()
         errors = await _submit(service, sessions, per_session)
         submitted = time.perf_counter() - began
-        with anyio.fail_after(ctx.pick(600, 300)):
-            while await db.fetchval(
+
+        async def all_rest() -> bool:
+            unfinished: int = await db.fetchval(
                 "SELECT count(*) FROM runs WHERE session_id LIKE 'w3-session-%'"
                 " AND status <> ALL($1::text[])",
                 list(RESTING),
-            ):
-                await anyio.sleep(0.2)
+            )
+            return unfinished == 0
+
+        await until(all_rest, ctx.pick(600, 300), interval=0.2)
         seconds = time.perf_counter() - began
         used = cpu.stop()
         violations = await _violations(db)

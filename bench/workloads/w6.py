@@ -22,7 +22,7 @@ from bench.fake import prompt
 from bench.load import Failed, percentile
 from bench.procs import BenchError, Resources, Service
 from bench.report import Figure, Outcome, at_least, at_most
-from bench.workloads.common import ONE_TURN, Saturation, log, saturate
+from bench.workloads.common import ONE_TURN, Saturation, log, saturate, until
 
 PARKED = prompt(turns=2, tool="delete_record")
 BATCH = 50_000
@@ -88,9 +88,12 @@ async def _check_seeded(http: httpx.AsyncClient) -> None:
     answer = await http.post("/runs/run_p0000000000000001/approvals", json=decision)
     if answer.status_code != 200:
         raise BenchError(f"deciding a seeded run answered {answer.status_code}: {answer.text}")
-    with anyio.fail_after(30):
-        while (await http.get("/runs/run_p0000000000000001")).json()["status"] != "completed":
-            await anyio.sleep(0.1)
+
+    async def completed() -> bool:
+        run = (await http.get("/runs/run_p0000000000000001")).json()
+        return bool(run["status"] == "completed")
+
+    await until(completed, 30)
 
 
 def _rss(service: Service) -> float:
