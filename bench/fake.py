@@ -99,9 +99,11 @@ def _events(params: Params, position: int, usage: bool) -> Iterator[bytes]:
         return event([{"index": 0, "delta": content, "finish_reason": None}])
 
     chunks, call = _reply(params, position)
+    stamp = dict(params).get("stamp") == "1"
     yield delta({"role": "assistant", "content": ""})
     for text in chunks:
-        yield delta({"content": text})
+        # A generator: a stamped word is rendered when it is sent, not when the reply began.
+        yield delta({"content": _words(1, stamp=True)[0] if stamp else text})
     if call is not None:
         yield delta({"tool_calls": [{"index": 0, **call}]})
     finish = "tool_calls" if call else "stop"

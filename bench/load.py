@@ -51,6 +51,15 @@ class Step:
         value = percentile(self.latencies, q)
         return None if value is None else value * 1000
 
+    async def timed(self, send: Send, i: int, since: float) -> None:
+        """Send request `i`; its latency counts from `since`, its failure as an error."""
+        try:
+            await send(i)
+        except (Failed, httpx.HTTPError, TimeoutError) as exc:
+            self.errors[f"{type(exc).__name__}: {exc}"[:200]] += 1
+        else:
+            self.latencies.append(time.perf_counter() - since)
+
     def summary(self) -> dict[str, object]:
         return {
             "offered_per_s": round(self.rate, 1),
@@ -74,11 +83,7 @@ async def open_loop(send: Send, rate: float, seconds: float, *, max_in_flight: i
     async def one(i: int, due: float) -> None:
         nonlocal in_flight
         try:
-            await send(i)
-        except (Failed, httpx.HTTPError, TimeoutError) as exc:
-            step.errors[f"{type(exc).__name__}: {exc}"[:200]] += 1
-        else:
-            step.latencies.append(time.perf_counter() - due)
+            await step.timed(send, i, due)
         finally:
             in_flight -= 1
 
@@ -104,14 +109,8 @@ async def closed_loop(send: Send, count: int, concurrency: int) -> Step:
 
     async def lane() -> None:
         for i in numbers:
-            began = time.perf_counter()
             step.sent += 1
-            try:
-                await send(i)
-            except (Failed, httpx.HTTPError, TimeoutError) as exc:
-                step.errors[f"{type(exc).__name__}: {exc}"[:200]] += 1
-            else:
-                step.latencies.append(time.perf_counter() - began)
+            await step.timed(send, i, time.perf_counter())
 
     async with anyio.create_task_group() as group:
         for _ in range(concurrency):

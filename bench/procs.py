@@ -208,22 +208,33 @@ def postgres(stack: ExitStack) -> Postgres:
     return Postgres(url, pid)
 
 
-def migrate(url: str, workdir: Path) -> None:
+def output(args: Sequence[str], *, env: dict[str, str], cwd: Path, timeout: float) -> str:
+    """What a command the suite waits for prints; BenchError when it fails or takes too long."""
     try:
         result = subprocess.run(
-            [agent_runs_command(), "migrate"],
-            env=child_env(DATABASE_URL=url, LOG_LEVEL="warning"),
-            cwd=workdir,
+            args,
+            env=env,
+            cwd=cwd,
             capture_output=True,
             text=True,
-            timeout=POSTGRES_TIMEOUT_SECONDS,
+            timeout=timeout,
             start_new_session=True,
             check=False,
         )
     except subprocess.TimeoutExpired as exc:
-        raise BenchError(f"`agent-runs migrate` took more than {exc.timeout:g} s") from exc
+        raise BenchError(f"`{' '.join(args[:6])}` took more than {exc.timeout:g} s") from exc
     if result.returncode != 0:
-        raise BenchError(f"`agent-runs migrate` failed ({result.returncode}):\n{result.stderr}")
+        raise BenchError(
+            f"`{' '.join(args[:6])}` failed ({result.returncode}):\n{result.stderr[-2000:]}"
+        )
+    return result.stdout
+
+
+def migrate(url: str, workdir: Path) -> None:
+    env = child_env(DATABASE_URL=url, LOG_LEVEL="warning")
+    output(
+        [agent_runs_command(), "migrate"], env=env, cwd=workdir, timeout=POSTGRES_TIMEOUT_SECONDS
+    )
 
 
 @dataclass

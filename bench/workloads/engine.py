@@ -5,34 +5,20 @@ per-turn overhead is its time per turn less the bare client's."""
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from typing import Any
 
 from bench.context import Context
-from bench.procs import PEERS, ROOT, BenchError, child_env
+from bench.procs import PEERS, ROOT, child_env, output
 from bench.report import Figure, Outcome, at_most
 
 TIMEOUT_SECONDS = 600
 
 
 def _child(args: list[str]) -> dict[str, Any]:
-    try:
-        result = subprocess.run(
-            args,
-            cwd=ROOT,
-            env=child_env(PYTHONPATH=str(ROOT)),
-            capture_output=True,
-            text=True,
-            timeout=TIMEOUT_SECONDS,
-            start_new_session=True,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise BenchError(f"{args[:3]} took more than {exc.timeout:g} s") from exc
-    if result.returncode != 0:
-        raise BenchError(f"{' '.join(args[:6])} failed:\n{result.stderr[-2000:]}")
-    figures: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+    """The figures a child process prints as its last line."""
+    out = output(args, env=child_env(PYTHONPATH=str(ROOT)), cwd=ROOT, timeout=TIMEOUT_SECONDS)
+    figures: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
     return figures
 
 

@@ -30,7 +30,7 @@ async def _measure(ctx: Context, service: Service, database: str) -> dict[str, A
             http,
             text=ONE_TURN,
             turns=1,
-            start_rate=ctx.pick(40, 40),
+            start_rate=20,
             seconds=ctx.pick(10, 3),
             label=f"w1 {database}",
         )

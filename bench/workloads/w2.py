@@ -43,7 +43,7 @@ async def _measure(ctx: Context, service: Service) -> dict[str, Any]:
             http,
             text=TEN_TURNS,
             turns=TURNS,
-            start_rate=ctx.pick(2, 2),
+            start_rate=2,
             seconds=ctx.pick(10, 3),
             label="w2",
         )

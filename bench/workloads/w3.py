@@ -12,6 +12,7 @@ import httpx
 
 from bench import client
 from bench.context import Context
+from bench.cpu import service_ms
 from bench.load import Failed
 from bench.procs import Resources, Service
 from bench.report import Figure, Outcome, at_least
@@ -134,6 +135,7 @@ def run(ctx: Context) -> Outcome:
                 f">= 85% of W1 ({w1:.0f}/s)" if w1 else ">= 85% of W1 (not run)",
                 at_least(rate, 0.85 * w1) if w1 else None,
             ),
+            Figure("W3", "service CPU per run", service_ms(measured["cpu_ms_per_run"]), "ms"),
         ],
         details=measured,
     )

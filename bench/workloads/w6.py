@@ -117,7 +117,7 @@ async def _measure(ctx: Context, service: Service, parked: int, finished: int) -
     async with client.http(service.url) as http:
         for _ in range(20):
             await client.completed(http, ONE_TURN, 1)
-        empty = await sweep(http, "w6 empty", 40)
+        empty = await sweep(http, "w6 empty", 20)
         lists_empty = {
             path: await _p99(http, path, requests) for path in ("/runs", "/runs?status=completed")
         }
