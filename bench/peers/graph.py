@@ -1,5 +1,6 @@
 """The LangGraph peer: langgraph's prebuilt tool-calling (ReAct) agent with the one tool `add`,
-its model the same fake as ours (OPENAI_BASE_URL), served by `langgraph dev` (langgraph.json)."""
+its model the same fake as ours (OPENAI_BASE_URL), served by `langgraph dev` with the config
+`bench.workloads.langgraph` writes."""
 
 from __future__ import annotations
 

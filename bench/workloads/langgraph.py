@@ -4,6 +4,7 @@ process, like `langgraph dev`) persisting every turn; 2-turn runs at the same co
 
 from __future__ import annotations
 
+import json
 from contextlib import ExitStack
 from typing import Any
 
@@ -24,11 +25,17 @@ TWO_TURNS = prompt(turns=2)
 
 
 def _langgraph(stack: ExitStack, ctx: Context) -> tuple[str, int]:
+    workdir = ctx.workdir("langgraph")
+    # Run in the temp dir, since `langgraph dev` flushes its "in-memory" store to
+    # ./.langgraph_api; its config's paths are relative to that, so they are written whole.
+    config = workdir / "langgraph.json"
+    graph = {"dependencies": [str(PEERS)], "graphs": {"agent": f"{PEERS / 'graph.py'}:graph"}}
+    config.write_text(json.dumps(graph))
     port = free_port()
     args = [
         *("uv", "run", "--project", str(PEERS), "langgraph", "dev"),
         *("--host", "127.0.0.1", "--port", str(port), "--no-browser", "--no-reload"),
-        *("--config", str(PEERS / "langgraph.json"), "--n-jobs-per-worker", str(CONCURRENCY)),
+        *("--config", str(config), "--n-jobs-per-worker", str(CONCURRENCY)),
         *("--server-log-level", "WARNING"),
     ]
     env = child_env(
@@ -41,8 +48,7 @@ def _langgraph(stack: ExitStack, ctx: Context) -> tuple[str, int]:
         LANGSMITH_API_KEY="",
         LANGCHAIN_API_KEY="",
     )
-    log_path = ctx.workdir("langgraph") / "langgraph.log"
-    process = stack.enter_context(running("langgraph dev", args, env, log_path, cwd=PEERS))
+    process = stack.enter_context(running("langgraph dev", args, env, workdir / "langgraph.log"))
     url = f"http://127.0.0.1:{port}"
     wait_until_ready(f"{url}/ok", process, "langgraph dev")
     return url, process.pid
