@@ -68,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             except Exception as exc:  # one workload failing must not cost the others' figures
                 traceback.print_exc()
                 outcomes[name] = report.Outcome(error=f"{type(exc).__name__}: {exc}")
-            outcomes[name].details["seconds"] = round(time.perf_counter() - began, 1)
+            outcomes[name].details["workload_seconds"] = round(time.perf_counter() - began, 1)
     payload = {
         "started": stamp,
         "quick": args.quick,

@@ -43,15 +43,12 @@ def rss_mib(pid: int) -> float | None:
 
 
 class CpuMeter:
-    """CPU seconds each named process (and this driver) used between `start()` and `stop()`.
-
-    A process that dies meanwhile (a killed worker) counts up to its last reading, so call
-    `sample()` now and then when processes may die."""
+    """CPU seconds each named process (and this driver) used between `start()` and `stop()`;
+    a process gone by `stop()` is left out (its CPU time went with it)."""
 
     def __init__(self, pids: Mapping[str, int]) -> None:
         self.pids = dict(pids)
         self.first: dict[str, float] = {}
-        self.last: dict[str, float] = {}
 
     def _read(self) -> dict[str, float]:
         used = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
@@ -59,27 +56,12 @@ class CpuMeter:
 
     def start(self) -> CpuMeter:
         self.first = self._read()
-        self.last = dict(self.first)
         return self
-
-    def watch(self, name: str, pid: int) -> None:
-        """Count a process started after `start()` (a replacement worker) from now on."""
-        self.pids[name] = pid
-        seconds = cpu_seconds(pid)
-        if seconds is not None:
-            self.first[name] = self.last[name] = seconds
-
-    def sample(self) -> None:
-        self.last |= self._read()
 
     def stop(self) -> dict[str, float]:
         """Milliseconds used by each process since `start()`."""
-        self.sample()
-        return {
-            name: (self.last[name] - self.first[name]) * 1000
-            for name in self.last
-            if name in self.first
-        }
+        last = self._read()
+        return {name: (last[name] - self.first[name]) * 1000 for name in last if name in self.first}
 
 
 def service_ms(used: Mapping[str, float]) -> float:

@@ -271,10 +271,6 @@ class Service:
         self.workers.append(worker)
         return worker
 
-    def dead(self) -> list[str]:
-        """Processes that exited on their own (killed workers are the caller's to know)."""
-        return [] if self.api.poll() is None else [f"api exited with {self.api.returncode}"]
-
 
 def start_service(
     stack: ExitStack,
