@@ -4,6 +4,7 @@ and the model's own time per call, which latencies "beyond the model" subtract."
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import anyio
 import openai
@@ -17,9 +18,7 @@ from bench.report import Figure, Outcome
 CONCURRENCY = 32
 
 
-async def _measure(
-    base_url: str, fake_pid: int, calls: int
-) -> tuple[dict[str, object], float, float]:
+async def _measure(base_url: str, fake_pid: int, calls: int) -> tuple[dict[str, Any], float, float]:
     client = openai.AsyncOpenAI(base_url=base_url, api_key="unused", max_retries=0)
     text = prompt(turns=1)
 
@@ -62,6 +61,10 @@ def run(ctx: Context) -> Outcome:
         figures=[
             Figure("ceiling", "bare openai calls/s against the fake", calls_per_s, "/s"),
             Figure("ceiling", "one streamed call, p50 (the model's own time)", model_ms, "ms"),
+            # The client, not the fake, limits the calls/s: the fake's CPU per call says how far.
+            Figure(
+                "ceiling", "the fake's CPU per call", details["cpu_ms_per_call"].get("fake"), "ms"
+            ),
         ],
         details=details,
     )

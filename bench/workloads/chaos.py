@@ -163,7 +163,7 @@ def run(ctx: Context) -> Outcome:
     rate = ctx.shared.get("w1_saturation", DEFAULT_W1) / 2 / TURNS  # half of W1's turns/s
     with Resources() as stack:
         service = ctx.service(stack, "chaos", settings=SETTINGS)
-        measured = anyio.run(_measure, ctx, service, rate, ctx.pick(300, 45))
+        measured = anyio.run(_measure, ctx, service, rate, ctx.pick(300, 30))
     verdicts = measured["verdicts"]
     good = verdicts["completed"] + verdicts["parked_in_doubt"]
     share = good / measured["posted"] * 100 if measured["posted"] else None
