@@ -78,8 +78,20 @@ async def saturate(
         meters.append(meter(service).start())
 
     found = await sweep(send, start_rate=start_rate, seconds=seconds, on_step=on_step)
+    await drain(http)
     top = best(found)
     return Saturation(top, cpu[id(top)], steps)
+
+
+async def drain(http: httpx.AsyncClient, seconds: float = 300) -> None:
+    """Wait until no run is queued or running: runs a saturated step left behind (their
+    `?wait` gave up) would load whatever is measured next."""
+
+    async def idle() -> bool:
+        response = await http.get("/runs", params={"status": ["queued", "running"], "limit": 1})
+        return response.status_code == 200 and not response.json()["items"]
+
+    await until(idle, seconds, interval=0.5)
 
 
 async def until(done: Callable[[], Awaitable[bool]], seconds: float, interval: float = 0.1) -> None:
