@@ -1,0 +1,69 @@
+"""The benchmark suite stays runnable: its options parse, its fake answers as the workloads
+expect, and our engine's child process runs against the fake (a few seconds, no database)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import anyio
+import httpx
+import openai
+import pytest
+
+from bench.__main__ import parse_args
+from bench.fake import app, prompt
+from bench.procs import ROOT, Resources, child_env, start_fake
+
+
+def test_options_select_workloads_and_refuse_unknown_ones() -> None:
+    args = parse_args(["--quick", "--only", "w1, chaos"])
+    assert args.quick
+    assert args.only == ["w1", "chaos"]
+    with pytest.raises(SystemExit):
+        parse_args(["--only", "w9"])
+
+
+def test_the_fake_calls_the_tool_then_answers() -> None:
+    async def converse() -> tuple[list[str], str]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport) as http:
+            client = openai.AsyncOpenAI(
+                base_url="http://fake/v1", api_key="unused", http_client=http
+            )
+            user = {"role": "user", "content": prompt(turns=2, words=2)}
+            first = await client.chat.completions.create(model="bench", messages=[user])  # type: ignore[list-item]
+            calls = first.choices[0].message.tool_calls or []
+            assistant = first.choices[0].message.model_dump(exclude_none=True)
+            tool = {"role": "tool", "tool_call_id": calls[0].id, "content": "5"}
+            second = await client.chat.completions.create(
+                model="bench",
+                messages=[user, assistant, tool],  # type: ignore[list-item]
+                stream=True,
+            )
+            text = [chunk.choices[0].delta.content or "" async for chunk in second if chunk.choices]
+            return [call.function.name for call in calls], "".join(text)  # type: ignore[union-attr]
+
+    names, text = anyio.run(converse)
+    assert names == ["add"]
+    assert text == " word0 word1"
+
+
+def test_the_engine_runs_against_the_fake_in_its_own_process(tmp_path: Path) -> None:
+    with Resources() as stack:
+        fake = start_fake(stack, tmp_path)
+        options = ["--base-url", fake.base_url, "--runs", "10", "--rounds", "1"]
+        result = subprocess.run(
+            [sys.executable, "-m", "bench.engine_child", *options],
+            cwd=ROOT,
+            env=child_env(PYTHONPATH=str(ROOT)),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+    figures = json.loads(result.stdout)
+    assert figures["turns"] == 20
+    assert figures["contender"]["ms_per_turn"] > 0
