@@ -44,6 +44,10 @@ async def _follow(
     headers = {"Last-Event-ID": after} if after is not None else {}
     async with aconnect_sse(http, "GET", f"/runs/{run_id}/events", headers=headers) as source:
         async for sse in source.aiter_sse():
+            if not sse.data:
+                # A keep-alive comment: httpx-sse dispatches it as an empty `message` carrying
+                # the last event id (the spec says not to), which read as event 3 twice.
+                continue
             if sse.event == "message.delta":
                 now = time.time()
                 stamps = [float(word) for word in json.loads(sse.data)["text"].split()]
