@@ -24,7 +24,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import aliased
+from sqlalchemy.orm import InstrumentedAttribute, aliased
 
 from app.store.models import Run, RunEvent
 from app.store.status import UNFINISHED, Status
@@ -69,6 +69,8 @@ class Renewal:
 # insert paths cost more than the SQL they send.
 _RUNS = cast(Table, Run.__table__)
 _EVENTS = cast(Table, RunEvent.__table__)
+# Above any run's seq: the upper end of a page's range when it starts from the newest run.
+_SEQ_UNBOUNDED = 2**62
 # A run's attributes by the names of their columns (`run_metadata` is stored as `metadata`).
 _RUN_COLUMNS = {attribute.key: attribute.columns[0].name for attribute in inspect(Run).column_attrs}
 
@@ -158,15 +160,30 @@ class RunRepository:
         limit: int,
     ) -> list[Run]:
         """Newest first; `before_seq` continues after the last run of the previous page."""
-        query = select(Run).order_by(Run.seq.desc()).limit(limit)
-        if statuses:
-            query = query.where(Run.status.in_(statuses))
+        filters: list[tuple[InstrumentedAttribute[Any], str]] = []
+        if len(statuses) == 1:
+            filters.append((Run.status, statuses[0]))
         if agent is not None:
-            query = query.where(Run.agent == agent)
+            filters.append((Run.agent, agent))
         if session_id is not None:
-            query = query.where(Run.session_id == session_id)
-        if before_seq is not None:
-            query = query.where(Run.seq < before_seq)
+            filters.append((Run.session_id, session_id))
+        before = _SEQ_UNBOUNDED if before_seq is None else before_seq
+        query = select(Run).limit(limit)
+        if filters:
+            # The newest runs of one status (agent, session) are a range of its (column, seq)
+            # index, walked backwards. Given `column = value` instead, PostgreSQL reads the
+            # newest runs of any kind and filters them: it takes values to be spread evenly
+            # over `seq`, and 100,000 parked runs under 1,000,000 finished ones took a second.
+            (column, value), others = filters[0], filters[1:]
+            query = query.where(
+                tuple_(column, Run.seq) > tuple_(value, 0),
+                tuple_(column, Run.seq) < tuple_(value, before),
+                *(other == wanted for other, wanted in others),
+            ).order_by(column.desc(), Run.seq.desc())
+        else:
+            query = query.where(Run.seq < before).order_by(Run.seq.desc())
+        if len(statuses) > 1:
+            query = query.where(Run.status.in_(statuses))
         return list(await self.session.scalars(query))
 
     async def unfinished_in_session(

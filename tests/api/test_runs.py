@@ -231,6 +231,18 @@ async def test_list_filters_and_pages_newest_first(
         assert await listed(session_id="s1") == [ids[3], ids[0]]
         assert await listed(status="cancelled") == [ids[2]]
         assert await listed(status=["cancelled", "queued"], agent="billing") == [ids[4], ids[1]]
+        assert await listed(status="queued", agent="calc") == [ids[3], ids[0]]
+        assert await listed(agent="calc", session_id="s1") == [ids[3], ids[0]]
+        # One status, page by page: each page goes on below the last.
+        pages: list[str] = []
+        params: dict[str, Any] = {"status": "queued", "limit": 1}
+        for _ in range(len(ids) + 1):  # bounded
+            page = (await client.get("/runs", params=params)).json()
+            pages += [run["id"] for run in page["items"]]
+            if page["next_cursor"] is None:
+                break
+            params["cursor"] = page["next_cursor"]
+        assert pages == [ids[4], ids[3], ids[1], ids[0]]
 
         first = (await client.get("/runs", params={"limit": 2})).json()
         assert [r["id"] for r in first["items"]] == [ids[4], ids[3]]
