@@ -4,6 +4,8 @@ hints."""
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
@@ -55,6 +57,19 @@ def test_connection_options_only_sqlalchemy_knows_are_left_out() -> None:
     }
 
 
+@asynccontextmanager
+async def listening(*channels: DeltaChannel) -> AsyncIterator[None]:
+    """The channels connected and listening for the block (at most 10 s), then stopped."""
+    async with anyio.create_task_group() as group:
+        for channel in channels:
+            group.start_soon(channel.run)
+        with anyio.fail_after(10):
+            for channel in channels:
+                await channel.connected.wait()
+            yield
+        group.cancel_scope.cancel()
+
+
 async def test_work_hints_reach_other_processes_only_and_a_burst_folds(migrated_url: str) -> None:
     if not is_postgres(migrated_url):
         pytest.skip("LISTEN/NOTIFY is PostgreSQL's")
@@ -70,20 +85,14 @@ async def test_work_hints_reach_other_processes_only_and_a_burst_folds(migrated_
         on_work=lambda: hints_in.send_nowait("work"),
     )
     try:
-        async with anyio.create_task_group() as group:
-            group.start_soon(sender.run)
-            group.start_soon(listener.run)
-            with anyio.fail_after(10):
-                await sender.connected.wait()
-                await listener.connected.wait()
-                for _ in range(100):  # a burst of queued runs
-                    sender.work_queued()
-                assert await hints.receive() == "work"
-                # Notifications of one connection arrive in order: once this one is heard,
-                # any other hint of the burst would have been too.
-                await sender.cancel("marker")
-                assert await hints.receive() == "marker"
-            group.cancel_scope.cancel()
+        async with listening(sender, listener):
+            for _ in range(100):  # a burst of queued runs
+                sender.work_queued()
+            assert await hints.receive() == "work"
+            # Notifications of one connection arrive in order: once this one is heard, any
+            # other hint of the burst would have been too.
+            await sender.cancel("marker")
+            assert await hints.receive() == "marker"
     finally:
         await db.dispose()
 
@@ -114,21 +123,15 @@ async def test_the_first_delta_after_a_quiet_spell_goes_out_at_once(migrated_url
     sender = DeltaChannel(db, "sender", None, flush_seconds=300)
     watcher = DeltaChannel(db, "watcher", deliver)
     try:
-        async with anyio.create_task_group() as group:
-            group.start_soon(sender.run)
-            group.start_soon(watcher.run)
-            with anyio.fail_after(10):
-                await sender.connected.wait()
-                await watcher.connected.wait()
-                sender.publish("run_1", {"turn": 1, "attempt": 1, "text": "Hel"})
-                assert await deltas.receive() == ("run_1", "Hel")
-                # The next ones wait for the tick or the checkpoint's flush, as one batch.
-                sender.publish("run_1", {"turn": 1, "attempt": 1, "text": "lo"})
-                sender.publish("run_1", {"turn": 1, "attempt": 1, "text": "!"})
-                await anyio.wait_all_tasks_blocked()
-                assert deltas.statistics().current_buffer_used == 0
-                await sender.flush()
-                assert await deltas.receive() == ("run_1", "lo!")
-            group.cancel_scope.cancel()
+        async with listening(sender, watcher):
+            sender.publish("run_1", {"turn": 1, "attempt": 1, "text": "Hel"})
+            assert await deltas.receive() == ("run_1", "Hel")
+            # The next ones wait for the tick or the checkpoint's flush, as one batch.
+            sender.publish("run_1", {"turn": 1, "attempt": 1, "text": "lo"})
+            sender.publish("run_1", {"turn": 1, "attempt": 1, "text": "!"})
+            await anyio.wait_all_tasks_blocked()
+            assert deltas.statistics().current_buffer_used == 0
+            await sender.flush()
+            assert await deltas.receive() == ("run_1", "lo!")
     finally:
         await db.dispose()

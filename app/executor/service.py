@@ -96,7 +96,6 @@ class RunService:
             webhook=new.webhook,
             state=None,
             cancel_requested=False,
-            event_seq=0,
             lease_token=0,
             takeovers=0,
             created_at=stamp,

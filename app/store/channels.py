@@ -7,8 +7,8 @@ Hints sent while one is on its way fold into it, so a burst of runs costs a few 
 A worker's model streams text that an API process's clients watch. Deltas are never stored, so
 they travel as notifications: the first of a quiet spell at once, the rest batched per process
 every few milliseconds (NOTIFY takes a global lock at commit, so never one per delta), on a
-connection of their own, and best-effort (a
-delta lost to a dropped connection is only a delta: the whole message is stored).
+connection of their own, and best-effort (a delta lost to a dropped connection is only a delta:
+the whole message is stored).
 
 A cancel is stored first (the run's flag, which a worker's heartbeat also finds); its
 notification only makes the driving worker stop at once instead of at its next heartbeat.
