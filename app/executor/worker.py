@@ -143,8 +143,11 @@ class Executor:
         if driver is not None:
             driver.stop(StopReason.CANCEL)
 
+    def _free_slots(self) -> int:
+        return self.concurrency - len(self.drivers) - len(self._retiring)
+
     async def _claim(self) -> None:
-        free = self.concurrency - len(self.drivers) - len(self._retiring)
+        free = self._free_slots()
         if free <= 0 or self._stop.is_set():
             return
         try:
@@ -214,10 +217,12 @@ class Executor:
             await anyio.sleep(min(backoff, 2.0, self.poll_interval * 5))
             return
         with anyio.move_on_after(self.poll_interval):
-            if len(self.drivers) >= self.concurrency:
+            if self._free_slots() <= 0:
                 await self._slot_freed.wait()
-                if self._more_queued:
-                    return  # runs were left in the queue when the slots ran out
+            if self._more_queued:
+                # Runs were left in the queue when the slots ran out; a slot is free now (or
+                # came free while that claim was in flight, its signal then already spent).
+                return
             # Otherwise the queue was empty at the last claim: claiming again on every freed
             # slot would cost a transaction per run for nothing. Work signals say when to.
             if await self.wakeups.wait_for_work():

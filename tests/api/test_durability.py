@@ -193,3 +193,21 @@ async def test_two_executors_never_drive_one_run_twice(
     per_run = Counter(r["messages"][1]["content"] for r in fake.requests_for("m"))
     assert per_run == {f"run {i}": 2 for i in range(count)}
     assert {run.status for run in finished} == {Status.COMPLETED}
+
+
+async def test_a_backlog_drains_without_waiting_for_the_poll(
+    make_client: ClientFactory, fake: FakeModel
+) -> None:
+    """A restart finds many runs queued and nothing new posted: every freed slot takes the next
+    one, whether or not a run finished while the last claim was in flight."""
+    fake.script("m", [text("done")])
+    async with make_client(with_executor=False) as client:
+        ids = [
+            (await client.post("/runs", json={"agent": "calc", "input": f"#{i}"})).json()["id"]
+            for i in range(60)
+        ]
+    # The poll would find the rest a minute later: the bound below is well short of it.
+    async with make_client(concurrency=2, poll_interval_seconds=60) as client:
+        with anyio.fail_after(30):
+            for run_id in ids:
+                assert (await rested(client, run_id, seconds=30))["status"] == "completed"
