@@ -95,6 +95,13 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(
         1024 * 1024, ge=1024, le=1024**3, description="Larger request bodies get 413."
     )
+    max_tool_output_bytes: int = Field(
+        1024 * 1024,
+        ge=1024,
+        le=64 * 1024**2,
+        description="A tool's output is cut at this many bytes (UTF-8), ending with a marker "
+        "that says how much was cut: the model gets it on every later turn.",
+    )
     webhook_allowed_hosts: str = Field(
         "",
         description="Comma-separated hosts webhooks may call (`hooks.example.com`, "

@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 from app.api.auth import Forbidden, Unauthenticated
 from app.api.schemas import Problem, ProblemError
@@ -24,7 +25,7 @@ from app.engine.errors import (
     UnknownCall,
 )
 from app.executor.errors import IdempotencyKeyInUse, IdempotencyKeyReused, NotFound, SessionBusy
-from app.store.database import DATABASE_ERRORS, is_transient
+from app.store.database import DATABASE_ERRORS, unavailable_cause
 
 log = structlog.get_logger("app.api")
 
@@ -49,20 +50,30 @@ _BY_STATUS = {
     401: ("unauthorized", "Unauthorized"),
     403: ("forbidden", "Forbidden"),
     404: ("not-found", "Not found"),
-    405: ("not-found", "Method not allowed"),
+    405: ("method-not-allowed", "Method not allowed"),
+    408: ("request-timeout", "Request timeout"),
     413: ("payload-too-large", "Payload too large"),
     422: ("validation-error", "Validation error"),
+    503: ("unavailable", "Service unavailable"),
 }
 
 
 class ApiError(Exception):
     """An HTTP-level refusal raised by the API layer itself (a bad cursor, say)."""
 
-    def __init__(self, status: int, detail: str, errors: Sequence[ProblemError] = ()) -> None:
+    def __init__(
+        self,
+        status: int,
+        detail: str,
+        errors: Sequence[ProblemError] = (),
+        *,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(detail)
         self.status = status
         self.detail = detail
         self.errors = list(errors)
+        self.headers = headers
 
 
 def problem(
@@ -118,11 +129,38 @@ def _problem_error(item: Any) -> ProblemError:
 
 
 async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
-    return problem(exc.status_code, str(exc.detail), headers=dict(exc.headers or {}))
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        # The router names the methods of the first route that matched the path only; the
+        # path may have others (GET and POST /runs are two routes).
+        headers["Allow"] = ", ".join(allowed_methods(request))
+        detail = f"{request.method} is not allowed here; allowed: {headers['Allow']}."
+        return problem(405, detail, headers=headers)
+    return problem(exc.status_code, str(exc.detail), headers=headers)
+
+
+HTTP_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """The methods some route takes at the request's path, asked of the routes themselves
+    (included routers answer for the routes inside them)."""
+    # A bare scope: the request's own carries the matched route, which would match only it.
+    bare = {
+        "type": "http",
+        "path": request.scope["path"],
+        "root_path": request.scope.get("root_path", ""),
+    }
+    routes = request.app.router.routes
+    return [
+        method
+        for method in HTTP_METHODS
+        if any(route.matches({**bare, "method": method})[0] is Match.FULL for route in routes)
+    ]
 
 
 async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-    return problem(exc.status, exc.detail, errors=exc.errors or None)
+    return problem(exc.status, exc.detail, errors=exc.errors or None, headers=exc.headers)
 
 
 async def _unauthenticated(request: Request, exc: Unauthenticated) -> JSONResponse:
@@ -146,17 +184,17 @@ async def _domain_error(request: Request, exc: EngineError) -> JSONResponse:
 
 
 async def _database_error(request: Request, exc: Exception) -> JSONResponse:
-    if not is_transient(exc):
+    cause = unavailable_cause(exc)
+    if cause is None:
         return await _unexpected_error(request, exc)
-    # A database restart or failover: nothing was wrong with the request, try it again.
-    log.warning("request.database_unavailable", path=request.url.path, error=type(exc).__name__)
-    return problem(
-        503,
-        "The database is not answering; retry shortly.",
-        kind="unavailable",
-        title="Service unavailable",
-        headers={"Retry-After": "1"},
+    # A restart, a failover, a full disk: nothing was wrong with the request, try it again.
+    log.warning(
+        "request.database_unavailable", path=request.url.path, error=type(exc).__name__, cause=cause
     )
+    return problem(503, f"{cause[0].upper()}{cause[1:]}; retry shortly.", headers=RETRY_SOON)
+
+
+RETRY_SOON = {"Retry-After": "1"}
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:

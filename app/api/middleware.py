@@ -10,6 +10,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.errors import problem
+from app.api.schemas import ProblemError
 
 log = structlog.get_logger("app.api")
 
@@ -48,7 +49,7 @@ class RequestLog:
 
 class RefuseNul:
     """A NUL in a path or query is never a valid id or filter, and PostgreSQL text cannot hold
-    one: answer 400 before it reaches a query."""
+    one: refuse it (422, as in a body) before it reaches a query."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -56,9 +57,13 @@ class RefuseNul:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             query = scope.get("query_string", b"").lower()
-            if "\x00" in scope["path"] or b"%00" in query or b"\x00" in query:
-                response = problem(400, "URLs may not contain NUL characters.")
-                await response(scope, receive, send)
+            where = "path" if "\x00" in scope["path"] else None
+            if b"%00" in query or b"\x00" in query:
+                where = "query"
+            if where is not None:
+                detail = f"{where}: a NUL character cannot be stored: no database carries it"
+                error = ProblemError(loc=[where], msg=detail.partition(": ")[2])
+                await problem(422, detail, errors=[error])(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 

@@ -6,9 +6,11 @@ import math
 from datetime import datetime
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from app.engine import RunConfig
+from app.engine.text import UNSTORABLE, describe, storable_text
 
 # Re-exported: routes take every HTTP shape from this module.
 from app.executor.resources import DecisionOut
@@ -33,31 +35,60 @@ class ChatMessage(BaseModel):
 MAX_JSON_DEPTH = 64
 MAX_INPUT_MESSAGES = 1000
 
+JsonPath = tuple[str | int, ...]
 
-def storable_json(value: Any, depth: int = 0) -> Any:
-    """Refuse what parses but cannot be stored and answered: NaN and Infinity (Python's parser
-    takes them, JSON and PostgreSQL do not), and nesting deeper than serializers go."""
-    if depth > MAX_JSON_DEPTH:
-        raise ValueError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+
+def unstorable(value: Any, path: JsonPath = ()) -> tuple[JsonPath, str] | None:
+    """Where a parsed body holds what parses but cannot be stored and answered, and why:
+    NaN and Infinity (Python's parser takes them, JSON and PostgreSQL do not), nesting deeper
+    than serializers go, and strings no database or model API carries (NUL, lone surrogates)."""
+    if len(path) > MAX_JSON_DEPTH:
+        return path, f"JSON nested deeper than {MAX_JSON_DEPTH} levels"
     if isinstance(value, float) and not math.isfinite(value):
-        raise ValueError("NaN and Infinity are not JSON numbers")
+        return path, "NaN and Infinity are not JSON numbers"
+    if isinstance(value, str):
+        found = UNSTORABLE.search(value)
+        return None if found is None else (path, _unstorable_text(found.group()))
     if isinstance(value, dict):
-        for item in value.values():
-            storable_json(item, depth + 1)
+        for key, item in value.items():
+            found = UNSTORABLE.search(key)
+            if found is not None:
+                return (*path, storable_text(key)), "a key with " + _unstorable_text(found.group())
+            problem = unstorable(item, (*path, key))
+            if problem is not None:
+                return problem
     elif isinstance(value, list):
-        for item in value:
-            storable_json(item, depth + 1)
-    return value
+        for index, item in enumerate(value):
+            problem = unstorable(item, (*path, index))
+            if problem is not None:
+                return problem
+    return None
 
 
-class CreateRun(BaseModel):
+def _unstorable_text(character: str) -> str:
+    return f"{describe(character)} cannot be stored: no database or model API carries it"
+
+
+class Body(BaseModel):
+    """A request body: unknown fields refused, and nothing accepted that could not be stored
+    and served back exactly as sent."""
+
     model_config = ConfigDict(extra="forbid")
 
     @model_validator(mode="before")
     @classmethod
     def _storable(cls, data: Any) -> Any:
-        return storable_json(data)
+        problem = unstorable(data)
+        if problem is None:
+            return data
+        path, message = problem
+        error = InitErrorDetails(
+            type=PydanticCustomError("unstorable", message), loc=path, input=None
+        )
+        raise ValidationError.from_exception_data(cls.__name__, [error])
 
+
+class CreateRun(Body):
     agent: str = Field(min_length=1, max_length=64, description="The agent the run starts with.")
     input: str | Annotated[list[ChatMessage], Field(max_length=MAX_INPUT_MESSAGES)] = Field(
         description="One user message, or Chat Completions messages "
@@ -106,15 +137,8 @@ class DecisionIn(BaseModel):
     )
 
 
-class Decide(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class Decide(Body):
     decisions: list[DecisionIn] = Field(min_length=1, max_length=100)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _storable(cls, data: Any) -> Any:
-        return storable_json(data)
 
 
 class Page(BaseModel, Generic[T]):

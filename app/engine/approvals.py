@@ -35,6 +35,7 @@ from app.engine.state import (
     RunStatus,
     ToolCall,
 )
+from app.engine.text import storable_text
 
 log = structlog.get_logger("app.engine")
 
@@ -68,7 +69,7 @@ async def ask_handler(agent: Agent, request: ApprovalRequest, ctx: RunContext) -
     if verdict is None or isinstance(verdict, bool):
         return verdict
     if isinstance(verdict, tuple) and len(verdict) == 2 and isinstance(verdict[0], bool):
-        return verdict[0], None if verdict[1] is None else str(verdict[1])
+        return verdict[0], None if verdict[1] is None else storable_text(str(verdict[1]))
     log.error("approval_handler.bad_verdict", run_id=ctx.run_id, verdict=repr(verdict))
     return None
 

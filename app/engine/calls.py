@@ -11,6 +11,7 @@ import pydantic_core
 from app.engine import events
 from app.engine.events import RunEvent
 from app.engine.state import CallStatus, RunState, ToolCall
+from app.engine.text import storable_json, storable_text
 from app.engine.tools import Tool
 
 _CANCELLED_OUTPUT = "Tool call cancelled: the run was cancelled before it finished."
@@ -54,7 +55,9 @@ def parse_call(raw_call: dict[str, Any]) -> ToolCall:
     if not isinstance(arguments, dict):
         fail(call, f"Error: the arguments of {name} must be a JSON object.")
         return call
-    call.arguments = arguments
+    # The JSON may spell a NUL or a lone surrogate as an escape: replace them like any text a
+    # model produces.
+    call.arguments = storable_json(arguments)
     return call
 
 
@@ -88,7 +91,7 @@ def validation_errors(error: pydantic.ValidationError) -> list[dict[str, str]]:
 
 
 def raised_output(name: str, exc: Exception) -> str:
-    return f"Error: the tool {name} raised {type(exc).__name__}: {exc}"
+    return storable_text(f"Error: the tool {name} raised {type(exc).__name__}: {exc}")
 
 
 def rejected_output(reason: str | None, *, in_doubt: bool) -> str:
@@ -105,11 +108,30 @@ def rejected_output(reason: str | None, *, in_doubt: bool) -> str:
 def output_text(result: Any) -> str:
     """What the model sees of a tool's return value: text as is, anything else as JSON."""
     if isinstance(result, str):
-        return result
+        return storable_text(result)
     try:
+        # Serialized as JSON, a NUL or a lone surrogate is an escape, which is storable text.
         return pydantic_core.to_json(result).decode()
     except pydantic_core.PydanticSerializationError:
-        return str(result)
+        return storable_text(str(result))
+
+
+def limit_output(call: ToolCall, max_bytes: int) -> None:
+    """Cut the call's output at `max_bytes` of UTF-8 (on a character's edge), ending it with a
+    marker that says how much was cut."""
+    output = call.output
+    if output is None or len(output) * 4 <= max_bytes:  # no character is over 4 bytes
+        return
+    encoded = output.encode()
+    if len(encoded) <= max_bytes:
+        return
+    kept = encoded[:max_bytes].decode(errors="ignore")
+    cut = len(encoded) - len(kept.encode())
+    call.output = (
+        f"{kept}\n[output truncated: {cut} of {len(encoded)} bytes cut at the limit of "
+        f"{max_bytes} bytes]"
+    )
+    call.truncated = True
 
 
 def close_step(state: RunState, unfinished_output: str = _CANCELLED_OUTPUT) -> list[RunEvent]:

@@ -26,8 +26,15 @@ def input_messages(run_input: str | Sequence[Message]) -> list[Message]:
     return [dict(message) for message in run_input]
 
 
+DEFAULT_MAX_TOOL_OUTPUT_BYTES = 1024 * 1024
+
+
 class Engine:
-    """Runs agents turn by turn over a `RunState` that any process can store and continue."""
+    """Runs agents turn by turn over a `RunState` that any process can store and continue.
+
+    A tool's output longer than `max_tool_output_bytes` is cut there: every turn sends the
+    whole conversation to the model, and the run stores it.
+    """
 
     def __init__(
         self,
@@ -35,10 +42,12 @@ class Engine:
         models: ModelRouter,
         *,
         instruments: Instruments | None = None,
+        max_tool_output_bytes: int = DEFAULT_MAX_TOOL_OUTPUT_BYTES,
     ) -> None:
         self.agents = AgentRegistry(agents)
         self.models = models
         self.instruments: Instruments = instruments or NoInstruments()
+        self.max_tool_output_bytes = max_tool_output_bytes
 
     def start(
         self,

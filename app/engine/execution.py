@@ -74,6 +74,7 @@ async def _execute(turn: Turn, call: ToolCall, tool: Tool) -> None:
             else:
                 call.status = CallStatus.COMPLETED
                 call.output = calls.output_text(result)
+        calls.limit_output(call, turn.engine.max_tool_output_bytes)
         measure.outcome = call.status.value
     if turn.state.config.debug:
         log.info("tool_call.completed", status=call.status.value, output=call.output)

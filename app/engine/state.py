@@ -10,6 +10,7 @@ from typing import Any, Literal
 from pydantic import TypeAdapter
 
 from app.engine.config import RunConfig
+from app.engine.text import storable_text
 
 Message = dict[str, Any]
 """A Chat Completions message, stored exactly as sent to the model."""
@@ -82,6 +83,7 @@ class ToolCall:
     in_doubt: bool = False  # started before a crash, with no stored result
     handoff_to: str | None = None  # the agent this call hands off to
     tool_failed: bool = False  # bad arguments, unknown tool or a raising tool
+    truncated: bool = False  # the output was cut at the engine's limit
 
     def message(self) -> Message:
         return {"role": "tool", "tool_call_id": self.call_id, "content": self.output or ""}
@@ -124,6 +126,11 @@ class Decision:
 class RunError:
     code: ErrorCode
     message: str
+
+    def __post_init__(self) -> None:
+        # Messages quote what failed (a server's answer, a tool's exception): stored, they
+        # must hold only text every database carries.
+        self.message = storable_text(self.message)
 
 
 @dataclass(slots=True)

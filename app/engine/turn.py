@@ -29,6 +29,7 @@ from app.engine.outcomes import (
     outcome_name,
 )
 from app.engine.state import CallStatus, RunError, RunState, RunStatus, Step, ToolCall
+from app.engine.text import storable_json
 from app.engine.tools import Tool
 
 if TYPE_CHECKING:
@@ -129,7 +130,7 @@ class Turn:
             self.log.warning("model.failed", error=str(exc))
             return Failed(RunError("model_error", str(exc)))
         state.usage.add(response.usage)
-        assistant = response.message
+        assistant = storable_json(response.message)
         state.messages.append(assistant)
         state.steps.append(Step(agent=agent.name))
         self.emit(events.message(assistant))

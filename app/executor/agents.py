@@ -67,4 +67,9 @@ def build_engine(settings: Settings, module: AgentsModule) -> Engine:
     if settings.tracing:
         configure_tracing()
         instruments = CombinedInstruments(instruments, TracingInstruments())
-    return Engine(module.agents, router, instruments=instruments)
+    return Engine(
+        module.agents,
+        router,
+        instruments=instruments,
+        max_tool_output_bytes=settings.max_tool_output_bytes,
+    )

@@ -9,7 +9,7 @@ from typing import Any
 
 import anyio
 import structlog
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from app.engine import Engine, RunConfig, RunState, RunStatus
 from app.engine.events import message
@@ -251,19 +251,26 @@ class RunDriver:
         exc: Exception,
         error_id: str,
     ) -> None:
-        """End the run `failed` with `internal_error`: it would only fail again. A database
-        error is left to the lease instead (another executor tries again, up to the bound on
-        takeovers)."""
-        if isinstance(exc, SQLAlchemyError) or self._run is None:
+        """End the run `failed` with `internal_error` at once: it would only fail again. That
+        holds for a write the database refuses (not an outage, which `is_transient` tells
+        apart): another executor would be refused the same."""
+        if self._run is None:
             return
-        error = RunError("internal_error", f"internal error {error_id}: {type(exc).__name__}")
+        error = RunError("internal_error", _failure_message(exc, error_id))
         with anyio.CancelScope(shield=True):
             try:
                 if state is not None and observer is not None:
                     if not state.status.ended:
                         await observer.store(state, event_records(self.engine.fail(state, error)))
-                else:
-                    await self._fail_unloaded(self._run, error)
+                    return
+            except SQLAlchemyError:
+                # The state holds what the database refused: store only the run's end.
+                self.log.warning("run.fail_without_state", error_id=error_id)
+            except Exception:
+                self.log.exception("run.fail_not_stored", error_id=error_id)
+                return
+            try:
+                await self._fail_unloaded(self._run, error)
             except Exception:
                 self.log.exception("run.fail_not_stored", error_id=error_id)
 
@@ -283,3 +290,13 @@ class RunDriver:
         records = [lifecycle_event(run, "run.failed")]
         saved = await self.retry(lambda: self._save(values, records, rests="run.failed"))
         self.wakeups.run_changed(run.id, saved.event_seq)
+
+
+def _failure_message(exc: Exception, error_id: str) -> str:
+    if isinstance(exc, DBAPIError):
+        cause = str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else ""
+        return (
+            f"internal error {error_id}: the database refused to store the run "
+            f"({type(exc).__name__}: {cause[:300]})"
+        )
+    return f"internal error {error_id}: {type(exc).__name__}"

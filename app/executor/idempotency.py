@@ -29,8 +29,12 @@ Effect = Callable[[AsyncSession], Awaitable[Run]]
 
 @dataclass(frozen=True)
 class Idempotency:
+    """A request's `Idempotency-Key`: keys are the caller's own (`owner`, the API key's name;
+    "" on an open service), so two callers never share one."""
+
     key: str
     request_hash: str
+    owner: str = ""
 
 
 async def once(
@@ -45,14 +49,18 @@ async def once(
         async with db.session_scope() as session:
             run = await effect(session)
             if idempotency is not None:
-                await IdempotencyRepository(session).bind(scope, idempotency.key, run.id)
+                await IdempotencyRepository(session).bind(
+                    idempotency.owner, scope, idempotency.key, run.id
+                )
     except Exception:
         # Rolled back: free the key for a retry. (A cancelled request keeps its reservation:
         # its commit may have happened, and an unbound one goes stale and is taken over.)
         if idempotency is not None:
             with anyio.CancelScope(shield=True):
                 async with db.session_scope() as session:
-                    await IdempotencyRepository(session).release(scope, idempotency.key)
+                    await IdempotencyRepository(session).release(
+                        idempotency.owner, scope, idempotency.key
+                    )
         raise
     return run, True
 
@@ -62,9 +70,10 @@ async def _reserve(db: Database, scope: str, idempotency: Idempotency) -> Run | 
     async with db.session_scope() as session:
         keys = IdempotencyRepository(session)
         stamp = now()
-        if await keys.reserve(scope, idempotency.key, idempotency.request_hash, stamp):
+        owner, key = idempotency.owner, idempotency.key
+        if await keys.reserve(owner, scope, key, idempotency.request_hash, stamp):
             return None
-        held = await keys.get(scope, idempotency.key, for_update=True)
+        held = await keys.get(owner, scope, key, for_update=True)
         assert held is not None
         if held.request_hash != idempotency.request_hash:
             raise IdempotencyKeyReused()

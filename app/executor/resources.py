@@ -36,6 +36,7 @@ class ToolCallOut(BaseModel):
     arguments: dict[str, Any] | None = Field(description="Null when the model's JSON was invalid.")
     output: str | None
     status: ToolCallStatus
+    truncated: bool = Field(False, description="The output was cut at MAX_TOOL_OUTPUT_BYTES.")
 
 
 class Step(BaseModel):
@@ -163,6 +164,7 @@ def _step(agent: str, duration_ms: float, calls: list[ToolCall]) -> Step:
                 arguments=call.arguments,
                 output=call.output,
                 status=_call_status(call),
+                truncated=call.truncated,
             )
             for call in calls
         ],

@@ -6,18 +6,23 @@ Everything that differs between the two dialects lives here, so repositories sta
 from __future__ import annotations
 
 import fcntl
+import json
 import os
+import re
 import socket
 import sqlite3
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import asyncpg
-from sqlalchemy import event, text
+from sqlalchemy import event, text, update
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -27,14 +32,26 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.pool import ConnectionPoolEntry
 
+from app.engine.text import storable_json
+from app.store.models import Readiness
+
 
 class DatabaseInUse(RuntimeError):
     """Another agent-runs process is using this SQLite database."""
 
 
+class DatabaseFull(RuntimeError):
+    """The database cannot grow: its disk, or its own size limit, is full."""
+
+
+# With less room than this a SQLite file is as good as full: the next run may not fit.
+MIN_FREE_BYTES = 16 * 1024 * 1024
+_READINESS = "readyz"
+
+
 # Faults of the connection or of the server's availability (a restart, a failover, a full
 # connection table), raised by asyncpg itself when they happen while connecting.
-_UNAVAILABLE: tuple[type[Exception], ...] = (
+_UNREACHABLE: tuple[type[Exception], ...] = (
     ConnectionError,
     TimeoutError,
     socket.gaierror,
@@ -42,35 +59,66 @@ _UNAVAILABLE: tuple[type[Exception], ...] = (
     asyncpg.CannotConnectNowError,
     asyncpg.AdminShutdownError,
     asyncpg.CrashShutdownError,
-    asyncpg.TooManyConnectionsError,
     sa_exc.TimeoutError,  # no pooled connection came free
 )
+# The server answers but cannot take writes now: its disk, memory or connection table is
+# full (class 53), or it is read-only (a standby, or a read-only default).
+_POSTGRES_UNWRITABLE: tuple[tuple[type[Exception], str], ...] = (
+    (asyncpg.DiskFullError, "the database's disk is full"),
+    (asyncpg.TooManyConnectionsError, "the database has no connection to spare"),
+    (asyncpg.InsufficientResourcesError, "the database is out of resources"),
+    (asyncpg.ReadOnlySQLTransactionError, "the database is read-only"),
+)
+# SQLite's OperationalError also means a wrong statement; these codes are the machine's.
+_SQLITE_FAULTS = {
+    "SQLITE_BUSY": "the database is busy",
+    "SQLITE_LOCKED": "the database is busy",
+    "SQLITE_FULL": "the database or its disk is full",
+    "SQLITE_READONLY": "the database is read-only",
+    "SQLITE_IOERR": "the database cannot read or write its file",
+}
 # A pooled connection idle this long is pinged before use: the server may have restarted or
 # dropped it meanwhile. Busy connections skip the ping's two round trips.
 IDLE_PING_SECONDS = 2.0
-# SQLite's OperationalError also means a wrong statement; only these are waits worth retrying.
-_SQLITE_BUSY = ("database is locked", "database is busy")
 
 
-DATABASE_ERRORS: tuple[type[Exception], ...] = (sa_exc.SQLAlchemyError, *_UNAVAILABLE)
+DATABASE_ERRORS: tuple[type[Exception], ...] = (
+    sa_exc.SQLAlchemyError,
+    asyncpg.PostgresError,
+    sqlite3.Error,
+    *_UNREACHABLE,
+)
 """What talking to the database may raise, for handlers that tell faults from bugs."""
 
 
-def is_transient(exc: BaseException) -> bool:
-    """True when the database was away, not when the statement was wrong: worth another try."""
+def unavailable_cause(exc: BaseException) -> str | None:
+    """Why the database cannot serve now (away, full, read-only), when that is what `exc`
+    says; None when the statement itself was wrong, which no retry mends."""
     if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
-        return True
+        return "the connection to the database was lost"
     # The driver's own error sits under SQLAlchemy's adaptation of it.
     cause: BaseException | None = exc.orig if isinstance(exc, sa_exc.DBAPIError) else exc
     for _ in range(3):
         if cause is None:
-            return False
-        if isinstance(cause, sqlite3.OperationalError):
-            return any(busy in str(cause) for busy in _SQLITE_BUSY)
-        if isinstance(cause, _UNAVAILABLE):
-            return True
+            return None
+        if isinstance(cause, sqlite3.Error):
+            name = getattr(cause, "sqlite_errorname", "")
+            return next(
+                (fault for code, fault in _SQLITE_FAULTS.items() if name.startswith(code)), None
+            )
+        for error_type, fault in _POSTGRES_UNWRITABLE:
+            if isinstance(cause, error_type):
+                return fault
+        if isinstance(cause, _UNREACHABLE):
+            return "the database is not answering"
         cause = cause.__cause__
-    return False
+    return None
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True when the database was away, full or read-only, not when the statement was wrong:
+    worth another try later."""
+    return unavailable_cause(exc) is not None
 
 
 def normalize_url(url: str) -> URL:
@@ -100,7 +148,9 @@ class Database:
             options.update(pool_size=1, max_overflow=0, pool_timeout=60)
         else:
             options.update(pool_size=pool_size, max_overflow=0)
-        self.engine: AsyncEngine = create_async_engine(self.url, **options)
+        self.engine: AsyncEngine = create_async_engine(
+            self.url, json_deserializer=load_stored_json, **options
+        )
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _configure_sqlite)
             event.listen(self.engine.sync_engine, "begin", _begin_sqlite)
@@ -149,6 +199,35 @@ class Database:
         async with self.engine.connect() as connection:
             await connection.execute(text("SELECT 1"))
 
+    async def check_writable(self, now: datetime) -> None:
+        """Raise unless the database takes a committed write now, and SQLite has room to grow:
+        a database that answers reads but refuses writes cannot serve."""
+        if self.is_sqlite:
+            await self._check_sqlite_room()
+        async with self.session_scope() as session:
+            written = await session.execute(
+                update(Readiness).where(Readiness.name == _READINESS).values(checked_at=now)
+            )
+            if getattr(written, "rowcount", 0) == 0:  # the first check, or after a wipe
+                insert = sqlite_insert if self.is_sqlite else postgresql_insert
+                row = insert(Readiness).values(name=_READINESS, checked_at=now)
+                await session.execute(row.on_conflict_do_nothing())
+
+    async def _check_sqlite_room(self) -> None:
+        async with self.engine.connect() as connection:
+            pragmas = ("page_size", "page_count", "max_page_count", "freelist_count")
+            size, pages, most, free = [
+                (await connection.exec_driver_sql(f"PRAGMA {name}")).scalar_one()
+                for name in pragmas
+            ]
+        if (most - pages + free) * size < MIN_FREE_BYTES:
+            raise DatabaseFull("the database is full (at its PRAGMA max_page_count)")
+        path = self.sqlite_path
+        if path is not None:
+            disk = os.statvfs(path.parent)
+            if disk.f_bavail * disk.f_frsize < MIN_FREE_BYTES:
+                raise DatabaseFull(f"the disk holding {path} is full")
+
     def claim_sqlite_file(self) -> None:
         """Refuse to start when another process holds this SQLite file (SQLite serves one)."""
         path = self.sqlite_path
@@ -185,6 +264,19 @@ class Database:
 
 
 _IDLE_SINCE = "agent_runs.idle_since"
+
+# Escapes of a NUL or of a UTF-16 surrogate: a surrogate pair (an emoji, as JSON encoders write
+# it) or a lone half, which no answer can carry.
+_SUSPECT_ESCAPE = re.compile(r"\\u(?:0000|[dD][89a-fA-F])")
+
+
+def load_stored_json(text: str) -> Any:
+    """A JSON column's value as read. Rows an older release stored may hold a NUL or a lone
+    surrogate; they are read with those replaced, so no stored row makes a read fail."""
+    value = json.loads(text)
+    if _SUSPECT_ESCAPE.search(text) is not None:
+        value = storable_json(value)
+    return value
 
 
 def _note_idle_since(_dbapi_connection: Any, record: ConnectionPoolEntry) -> None:

@@ -15,19 +15,28 @@ class IdempotencyRepository:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
 
-    async def get(self, scope: str, key: str, *, for_update: bool = False) -> IdempotencyKey | None:
+    async def get(
+        self, owner: str, scope: str, key: str, *, for_update: bool = False
+    ) -> IdempotencyKey | None:
         query = select(IdempotencyKey).where(
-            IdempotencyKey.scope == scope, IdempotencyKey.key == key
+            IdempotencyKey.owner == owner, IdempotencyKey.scope == scope, IdempotencyKey.key == key
         )
         if for_update:
             query = query.with_for_update()
         result: IdempotencyKey | None = await self.session.scalar(query)
         return result
 
-    async def reserve(self, scope: str, key: str, request_hash: str, now: datetime) -> bool:
+    async def reserve(
+        self, owner: str, scope: str, key: str, request_hash: str, now: datetime
+    ) -> bool:
         """Insert the key unbound; False when it exists already."""
         row = IdempotencyKey(
-            scope=scope, key=key, request_hash=request_hash, run_id=None, created_at=now
+            owner=owner,
+            scope=scope,
+            key=key,
+            request_hash=request_hash,
+            run_id=None,
+            created_at=now,
         )
         try:
             async with self.session.begin_nested():
@@ -36,12 +45,16 @@ class IdempotencyRepository:
             return False
         return True
 
-    async def bind(self, scope: str, key: str, run_id: str) -> None:
-        row = await self.get(scope, key)
+    async def bind(self, owner: str, scope: str, key: str, run_id: str) -> None:
+        row = await self.get(owner, scope, key)
         if row is not None:
             row.run_id = run_id
 
-    async def release(self, scope: str, key: str) -> None:
+    async def release(self, owner: str, scope: str, key: str) -> None:
         await self.session.execute(
-            delete(IdempotencyKey).where(IdempotencyKey.scope == scope, IdempotencyKey.key == key)
+            delete(IdempotencyKey).where(
+                IdempotencyKey.owner == owner,
+                IdempotencyKey.scope == scope,
+                IdempotencyKey.key == key,
+            )
         )

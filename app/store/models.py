@@ -81,6 +81,8 @@ class Run(Base):
     error: Mapped[dict[str, Any] | None]
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     event_seq: Mapped[int] = mapped_column(Integer, default=0)
+    # The state's turns, beside it: an event stream reads them on every change, never the state.
+    turns: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     claimed_by: Mapped[str | None] = mapped_column(String(100))
     lease_token: Mapped[int] = mapped_column(Integer, default=0)
     lease_expires_at: Mapped[datetime | None]
@@ -147,6 +149,8 @@ class IdempotencyKey(Base):
 
     __tablename__ = "idempotency_keys"
 
+    # Whose key it is: the API key's name ("" on an open service). Two callers may use the same.
+    owner: Mapped[str] = mapped_column(String(200), primary_key=True)
     scope: Mapped[str] = mapped_column(String(80), primary_key=True)
     key: Mapped[str] = mapped_column(String(255), primary_key=True)
     request_hash: Mapped[str] = mapped_column(String(64))
@@ -200,3 +204,12 @@ class WebhookDelivery(Base):
         Index(None, "status", "next_attempt_at"),
         Index(None, "run_id", "seq"),
     )
+
+
+class Readiness(Base):
+    """Rewritten by every readiness check: the proof that the database takes a write."""
+
+    __tablename__ = "readiness"
+
+    name: Mapped[str] = mapped_column(String(40), primary_key=True)
+    checked_at: Mapped[datetime]

@@ -35,6 +35,18 @@ async def guarded_wait() -> str:
     return "released"
 
 
+@tool(effect="read")
+def unstorable_text(text: str) -> str:
+    """Returns its text with a NUL and a lone surrogate around it, as a careless tool might."""
+    return f"\x00{text}\ud800"
+
+
+@tool(effect="read")
+def long_text(kilobytes: int, fill: str = "x") -> str:
+    """Returns that many kilobytes of text."""
+    return fill * (kilobytes * 1024 // len(fill.encode()))
+
+
 @tool(needs_approval=True)
 def delete_record(record_id: str) -> str:
     """Delete a record."""
@@ -60,7 +72,7 @@ calc = Agent(
     name="calc",
     description="Arithmetic.",
     instructions="Add.",
-    tools=[add, wait_for_release, delete_record, guarded_wait],
+    tools=[add, wait_for_release, delete_record, guarded_wait, unstorable_text, long_text],
     handoffs=[billing],
 )
 agents = [calc, billing, careful]

@@ -26,6 +26,8 @@ async def test_agents_are_listed_with_tools_and_handoffs(client: Client) -> None
         "wait_for_release",
         "delete_record",
         "guarded_wait",
+        "unstorable_text",
+        "long_text",
         "transfer_to_billing",
     }
     assert tools["add"] == {
@@ -72,7 +74,7 @@ async def test_readiness_is_503_when_the_database_does_not_answer(client: Client
     async def no_answer() -> None:
         raise ConnectionRefusedError("database down")
 
-    db.ping = no_answer  # type: ignore[method-assign]
+    db.check_writable = no_answer  # type: ignore[assignment]
     response = await client.get("/readyz")
 
     assert response.status_code == 503

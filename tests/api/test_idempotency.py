@@ -6,6 +6,7 @@ from typing import Any
 
 import anyio
 import pytest
+from pydantic import SecretStr
 from sqlalchemy import update
 
 from app.api.routes.runs import fingerprint
@@ -80,7 +81,9 @@ async def test_a_repeat_before_the_first_stored_anything_is_409(queued_only: Cli
     # The first request has reserved the key and not yet stored its run.
     async with db.session_scope() as session:
         session.add(
-            IdempotencyKey(scope="runs.create", key="k1", request_hash="x", created_at=now())
+            IdempotencyKey(
+                owner="", scope="runs.create", key="k1", request_hash="x", created_at=now()
+            )
         )
 
     response = await post(queued_only, BODY, "k1")
@@ -115,3 +118,19 @@ async def test_concurrent_repeats_create_one_run(queued_only: Client) -> None:
 
 def _hash_of(body: dict[str, Any]) -> str:
     return fingerprint(CreateRun.model_validate(body))
+
+
+async def test_each_api_key_has_keys_of_its_own(make_client: ClientFactory) -> None:
+    keys = {"api_keys": SecretStr("a:secret-of-a-0123456789, b:secret-of-b-0123456789")}
+    async with make_client(with_executor=False, **keys) as client:
+        as_a = {"Authorization": "Bearer secret-of-a-0123456789", "Idempotency-Key": "k1"}
+        as_b = {"Authorization": "Bearer secret-of-b-0123456789", "Idempotency-Key": "k1"}
+        first = await client.post("/runs", json=BODY, headers=as_a)
+        # B's key of the same name is B's own: neither A's run nor a conflict with A's body.
+        other = await client.post("/runs", json={**BODY, "input": "other"}, headers=as_b)
+        again = await client.post("/runs", json=BODY, headers=as_a)
+
+    assert first.status_code == other.status_code == 201
+    assert other.json()["id"] != first.json()["id"]
+    assert again.status_code == 200
+    assert again.json()["id"] == first.json()["id"]

@@ -51,6 +51,7 @@ async def test_create_with_wait_completes(client: Client, fake: FakeModel) -> No
         "arguments": {"a": 2, "b": 3},
         "output": "5",
         "status": "completed",
+        "truncated": False,
     }
     assert run["usage"]["requests"] == 2
     assert run["error"] is None
@@ -172,11 +173,12 @@ async def test_json_nested_too_deep_is_refused(client: Client) -> None:
         ("DELETE", "/sessions/%00"),
     ],
 )
-async def test_nul_in_a_url_is_400(client: Client, method: str, url: str) -> None:
+async def test_nul_in_a_url_is_refused(client: Client, method: str, url: str) -> None:
     response = await client.request(method, url)
 
-    assert response.status_code == 400
+    assert response.status_code == 422
     assert response.headers["content-type"] == PROBLEM
+    assert response.json()["errors"][0]["loc"] == ["path" if "?" not in url else "query"]
 
 
 async def test_malformed_json_is_400(client: Client) -> None:

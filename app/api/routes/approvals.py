@@ -35,7 +35,11 @@ async def decide(
         DecisionInput(d.call_id, d.approved, d.reason, d.arguments, d.remember)
         for d in body.decisions
     ]
-    idempotency = Idempotency(idempotency_key, fingerprint(body)) if idempotency_key else None
+    idempotency = (
+        Idempotency(idempotency_key, fingerprint(body), caller_name(request) or "")
+        if idempotency_key
+        else None
+    )
     run, _ = await approvals.decide(
         run_id, decisions, decided_by=caller_name(request), idempotency=idempotency
     )

@@ -1,12 +1,14 @@
-"""Liveness and readiness."""
+"""Liveness and readiness, for load balancers and orchestrators (`HEAD` answers too)."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
 
 from app.api.deps import ServicesDep, problems
-from app.api.errors import ApiError
+from app.api.errors import RETRY_SOON, ApiError
 from app.api.schemas import Health
+from app.executor.lifecycle import now
+from app.store.database import DatabaseFull, unavailable_cause
 
 router = APIRouter(tags=["health"])
 
@@ -19,9 +21,17 @@ async def healthz() -> Health:
 
 @router.get("/readyz", responses=problems(500, 503))
 async def readyz(services: ServicesDep) -> Health:
-    """The database answers."""
+    """The database answers and takes a write."""
     try:
-        await services.db.ping()
+        await services.db.check_writable(now())
+    except DatabaseFull as exc:
+        raise ApiError(503, f"Not ready: {exc}.", headers=RETRY_SOON) from exc
     except Exception as exc:
-        raise ApiError(503, f"the database does not answer: {type(exc).__name__}") from exc
+        cause = unavailable_cause(exc) or f"the database refused a write ({type(exc).__name__})"
+        raise ApiError(503, f"Not ready: {cause}.", headers=RETRY_SOON) from exc
     return Health(status="ready")
+
+
+# Probes often send HEAD; the SDKs need no second operation for it.
+router.add_api_route("/healthz", healthz, methods=["HEAD"], include_in_schema=False)
+router.add_api_route("/readyz", readyz, methods=["HEAD"], include_in_schema=False)

@@ -6,11 +6,11 @@ import hashlib
 import json
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 from pydantic import BaseModel
 
 from app.api import pagination
-from app.api.deps import RunsDep, ServicesDep, problems
+from app.api.deps import RunsDep, ServicesDep, caller_name, problems
 from app.api.errors import ApiError
 from app.api.schemas import CreateRun, ProblemError, RunOut, RunPage, RunStatus
 from app.executor.idempotency import Idempotency
@@ -25,7 +25,12 @@ Wait = Annotated[
 ]
 IdempotencyKey = Annotated[
     str | None,
-    Header(min_length=1, max_length=255, description="Makes retries of this request safe."),
+    Header(
+        min_length=1,
+        max_length=255,
+        pattern=r"^[\x20-\x7e]+$",
+        description="Makes retries of this request safe (printable ASCII).",
+    ),
 ]
 
 
@@ -39,6 +44,7 @@ IdempotencyKey = Annotated[
 )
 async def create_run(
     body: CreateRun,
+    request: Request,
     response: Response,
     services: ServicesDep,
     runs: RunsDep,
@@ -52,7 +58,11 @@ async def create_run(
         except WebhookRefused as exc:
             where = ProblemError(loc=["body", "webhook"], msg=str(exc))
             raise ApiError(422, f"body.webhook: {exc}", [where]) from exc
-    idempotency = Idempotency(idempotency_key, fingerprint(body)) if idempotency_key else None
+    idempotency = (
+        Idempotency(idempotency_key, fingerprint(body), caller_name(request) or "")
+        if idempotency_key
+        else None
+    )
     new = NewRun(
         agent=body.agent,
         input=body.input_value(),
