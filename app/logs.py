@@ -7,6 +7,15 @@ import sys
 
 import structlog
 
+ABANDONED_RESPONSE = "ASGI callable returned without completing response."
+
+
+def drop_abandoned_stream_line(record: logging.LogRecord) -> bool:
+    """uvicorn reports, as an error, a response the app stopped sending. The app does that only
+    to an event stream whose client stopped reading, which it logs itself as `stream.dropped`
+    (ASGI has no way to say "close this connection" instead)."""
+    return record.getMessage() != ABANDONED_RESPONSE
+
 
 def configure_logging(level: str = "info", fmt: str = "json") -> None:
     renderer: structlog.types.Processor = (
@@ -44,6 +53,7 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
     for name in ("uvicorn", "uvicorn.error", "alembic"):
         logging.getLogger(name).handlers = []
         logging.getLogger(name).propagate = True
+    logging.getLogger("uvicorn.error").addFilter(drop_abandoned_stream_line)
     logging.getLogger("uvicorn.access").disabled = True  # the app logs each request itself
     for chatty in ("httpx", "httpx2", "openai"):  # a line per model request is the engine's job
         logging.getLogger(chatty).setLevel(logging.WARNING)

@@ -95,6 +95,20 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(
         1024 * 1024, ge=1024, le=1024**3, description="Larger request bodies get 413."
     )
+    max_streams_per_client: int = Field(
+        100,
+        ge=1,
+        le=100_000,
+        description="Event streams one client (an API key; an address on an open service) may "
+        "hold open at once; one more gets 429.",
+    )
+    request_body_timeout_seconds: float = Field(
+        30,
+        gt=0,
+        le=3600,
+        description="A request body not received whole this long after the request began is "
+        "answered 408 and its connection closed.",
+    )
     max_tool_output_bytes: int = Field(
         1024 * 1024,
         ge=1024,

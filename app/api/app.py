@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from app.api import errors
 from app.api.auth import Authenticated, Keys
 from app.api.deps import Services, problems
-from app.api.middleware import LimitBody, RefuseNul, RequestLog
+from app.api.middleware import BodyTimeout, LimitBody, RefuseNul, RequestLog
 from app.api.openapi import problem_openapi
 from app.api.routes import (
     agents,
@@ -27,6 +27,7 @@ from app.api.routes import (
     runs,
     sessions,
 )
+from app.api.streams import StreamSlots
 from app.executor.agents import (
     AgentsModule,
     AgentsModuleError,
@@ -34,6 +35,7 @@ from app.executor.agents import (
     load_agents_module,
 )
 from app.executor.approvals import ApprovalService
+from app.executor.lifecycle import now
 from app.executor.service import RunService
 from app.executor.streams import RunEventStream
 from app.executor.wakeups import Wakeups
@@ -43,6 +45,7 @@ from app.settings import Settings
 from app.store.channels import DeltaChannel
 from app.store.database import Database, DatabaseInUse
 from app.store.migrations import SchemaNotReady, ensure_schema
+from app.store.runs import RunRepository
 
 log = structlog.get_logger("app.api")
 
@@ -56,6 +59,15 @@ def begin_shutdown(app: FastAPI) -> None:
     begin = getattr(app.state, "begin_shutdown", None)
     if begin is not None:
         begin()
+
+
+async def take_over_from_the_dead(db: Database) -> None:
+    """This process holds the SQLite file's lock, so whoever held a run's lease has died (a
+    kill -9, a crash): its runs are taken over now rather than when their leases expire."""
+    async with db.session_scope() as session:
+        orphans = await RunRepository(session).expire_leases(now())
+    if orphans:
+        log.info("runs.orphans_taken_over", count=orphans)
 
 
 def create_app(
@@ -78,6 +90,8 @@ def create_app(
             except (DatabaseInUse, SchemaNotReady, AgentsModuleError) as exc:
                 log.error("startup.refused", reason=str(exc))
                 raise
+            if db.is_sqlite and with_executor:
+                await take_over_from_the_dead(db)
             engine = build_engine(settings, module)
             wakeups = Wakeups()
             executor = (
@@ -96,6 +110,7 @@ def create_app(
                 wakeups,
                 executor,
                 WebhookPolicy(settings.webhook_allowed_hosts),
+                StreamSlots(settings.max_streams_per_client),
             )
             # Other processes write too on PostgreSQL: follow their changes and deltas.
             if not db.is_sqlite:
@@ -152,6 +167,7 @@ def create_app(
         # Static files with no data in them: they load without a key, then ask for one.
         app.include_router(console.build_router())
     app.add_middleware(LimitBody, max_bytes=settings.max_request_bytes)
+    app.add_middleware(BodyTimeout, seconds=settings.request_body_timeout_seconds)
     app.add_middleware(RefuseNul)
     app.add_middleware(RequestLog)
     return app

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 
 from app.api.schemas import Problem
+from app.api.streams import StreamSlots
 from app.engine import Engine
 from app.executor.approvals import ApprovalService
 from app.executor.service import RunService
@@ -32,6 +33,7 @@ class Services:
     wakeups: Wakeups
     executor: Executor | None
     webhook_policy: WebhookPolicy
+    stream_slots: StreamSlots
 
 
 # Dependencies are `async def`: FastAPI runs plain functions in its thread pool, a hop per request.
@@ -55,6 +57,16 @@ def caller_name(request: Request) -> str | None:
     """Who is calling, for `decided_by`: the API key's name, set by authentication."""
     name = getattr(request.state, "caller", None)
     return name if isinstance(name, str) else None
+
+
+def client_of(request: Request) -> str:
+    """Who holds what a client may hold a bounded number of: its API key's name, or its address
+    on an open service (behind a proxy, the proxy's, unless the server is told to trust the
+    proxy's forwarded address)."""
+    name = caller_name(request)
+    if name is not None:
+        return f"key {name}"
+    return f"address {request.client.host if request.client else 'unknown'}"
 
 
 RunsDep = Annotated[RunService, Depends(get_runs)]

@@ -15,6 +15,7 @@ from starlette.routing import Match
 
 from app.api.auth import Forbidden, Unauthenticated
 from app.api.schemas import Problem, ProblemError
+from app.api.streams import TooManyStreams
 from app.engine.errors import (
     CallAlreadyDecided,
     EngineError,
@@ -110,6 +111,7 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(EngineError, _domain_error)  # type: ignore[arg-type]
     app.add_exception_handler(Unauthenticated, _unauthenticated)  # type: ignore[arg-type]
     app.add_exception_handler(Forbidden, _forbidden)
+    app.add_exception_handler(TooManyStreams, _too_many_streams)  # type: ignore[arg-type]
     for database_error in DATABASE_ERRORS:
         app.add_exception_handler(database_error, _database_error)
     app.add_exception_handler(Exception, _unexpected_error)
@@ -169,6 +171,13 @@ async def _unauthenticated(request: Request, exc: Unauthenticated) -> JSONRespon
 
 async def _forbidden(request: Request, exc: Exception) -> JSONResponse:
     return problem(403, str(exc))
+
+
+async def _too_many_streams(request: Request, exc: TooManyStreams) -> JSONResponse:
+    headers = {"Retry-After": str(exc.retry_after)}
+    return problem(
+        429, str(exc), kind="too-many-streams", title="Too many streams", headers=headers
+    )
 
 
 async def _domain_error(request: Request, exc: EngineError) -> JSONResponse:

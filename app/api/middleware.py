@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 
+import anyio
 import structlog
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -66,6 +67,40 @@ class RefuseNul:
                 await problem(422, detail, errors=[error])(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+class BodyTimeout:
+    """A request body must arrive whole within `seconds` of the request's start: a client that
+    stalls gets 408 and its connection is closed, instead of holding it open forever."""
+
+    def __init__(self, app: ASGIApp, seconds: float) -> None:
+        self.app = app
+        self.seconds = seconds
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        deadline = anyio.current_time() + self.seconds
+        body_received = False
+
+        async def timed() -> Message:
+            nonlocal body_received
+            if body_received:  # what follows is the wait for a disconnect: no deadline
+                return await receive()
+            with anyio.move_on_after(deadline - anyio.current_time()):
+                message = await receive()
+                body_received = message["type"] != "http.request" or not message.get("more_body")
+                return message
+            raise HTTPException(408, self._detail(), headers={"Connection": "close"})
+
+        await self.app(scope, timed, send)
+
+    def _detail(self) -> str:
+        return (
+            f"The request body did not arrive within {self.seconds:g} seconds "
+            "(REQUEST_BODY_TIMEOUT_SECONDS)."
+        )
 
 
 class LimitBody:

@@ -171,7 +171,7 @@ class RunDriver:
         else:
             state = RunState.from_json(run.state)
             records = [lifecycle_event(run, "run.resumed", state)]
-        values = {"state": state.to_json(), "started_at": run.started_at}
+        values = {"state": state.to_json(), "started_at": run.started_at, "turns": state.turns}
         saved = await self.retry(lambda: self._save(values, records))
         run.event_seq = saved.event_seq
         # Watchers see it start at once.

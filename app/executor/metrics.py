@@ -15,6 +15,7 @@ from datetime import datetime
 from prometheus_client import Counter, Gauge, Histogram
 
 from app.engine.instruments import Measure, measuring
+from app.store.runs import Queue
 
 # Model calls and turns take seconds to minutes; tools anything from microseconds up.
 SLOW_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -52,9 +53,15 @@ WEBHOOK_DELIVERIES = Counter(
     ["outcome"],
 )
 RUNS = Gauge("agent_runs_runs", "Runs in the store by status.", ["status"])
-QUEUE_DEPTH = Gauge("agent_runs_queue_depth", "Runs waiting to be claimed.")
+QUEUE_DEPTH = Gauge("agent_runs_queue_depth", "Queued runs an executor may claim now.")
 OLDEST_QUEUED = Gauge(
-    "agent_runs_oldest_queued_age_seconds", "How long the oldest queued run has waited."
+    "agent_runs_oldest_queued_age_seconds",
+    "How long the oldest run an executor may claim has waited.",
+)
+SESSION_WAITING = Gauge(
+    "agent_runs_queued_behind_session",
+    "Queued runs that wait, as they should, for an earlier run of their session to rest (one "
+    "parked for a person, say): not claimable, so not in agent_runs_queue_depth.",
 )
 
 
@@ -88,9 +95,11 @@ def _timed(record: _Record) -> Iterator[Measure]:
         record(measure, time.perf_counter() - started)
 
 
-def observe_store(counts: dict[str, int], oldest_queued: datetime | None, now: datetime) -> None:
+def observe_store(counts: dict[str, int], queue: Queue, now: datetime) -> None:
     """Set the store's gauges from one look at it."""
     for status, count in counts.items():
         RUNS.labels(status).set(count)
-    QUEUE_DEPTH.set(counts.get("queued", 0))
-    OLDEST_QUEUED.set((now - oldest_queued).total_seconds() if oldest_queued else 0)
+    QUEUE_DEPTH.set(queue.claimable)
+    oldest = queue.oldest_claimable_at
+    OLDEST_QUEUED.set((now - oldest).total_seconds() if oldest else 0)
+    SESSION_WAITING.set(queue.waiting_for_session)

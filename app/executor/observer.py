@@ -80,7 +80,11 @@ class StoreObserver:
     ) -> Saved | None:
         """One transaction of `store`; None when a cancelled run was not parked."""
         run = self.run
-        values: dict[str, Any] = {"state": state.to_json(), "current_agent": state.current_agent}
+        values: dict[str, Any] = {
+            "state": state.to_json(),
+            "current_agent": state.current_agent,
+            "turns": state.turns,
+        }
         if any(name in PROGRESS for name, _ in records):
             values["takeovers"] = 0  # the bound is on takeovers that got nowhere
         resting = _LIFECYCLE.get(state.status)

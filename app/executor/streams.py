@@ -15,6 +15,9 @@ from app.store.runs import RunRepository
 from app.store.status import ENDED
 
 BATCH = 200
+# A page of stored events holds about this much JSON at most (and always one event), so a slow
+# reader of a run with large tool outputs holds one page, not the run.
+PAGE_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,7 +37,7 @@ class RunEventStream:
     async def check(self, run_id: str) -> None:
         """Raise `RunNotFound` before a stream is opened for nothing."""
         async with self.db.read_scope() as session:
-            if await RunRepository(session).get(run_id) is None:
+            if await RunRepository(session).progress(run_id) is None:
                 raise RunNotFound(f"no run has id {run_id!r}")
 
     async def events(self, run_id: str, after: int) -> AsyncIterator[StreamItem]:
@@ -53,7 +56,7 @@ class RunEventStream:
                     return
                 if read.complete:
                     turns_sent = read.turns
-                if len(read.events) == BATCH:
+                if read.more:
                     continue  # more is stored already
                 change = await watch.next()
                 while isinstance(change, Delta):
@@ -67,16 +70,18 @@ class RunEventStream:
         later events)."""
         async with self.db.read_scope() as session:
             runs = RunRepository(session)
-            run = await runs.get(run_id)
-            events = await runs.events_after(run_id, cursor, limit=BATCH)
-        if run is None:
-            return _Read([], finished=True, complete=True, turns=0)
+            progress = await runs.progress(run_id)
+            events = await runs.events_after(run_id, cursor, limit=BATCH, max_bytes=PAGE_BYTES)
+        if progress is None:
+            return _Read([], finished=True, complete=True, turns=0, more=False)
+        event_seq, status, turns = progress
         if up_to is not None:
             events = [event for event in events if event.seq <= up_to]
         last = events[-1].seq if events else cursor
-        complete = last >= run.event_seq
-        turns = int((run.state or {}).get("turns", 0))
-        return _Read(events, run.status in ENDED and complete, complete, turns)
+        # The page stopped short of what this read may send: the next page follows at once.
+        more = bool(events) and last < (event_seq if up_to is None else min(up_to, event_seq))
+        complete = last >= event_seq
+        return _Read(events, status in ENDED and complete, complete, turns, more)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,3 +90,4 @@ class _Read:
     finished: bool  # the run has ended and these are its last events
     complete: bool  # these reach the last event stored when the run was read
     turns: int  # the turns the run had then: their messages are among the events sent
+    more: bool  # events past this page were stored already

@@ -11,6 +11,7 @@ from typing import Any, cast
 from sqlalchemy import (
     Integer,
     Table,
+    Text,
     and_,
     bindparam,
     case,
@@ -23,6 +24,7 @@ from sqlalchemy import (
     tuple_,
     update,
 )
+from sqlalchemy import cast as sql_cast
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute, aliased
 
@@ -75,19 +77,33 @@ _SEQ_UNBOUNDED = 2**62
 _RUN_COLUMNS = {attribute.key: attribute.columns[0].name for attribute in inspect(Run).column_attrs}
 
 
+def _waits_for_its_session() -> Any:
+    """A run of a session waits while an earlier run of that session is unfinished."""
+    earlier = aliased(Run)
+    return exists().where(
+        earlier.session_id == Run.session_id,
+        earlier.seq < Run.seq,
+        earlier.status.in_(UNFINISHED),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Queue:
+    """The queued runs: those an executor may claim now (and since when the oldest of them
+    waits), and those that wait for an earlier run of their session to rest."""
+
+    claimable: int
+    oldest_claimable_at: datetime | None
+    waiting_for_session: int
+
+
 @cache
 def _claim_statement() -> Any:
     """The claim, built once: building it costs far more than running it (about 2 ms in the
     ORM). Parameters: `worker`, `limit`, `now`, `expires`."""
     now = bindparam("now", type_=Run.lease_expires_at.type)
-    earlier = aliased(Run)
-    blocked_by_session = exists().where(
-        earlier.session_id == Run.session_id,
-        earlier.seq < Run.seq,
-        earlier.status.in_(UNFINISHED),
-    )
     claimable = or_(
-        and_(Run.status == Status.QUEUED, ~blocked_by_session),
+        and_(Run.status == Status.QUEUED, ~_waits_for_its_session()),
         and_(Run.status == Status.RUNNING, Run.lease_expires_at < now),
     )
     # Claiming a running run whose lease expired is a takeover, unless this executor held it
@@ -280,6 +296,17 @@ class RunRepository:
         if last_seq is not None:
             await self._insert_events(claim.run_id, last_seq, [event], now)
 
+    async def expire_leases(self, now: datetime) -> int:
+        """End every lease now: for when no executor can hold one (the only process that may
+        use a SQLite file is starting, so whoever held them is dead). The next claim takes
+        the runs over. How many there were."""
+        result = await self.session.execute(
+            update(_RUNS)
+            .where(_RUNS.c.status == Status.RUNNING, _RUNS.c.lease_expires_at > now)
+            .values(lease_expires_at=now)
+        )
+        return int(getattr(result, "rowcount", 0))
+
     async def save(self, run: Run, events: Sequence[EventRecord], now: datetime) -> None:
         """Write changes made to a loaded (and locked) run, with their events."""
         first_seq = run.event_seq + 1
@@ -327,20 +354,57 @@ class RunRepository:
             counts[status] = count
         return counts
 
-    async def oldest_queued_at(self) -> datetime | None:
-        """When the run that has waited longest to be claimed was created (or handed back)."""
-        query = select(func.min(Run.updated_at)).where(Run.status == Status.QUEUED)
-        oldest: datetime | None = await self.session.scalar(query)
-        return oldest
+    async def queue(self) -> Queue:
+        """The queue as the claim sees it: a queued run behind an unfinished run of its session
+        (one parked for a person, say) is not claimable, and waits legitimately."""
+        waits = _waits_for_its_session()
+        claimable_since = case((waits, None), else_=Run.updated_at)
+        result = await self.session.execute(
+            select(
+                func.count(claimable_since),
+                func.min(claimable_since),
+                func.count(case((waits, 1))),
+            ).where(Run.status == Status.QUEUED)
+        )
+        claimable, oldest, waiting = result.one()
+        return Queue(claimable, oldest, waiting)
 
-    async def events_after(self, run_id: str, after_seq: int, *, limit: int) -> list[RunEvent]:
+    async def events_after(
+        self, run_id: str, after_seq: int, *, limit: int, max_bytes: int | None = None
+    ) -> list[RunEvent]:
+        """The run's events after `after_seq`, in order: at most `limit`, and no more than
+        `max_bytes` of JSON (but always the first), so a page of large tool outputs is never
+        held whole."""
         query = (
             select(RunEvent)
             .where(RunEvent.run_id == run_id, RunEvent.seq > after_seq)
             .order_by(RunEvent.seq)
             .limit(limit)
         )
+        if max_bytes is None:
+            return list(await self.session.scalars(query))
+        size = func.length(sql_cast(RunEvent.data, Text))
+        sized = (
+            select(RunEvent.id, func.sum(size).over(order_by=RunEvent.seq).label("through"))
+            .where(RunEvent.run_id == run_id, RunEvent.seq > after_seq)
+            .order_by(RunEvent.seq)
+            .limit(limit)
+            .subquery()
+        )
+        # The sizes are the database's to add up: an event's data is read here only if kept.
+        first = select(func.min(sized.c.through)).scalar_subquery()
+        kept = select(sized.c.id).where(or_(sized.c.through <= max_bytes, sized.c.through == first))
+        query = select(RunEvent).where(RunEvent.id.in_(kept)).order_by(RunEvent.seq)
         return list(await self.session.scalars(query))
+
+    async def progress(self, run_id: str) -> tuple[int, str, int] | None:
+        """The run's last event id, status and turns: what a watcher needs after a change,
+        without reading the run's state."""
+        result = await self.session.execute(
+            select(Run.event_seq, Run.status, Run.turns).where(Run.id == run_id)
+        )
+        row = result.one_or_none()
+        return None if row is None else (row.event_seq, row.status, row.turns)
 
     async def event_seqs(self, run_ids: Sequence[str]) -> dict[str, tuple[int, str]]:
         """The last event id and the status of each run: what changed since a watcher last

@@ -61,3 +61,22 @@ async def test_queued_runs_show_in_the_queue_gauges(make_client: object, fake: F
     assert value(samples, "agent_runs_queue_depth") == 2
     assert value(samples, "agent_runs_runs", status="queued") == 2
     assert value(samples, "agent_runs_oldest_queued_age_seconds") >= 0
+
+
+async def test_runs_waiting_behind_their_session_are_not_in_the_queue_depth(
+    client: Client, fake: FakeModel
+) -> None:
+    fake.script("m", [call("delete_record", {"record_id": "r1"}), text("gone")])
+    session = {"agent": "calc", "session_id": "s1"}
+    parked = await client.post("/runs", params={"wait": 10}, json={**session, "input": "first"})
+    assert parked.json()["status"] == "pending_approval"
+    # Behind the parked run, as the contract says: not claimable until it is decided.
+    await client.post("/runs", json={**session, "input": "second"})
+    await client.post("/runs", json={**session, "input": "third"})
+
+    samples = await scrape(client)
+
+    assert value(samples, "agent_runs_runs", status="queued") == 2
+    assert value(samples, "agent_runs_queue_depth") == 0
+    assert value(samples, "agent_runs_oldest_queued_age_seconds") == 0
+    assert value(samples, "agent_runs_queued_behind_session") == 2

@@ -11,10 +11,12 @@ import itertools
 import signal
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
-from app.testing import FakeModel, Reply, Rule, Script, call, text
+from app.testing import FakeModel, FakeModelServer, Reply, Rule, Script, call, text
+from tests.conftest import is_postgres
 from tests.processes.conftest import RESTING, Api, Cluster, Process, until
 
 Connect = Callable[[Process], Api]
@@ -213,3 +215,30 @@ def test_a_run_that_keeps_killing_its_executor_fails_after_the_bounded_takeovers
     assert "taken over 2 times" in run["error"]["message"]
     assert killed == 2
     assert len(cluster.journal("crash")) == 2
+
+
+def test_a_killed_sqlite_service_takes_its_runs_over_when_it_starts_again(
+    migrated_url: str, fake_server: FakeModelServer, fake: FakeModel, tmp_path: Path
+) -> None:
+    """SQLite's file lock proves the old process is gone: its runs need not wait a lease."""
+    if is_postgres(migrated_url):
+        pytest.skip("SQLite's own restart; the PostgreSQL pass has the lease takeovers above")
+    database = f"sqlite+aiosqlite:///{tmp_path / 'agent-runs.db'}"
+    lease = {"LEASE_SECONDS": "300", "HEARTBEAT_SECONDS": "5"}
+    cluster = Cluster(database, fake_server.base_url, tmp_path, env=lease)
+    try:
+        script_ops(fake, think=text("thought", delay=600))
+        first = cluster.api(executor=True)
+        run = Api(str(first.url)).create("think-1")
+        assert fake.wait_for_requests(1, "m")  # the model call is in flight
+        first.kill()
+        script_ops(fake)
+        second = cluster.api(executor=True)
+
+        finished = Api(str(second.url)).rested(run["id"], timeout=30)  # not the 300 s lease
+
+        assert finished["status"] == "completed"
+        assert finished["final_output"] == "thought"
+        assert second.log_events("runs.orphans_taken_over")[0]["count"] == 1
+    finally:
+        cluster.stop_all()

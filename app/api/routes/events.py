@@ -6,10 +6,11 @@ import json
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query
+from fastapi import APIRouter, Header, Query, Request
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from app.api.deps import ServicesDep, problems
+from app.api.deps import ServicesDep, client_of, problems
+from app.api.streams import RunEventsResponse
 from app.executor.streams import StreamItem
 
 router = APIRouter(tags=["events"])
@@ -43,11 +44,12 @@ SERVER_SENT_EVENT = {
             # shape is an extension, and the stream itself has no schema to check it against.
             "content": {"text/event-stream": {"x-itemSchema": SERVER_SENT_EVENT}},
         },
-        **problems(404, 422),
+        **problems(404, 422, 429),
     },
 )
 async def run_events(
     run_id: str,
+    request: Request,
     services: ServicesDep,
     last_event_id: Annotated[
         int | None, Header(ge=0, le=MAX_EVENT_ID, description="Resume after this event id.")
@@ -67,11 +69,18 @@ async def run_events(
     await stream.check(run_id)
     after = last_event_id if last_event_id is not None else (last_event_id_query or 0)
     settings = services.settings
-    return EventSourceResponse(
-        _sse(stream.events(run_id, after)),
-        ping=settings.sse_ping_seconds,
-        send_timeout=settings.sse_send_timeout_seconds,
-    )
+    free = services.stream_slots.take(client_of(request))
+    try:
+        return RunEventsResponse(
+            _sse(stream.events(run_id, after)),
+            ping=settings.sse_ping_seconds,
+            send_timeout=settings.sse_send_timeout_seconds,
+            run_id=run_id,
+            free=free,
+        )
+    except BaseException:
+        free()
+        raise
 
 
 async def _sse(items: AsyncIterator[StreamItem]) -> AsyncIterator[ServerSentEvent]:

@@ -24,6 +24,6 @@ async def metrics(services: ServicesDep) -> Response:
     async with services.db.read_scope() as session:
         runs = RunRepository(session)
         counts = await runs.status_counts()
-        oldest = await runs.oldest_queued_at()
-    observe_store(counts, oldest, now())
+        queue = await runs.queue()
+    observe_store(counts, queue, now())
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
