@@ -120,7 +120,8 @@ class CreateRun(Body):
     def input_value(self) -> str | list[dict[str, Any]]:
         if isinstance(self.input, str):
             return self.input
-        return [message.model_dump(exclude_none=True) for message in self.input]
+        # Exactly the fields the client sent: the ones it left out stay out, a null stays null.
+        return [message.model_dump(exclude_unset=True) for message in self.input]
 
 
 class DecisionIn(BaseModel):
