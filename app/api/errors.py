@@ -46,6 +46,9 @@ _DOMAIN: list[tuple[type[EngineError], int, str, str]] = [
     (IdempotencyKeyReused, 422, "idempotency-key-reused", "Idempotency key reused"),
 ]
 
+# Sent with every 503: what made the service unavailable usually passes within seconds.
+RETRY_SOON = {"Retry-After": "1"}
+
 _BY_STATUS = {
     400: ("validation-error", "Bad request"),
     401: ("unauthorized", "Unauthorized"),
@@ -201,9 +204,6 @@ async def _database_error(request: Request, exc: Exception) -> JSONResponse:
         "request.database_unavailable", path=request.url.path, error=type(exc).__name__, cause=cause
     )
     return problem(503, f"{cause[0].upper()}{cause[1:]}; retry shortly.", headers=RETRY_SOON)
-
-
-RETRY_SOON = {"Retry-After": "1"}
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:

@@ -11,7 +11,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.errors import problem
-from app.api.schemas import ProblemError
+from app.api.schemas import ProblemError, unstorable_message
 
 log = structlog.get_logger("app.api")
 
@@ -62,9 +62,9 @@ class RefuseNul:
             if b"%00" in query or b"\x00" in query:
                 where = "query"
             if where is not None:
-                detail = f"{where}: a NUL character cannot be stored: no database carries it"
-                error = ProblemError(loc=[where], msg=detail.partition(": ")[2])
-                await problem(422, detail, errors=[error])(scope, receive, send)
+                message = unstorable_message("\x00")
+                error = ProblemError(loc=[where], msg=message)
+                await problem(422, f"{where}: {message}", errors=[error])(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 

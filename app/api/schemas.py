@@ -48,12 +48,14 @@ def unstorable(value: Any, path: JsonPath = ()) -> tuple[JsonPath, str] | None:
         return path, "NaN and Infinity are not JSON numbers"
     if isinstance(value, str):
         found = UNSTORABLE.search(value)
-        return None if found is None else (path, _unstorable_text(found.group()))
+        return None if found is None else (path, unstorable_message(found.group()))
     if isinstance(value, dict):
         for key, item in value.items():
             found = UNSTORABLE.search(key)
             if found is not None:
-                return (*path, storable_text(key)), "a key with " + _unstorable_text(found.group())
+                return (*path, storable_text(key)), "a key with " + unstorable_message(
+                    found.group()
+                )
             problem = unstorable(item, (*path, key))
             if problem is not None:
                 return problem
@@ -65,7 +67,7 @@ def unstorable(value: Any, path: JsonPath = ()) -> tuple[JsonPath, str] | None:
     return None
 
 
-def _unstorable_text(character: str) -> str:
+def unstorable_message(character: str) -> str:
     return f"{describe(character)} cannot be stored: no database or model API carries it"
 
 

@@ -293,10 +293,8 @@ class RunDriver:
 
 
 def _failure_message(exc: Exception, error_id: str) -> str:
-    if isinstance(exc, DBAPIError):
-        cause = str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else ""
-        return (
-            f"internal error {error_id}: the database refused to store the run "
-            f"({type(exc).__name__}: {cause[:300]})"
-        )
+    if isinstance(exc, DBAPIError) and exc.orig is not None:
+        refusal = exc.orig.__cause__ or exc.orig  # the driver's own, beneath SQLAlchemy's adapter
+        reason = (str(refusal).strip().splitlines() or [type(refusal).__name__])[0][:300]
+        return f"internal error {error_id}: the database refused to store the run ({reason})"
     return f"internal error {error_id}: {type(exc).__name__}"
