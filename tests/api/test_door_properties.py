@@ -11,16 +11,17 @@ from typing import Any
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from app.engine.text import UNSTORABLE
-from app.testing import FakeModel, call, text
+from app.testing import FakeModel, FakeToolCall, Reply, text
 from tests.api.conftest import Client, ClientFactory, rested, services_of
 
 pytestmark = pytest.mark.anyio
 
 PROBLEM = "application/problem+json"
+SEEDED_CALL = "call_seeded"
 EXAMPLES = settings(
     max_examples=120,
     deadline=None,
@@ -28,9 +29,10 @@ EXAMPLES = settings(
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 
-# Any character at all, lone surrogates and NUL included.
+# Any character at all, with the ones no database carries (NUL, lone surrogates) made common.
 any_character = st.characters(codec=None, categories=None, exclude_categories=())
-any_text = st.text(any_character, max_size=12)
+unstorable_character = st.sampled_from(["\x00", "\ud800", "\udbff", "\udc00", "\udfff"])
+any_text = st.text(any_character | any_character | unstorable_character, max_size=12)
 # What the door accepts: every character but those no database or model API carries.
 storable_text = st.text(
     st.characters(codec=None, exclude_categories=("Cs",), exclude_characters="\x00"), max_size=12
@@ -114,16 +116,26 @@ async def test_what_the_api_accepts_comes_back_unchanged(
     assert stored.input == sent
 
 
-@EXAMPLES
-@given(
-    body=st.dictionaries(
-        st.sampled_from(["agent", "input", "metadata", "context", "session_id", "config", "x"])
-        | any_text,
-        json_values(any_text),
-        max_size=6,
-    )
-    | json_values(any_text)
+# Bodies near a valid one, so that most reach the checks past the shape (and some are taken),
+# and any JSON at all.
+near_valid_bodies = st.fixed_dictionaries(
+    {"agent": st.just("calc"), "input": any_text | messages(any_text)},
+    optional={
+        "metadata": objects(any_text),
+        "context": objects(any_text),
+        "session_id": any_text,
+        "config": st.fixed_dictionaries({}, optional={"max_turns": st.integers(-1, 1001)}),
+        "if_busy": st.sampled_from(["enqueue", "reject", "interrupt"]) | any_text,
+    },
 )
+
+
+@EXAMPLES
+@given(body=near_valid_bodies | near_valid_bodies | json_values(any_text))
+@example(body={"agent": "calc", "input": "\ud800"})
+@example(body={"agent": "calc", "input": "x", "metadata": {"k\x00": 1}})
+@example(body={"agent": "calc", "input": "x", "context": {"a": ["\udfff"]}})
+@example(body={"agent": "calc", "input": [{"role": "user", "content": "x", "y": "\x00"}]})
 async def test_any_body_is_taken_or_refused_with_a_problem_and_never_breaks(
     queued_only: Client, body: Any
 ) -> None:
@@ -147,12 +159,13 @@ async def test_any_body_is_taken_or_refused_with_a_problem_and_never_breaks(
         {
             "decisions": st.lists(
                 st.fixed_dictionaries(
-                    {"call_id": any_text | st.just("call_seeded"), "approved": st.booleans()},
+                    {"call_id": st.just(SEEDED_CALL) | any_text, "approved": st.booleans()},
                     optional={
                         "reason": any_text,
-                        "arguments": objects(any_text),
+                        "arguments": st.fixed_dictionaries({"record_id": any_text})
+                        | objects(any_text),
                         "remember": st.booleans(),
-                        "output": any_text,
+                        "x": any_text,
                     },
                 ),
                 max_size=3,
@@ -161,11 +174,22 @@ async def test_any_body_is_taken_or_refused_with_a_problem_and_never_breaks(
     )
     | json_values(any_text)
 )
+@example(body={"decisions": [{"call_id": SEEDED_CALL, "approved": False, "reason": "\x00"}]})
+@example(
+    body={
+        "decisions": [
+            {"call_id": SEEDED_CALL, "approved": True, "arguments": {"record_id": "\ud800"}}
+        ]
+    }
+)
 async def test_any_decision_is_taken_or_refused_with_a_problem(
-    parked: tuple[Client, str], body: Any
+    client: Client, parks: None, body: Any
 ) -> None:
-    client, run_id = parked
-    before = (await client.get(f"/runs/{run_id}")).json()
+    # A run of its own for each example: one a decision was taken on waits no more.
+    created = await client.post("/runs", json={"agent": "calc", "input": "go"})
+    before = await rested(client, created.json()["id"])
+    assert before["status"] == "pending_approval"
+    run_id = before["id"]
 
     response = await post_json(client, f"/runs/{run_id}/approvals", body)
 
@@ -179,14 +203,10 @@ async def test_any_decision_is_taken_or_refused_with_a_problem(
 
 
 @pytest.fixture
-async def parked(client: Client, fake: FakeModel) -> tuple[Client, str]:
-    """A run waiting for a decision on the call `call_seeded`; the fake echoes afterwards."""
-    fake.script("m", [call("delete_record", {"record_id": "r1"}), text("done")])
-    created = await client.post("/runs", json={"agent": "calc", "input": "go"})
-    run = await rested(client, created.json()["id"])
-    assert run["status"] == "pending_approval"
-    fake.reset()
-    return client, run["id"]
+def parks(fake: FakeModel) -> None:
+    """Every run asks to delete a record (the call `call_seeded`), which waits for a person."""
+    delete = FakeToolCall(name="delete_record", arguments={"record_id": "r1"}, id=SEEDED_CALL)
+    fake.script("m", [Reply(tool_calls=[delete]), text("done")])
 
 
 header_text = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=20)
