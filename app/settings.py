@@ -7,14 +7,31 @@ from typing import Literal
 from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.engine.providers.chat_request import OptionalField
+
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./agent-runs.db"
 
 
 class ProviderSettings(BaseModel):
     """One entry of `MODEL_PROVIDERS`: an OpenAI-compatible server."""
 
-    base_url: str
+    base_url: str | None = Field(None, description="default: OpenAI's")
     api_key: SecretStr | None = None
+    api_key_header: str | None = Field(
+        None, description="send the key in this header instead of `Authorization: Bearer`"
+    )
+    headers: dict[str, str] = Field(default_factory=dict, description="sent with every request")
+    query: dict[str, str] = Field(
+        default_factory=dict, description="added to every URL (Azure: `api-version`)"
+    )
+    options: dict[OptionalField, bool] = Field(
+        default_factory=dict,
+        description="`false` leaves that optional request field out (the server refuses it)",
+    )
+
+    @property
+    def omitted(self) -> set[str]:
+        return {name for name, send in self.options.items() if not send}
 
 
 class Settings(BaseSettings):
@@ -24,7 +41,9 @@ class Settings(BaseSettings):
     openai_api_key: SecretStr | None = Field(None, description="Key of the default provider.")
     openai_base_url: str | None = Field(None, description="Base URL of the default provider.")
     model_providers: dict[str, ProviderSettings] = Field(
-        default_factory=dict, description='JSON: {"name": {"base_url": ..., "api_key": ...}}.'
+        default_factory=dict,
+        description='JSON: {"name": {"base_url": ..., "api_key": ..., "headers": {...}, '
+        '"query": {...}, "api_key_header": ..., "options": {...}}}.',
     )
     default_model: str = Field("gpt-4o-mini", description="Model of agents that name none.")
     agents_module: str = Field(

@@ -1,0 +1,34 @@
+"""Model providers built from settings: the default one and each `MODEL_PROVIDERS` entry."""
+
+from __future__ import annotations
+
+from app.engine import ModelProvider, OpenAIProvider
+from app.settings import ProviderSettings, Settings
+
+
+def default_provider_settings(settings: Settings) -> ProviderSettings:
+    """`OPENAI_BASE_URL` and `OPENAI_API_KEY`, as an entry of `MODEL_PROVIDERS` would say them."""
+    return ProviderSettings(base_url=settings.openai_base_url, api_key=settings.openai_api_key)
+
+
+def build_provider(entry: ProviderSettings, settings: Settings) -> ModelProvider:
+    key = entry.api_key.get_secret_value() if entry.api_key else None
+    return OpenAIProvider(
+        base_url=entry.base_url,
+        api_key=key,
+        api_key_header=entry.api_key_header,
+        headers=entry.headers,
+        query=entry.query,
+        omit=entry.omitted,
+        max_retries=settings.model_max_retries,
+        timeout_seconds=settings.model_timeout_seconds,
+    )
+
+
+def build_providers(settings: Settings) -> tuple[ModelProvider, dict[str, ModelProvider]]:
+    """The default provider and the named ones."""
+    default = build_provider(default_provider_settings(settings), settings)
+    named = {
+        name: build_provider(entry, settings) for name, entry in settings.model_providers.items()
+    }
+    return default, named
