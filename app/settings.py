@@ -13,9 +13,12 @@ DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./agent-runs.db"
 
 
 class ProviderSettings(BaseModel):
-    """One entry of `MODEL_PROVIDERS`: an OpenAI-compatible server."""
+    """One entry of `MODEL_PROVIDERS`: an OpenAI-compatible server, or Anthropic's API."""
 
-    base_url: str | None = Field(None, description="default: OpenAI's")
+    kind: Literal["openai", "anthropic"] = Field(
+        "openai", description="`anthropic`: Anthropic's Messages API (the `anthropic` extra)"
+    )
+    base_url: str | None = Field(None, description="default: OpenAI's, or Anthropic's")
     api_key: SecretStr | None = None
     api_key_header: str | None = Field(
         None, description="send the key in this header instead of `Authorization: Bearer`"
@@ -32,6 +35,12 @@ class ProviderSettings(BaseModel):
     @property
     def omitted(self) -> set[str]:
         return {name for name, send in self.options.items() if not send}
+
+    @model_validator(mode="after")
+    def _openai_only(self) -> ProviderSettings:
+        if self.kind == "anthropic" and (self.options or self.api_key_header):
+            raise ValueError("`options` and `api_key_header` are for OpenAI-compatible servers")
+        return self
 
 
 class Settings(BaseSettings):

@@ -59,3 +59,24 @@ async def test_entries_carry_headers_query_key_header_and_options(
 def test_an_unknown_option_is_refused_at_start() -> None:
     with pytest.raises(pydantic.ValidationError, match="stream_opts"):
         Settings(model_providers={"x": {"base_url": "http://h", "options": {"stream_opts": False}}})
+
+
+async def test_an_anthropic_entry_speaks_the_messages_api() -> None:
+    fake = FakeModel({"claude-x": [text("from claude")]})
+    with FakeModelServer(fake) as server:
+        entry = {"kind": "anthropic", "api_key": "k", "base_url": server.url}
+        settings = Settings(model_providers={"anthropic": entry})
+        engine = build_engine(settings, AgentsModule([Agent(name="a", model="anthropic/claude-x")]))
+        try:
+            result = await engine.run(engine.start("a", "hi"))
+        finally:
+            await engine.models.aclose()
+
+    assert result.outcome == Completed("from claude")
+    assert fake.requests[0]["max_tokens"] == 8192  # the Messages API needs one
+
+
+def test_options_are_for_openai_compatible_servers() -> None:
+    entry = {"kind": "anthropic", "options": {"stream_options": False}}
+    with pytest.raises(pydantic.ValidationError, match="OpenAI-compatible"):
+        Settings(model_providers={"anthropic": entry})

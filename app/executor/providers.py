@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from app.engine import ModelProvider, OpenAIProvider
+from app.engine import AnthropicProvider, ModelProvider, OpenAIProvider
 from app.settings import ProviderSettings, Settings
 
 
@@ -13,6 +13,15 @@ def default_provider_settings(settings: Settings) -> ProviderSettings:
 
 def build_provider(entry: ProviderSettings, settings: Settings) -> ModelProvider:
     key = entry.api_key.get_secret_value() if entry.api_key else None
+    if entry.kind == "anthropic":
+        return AnthropicProvider(
+            api_key=key,
+            base_url=entry.base_url,
+            headers=entry.headers,
+            query=entry.query,
+            max_retries=settings.model_max_retries,
+            timeout_seconds=settings.model_timeout_seconds,
+        )
     return OpenAIProvider(
         base_url=entry.base_url,
         api_key=key,

@@ -21,6 +21,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from app.testing import messages_api
 from app.testing.completion import Completion, error_event
 from app.testing.dialects import DIALECTS, Dialect
 from app.testing.script import Reply, Script, as_script
@@ -57,6 +58,7 @@ class FakeModel:
             for path in ("/v1/chat/completions", "/chat/completions")
         ]
         routes += [Route(path, self._models) for path in ("/v1/models", "/models")]
+        routes.append(Route("/v1/messages", self._messages, methods=["POST"]))
         self.app = Starlette(routes=routes)
 
     def script(self, model: str, script: Script | list[Reply]) -> str:
@@ -104,12 +106,7 @@ class FakeModel:
             return Response(status_code=499)  # nobody is left to answer
         except (ValueError, KeyError, TypeError):
             return _error(400, "the body must be JSON with `model` and `messages`")
-        with self._lock:
-            self.requests.append(body)
-            self._lock.notify_all()
-            reply = self._pick(model, messages)
-            failing = isinstance(reply, Reply) and reply.error is not None
-            attempts = self._count_attempt(model, messages) if failing else 0
+        reply, attempts = self._take(body, model, messages)
         refused = self.dialect.check(body, dict(request.headers), dict(request.query_params))
         if refused is not None:
             return JSONResponse(refused[1], status_code=refused[0])
@@ -139,6 +136,50 @@ class FakeModel:
             chunks = completion.chunks(include_usage)
             return StreamingResponse(chunks, media_type="text/event-stream")
         return JSONResponse(completion.whole())
+
+    async def _messages(self, request: Request) -> Response:
+        """Anthropic's Messages API, answering from the same scripts."""
+        try:
+            body = json.loads(await request.body())
+            model = str(body["model"])
+            messages = messages_api.chat_view(body)
+        except ClientDisconnect:
+            return Response(status_code=499)
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return JSONResponse(messages_api.error_body("model and messages are required"), 400)
+        reply, attempts = self._take(body, model, messages)
+        refused = messages_api.check(body)
+        if refused is not None:
+            return JSONResponse(refused[1], status_code=refused[0])
+        if isinstance(reply, str):
+            return JSONResponse(messages_api.error_body(reply), status_code=400)
+        if reply.delay:
+            await asyncio.sleep(reply.delay)
+        if reply.error and (reply.error.times is None or attempts <= reply.error.times):
+            headers = {"retry-after-ms": str(reply.error.retry_after_ms)}
+            error = messages_api.error_body(reply.error.message)
+            return JSONResponse(error, status_code=reply.error.status, headers=headers)
+        answer = messages_api.MessagesAnswer(
+            f"msg_{next(self._ids)}",
+            model,
+            _fingerprint(model, messages)[:10],
+            len(json.dumps(body["messages"])),
+            reply,
+        )
+        if body.get("stream"):
+            return StreamingResponse(answer.events(), media_type="text/event-stream")
+        return JSONResponse(answer.whole())
+
+    def _take(
+        self, body: dict[str, Any], model: str, messages: list[Message]
+    ) -> tuple[Reply | str, int]:
+        """Record the request; its reply (or why there is none) and which try of a failure."""
+        with self._lock:
+            self.requests.append(body)
+            self._lock.notify_all()
+            reply = self._pick(model, messages)
+            failing = isinstance(reply, Reply) and reply.error is not None
+            return reply, self._count_attempt(model, messages) if failing else 0
 
     def _pick(self, model: str, messages: list[Message]) -> Reply | str:
         """The scripted reply, or why there is none."""

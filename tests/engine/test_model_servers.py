@@ -1,4 +1,5 @@
-"""Every server's dialect against every kind of turn, on the real `openai` client over HTTP."""
+"""Every server's dialect against every kind of turn, on the real `openai` client over HTTP;
+and Anthropic's Messages API on the real `anthropic` client."""
 
 from __future__ import annotations
 
@@ -10,7 +11,14 @@ from typing import Any
 import pytest
 
 from app import Agent, tool
-from app.engine import Completed, Engine, ModelRouter, OpenAIProvider
+from app.engine import (
+    AnthropicProvider,
+    Completed,
+    Engine,
+    ModelProvider,
+    ModelRouter,
+    OpenAIProvider,
+)
 from app.engine.state import RunState
 from app.testing import DIALECTS, FakeModel, FakeModelServer, Reply, call, calls, text
 from tests.engine.conftest import Recorder
@@ -43,10 +51,12 @@ triage = Agent(name="triage", model="m", tools=[add], handoffs=[billing])
 sequential = Agent(name="sequential", model="m", tools=[add], parallel_tool_calls=False)
 
 
-@pytest.fixture(scope="module", params=sorted(DIALECTS))
-def server(request: pytest.FixtureRequest) -> Iterator[FakeModelServer]:
-    with FakeModelServer(FakeModel(dialect=request.param)) as server:
-        yield server
+@pytest.fixture(scope="module", params=[*sorted(DIALECTS), "anthropic"])
+def server(request: pytest.FixtureRequest) -> Iterator[tuple[str, FakeModelServer]]:
+    """A fake model in one dialect, or answering Anthropic's Messages API."""
+    dialect = "openai" if request.param == "anthropic" else request.param
+    with FakeModelServer(FakeModel(dialect=dialect)) as server:
+        yield request.param, server
 
 
 @dataclass
@@ -72,12 +82,17 @@ class Rig:
 
 
 @pytest.fixture
-async def rig(server: FakeModelServer) -> AsyncIterator[Rig]:
-    server.fake.reset()
+async def rig(server: tuple[str, FakeModelServer]) -> AsyncIterator[Rig]:
+    name, fake_server = server
+    fake_server.fake.reset()
     order.clear()
-    settings = PROVIDER_SETTINGS.get(server.fake.dialect.name, {})
-    provider = OpenAIProvider(base_url=server.base_url, max_retries=0, **settings)
-    yield Rig(Engine([triage, billing, sequential], ModelRouter(provider)), server.fake)
+    provider: ModelProvider
+    if name == "anthropic":
+        provider = AnthropicProvider(base_url=fake_server.url, api_key="k", max_retries=0)
+    else:
+        settings = PROVIDER_SETTINGS.get(name, {})
+        provider = OpenAIProvider(base_url=fake_server.base_url, max_retries=0, **settings)
+    yield Rig(Engine([triage, billing, sequential], ModelRouter(provider)), fake_server.fake)
     await provider.aclose()
 
 
