@@ -41,3 +41,13 @@ def build_providers(settings: Settings) -> tuple[ModelProvider, dict[str, ModelP
         name: build_provider(entry, settings) for name, entry in settings.model_providers.items()
     }
     return default, named
+
+
+def describe(settings: Settings, model: str | None) -> str:
+    """Where a model's requests go, for people: the provider's name and base URL, no key."""
+    prefix, slash, _ = (model or settings.default_model).partition("/")
+    entry = settings.model_providers.get(prefix) if slash else None
+    if entry is None:
+        return settings.openai_base_url or "OpenAI's API"
+    where = entry.base_url or ("Anthropic's API" if entry.kind == "anthropic" else "OpenAI's API")
+    return f"{where} (provider {prefix!r}, {entry.kind})"
