@@ -8,12 +8,17 @@ from typing import Any
 
 import openai
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from app import Agent, tool
 from app.engine import Completed, Engine, Failed, ModelRouter, OpenAIProvider
 from app.engine.providers.failures import MAX_SERVER_TEXT
 from app.engine.state import RunState
 from app.testing import FakeModel, FakeModelServer, Reply, call, calls, error, text
+from app.testing.server import ThreadedServer
 
 pytestmark = pytest.mark.anyio
 
@@ -237,3 +242,19 @@ async def test_usage_is_read_as_each_server_reports_it(serve: Any, providers: An
     await client.close()
     assert whole.usage is not None
     assert running.usage.completion_tokens == whole.usage.completion_tokens  # never summed
+
+
+async def test_a_stream_that_is_not_json_is_a_model_error() -> None:
+    async def garbled(request: Request) -> Response:
+        return Response("data: {not json\n\n", media_type="text/event-stream")
+
+    app = Starlette(routes=[Route("/v1/chat/completions", garbled, methods=["POST"])])
+    with ThreadedServer(app) as server:
+        provider = OpenAIProvider(base_url=f"{server.url}/v1", max_retries=0)
+        try:
+            state = await run(provider)
+        finally:
+            await provider.aclose()
+
+    assert state.error is not None
+    assert state.error.message.startswith("model 'm': the server sent invalid JSON")

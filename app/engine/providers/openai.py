@@ -77,7 +77,7 @@ class OpenAIProvider(ModelProvider):
             raise model_error(request.model, exc.status_code, exc.body, exc.message) from exc
         except openai.APIError as exc:  # no connection, a timeout, or an error inside the stream
             raise model_error(request.model, None, exc.body, exc.message) from exc
-        except ValueError as exc:
+        except json.JSONDecodeError as exc:
             raise ModelError(
                 f"model {request.model!r}: the server sent invalid JSON: {exc}"
             ) from exc
