@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -26,6 +26,10 @@ class ProviderSettings(BaseModel):
     headers: dict[str, str] = Field(default_factory=dict, description="sent with every request")
     query: dict[str, str] = Field(
         default_factory=dict, description="added to every URL (Azure: `api-version`)"
+    )
+    body: dict[str, Any] = Field(
+        default_factory=dict,
+        description="fields added to every request body (`reasoning_effort`, `thinking`...)",
     )
     options: dict[OptionalField, bool] = Field(
         default_factory=dict,
@@ -52,7 +56,7 @@ class Settings(BaseSettings):
     model_providers: dict[str, ProviderSettings] = Field(
         default_factory=dict,
         description='JSON: {"name": {"base_url": ..., "api_key": ..., "headers": {...}, '
-        '"query": {...}, "api_key_header": ..., "options": {...}}}.',
+        '"query": {...}, "body": {...}, "api_key_header": ..., "options": {...}}}.',
     )
     default_model: str = Field("gpt-4o-mini", description="Model of agents that name none.")
     agents_module: str = Field(

@@ -39,7 +39,11 @@ async def test_entries_carry_headers_query_key_header_and_options(
             "api_key_header": "api-key",
             "query": {"api-version": "2024-02-01"},
         },
-        "mistral": {"base_url": mistral.base_url, "options": {"stream_options": False}},
+        "mistral": {
+            "base_url": mistral.base_url,
+            "options": {"stream_options": False},
+            "body": {"reasoning_effort": "low"},
+        },
     }
     settings = Settings(model_providers=json.loads(json.dumps(providers)))
     agents = [Agent(name="a", model="azure/gpt"), Agent(name="b", model="mistral/small")]
@@ -54,6 +58,7 @@ async def test_entries_carry_headers_query_key_header_and_options(
     assert first.outcome == Completed("from azure")
     assert second.outcome == Completed("from mistral")
     assert all("stream_options" not in body for body in mistral.fake.requests)  # never asked
+    assert [body["reasoning_effort"] for body in mistral.fake.requests] == ["low"]
 
 
 def test_an_unknown_option_is_refused_at_start() -> None:
@@ -64,7 +69,9 @@ def test_an_unknown_option_is_refused_at_start() -> None:
 async def test_an_anthropic_entry_speaks_the_messages_api() -> None:
     fake = FakeModel({"claude-x": [text("from claude")]})
     with FakeModelServer(fake) as server:
+        thinking = {"type": "enabled", "budget_tokens": 1024}
         entry = {"kind": "anthropic", "api_key": "k", "base_url": server.url}
+        entry["body"] = {"thinking": thinking}
         settings = Settings(model_providers={"anthropic": entry})
         engine = build_engine(settings, AgentsModule([Agent(name="a", model="anthropic/claude-x")]))
         try:
@@ -74,6 +81,7 @@ async def test_an_anthropic_entry_speaks_the_messages_api() -> None:
 
     assert result.outcome == Completed("from claude")
     assert fake.requests[0]["max_tokens"] == 8192  # the Messages API needs one
+    assert fake.requests[0]["thinking"] == thinking
 
 
 def test_options_are_for_openai_compatible_servers() -> None:

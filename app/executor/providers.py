@@ -19,6 +19,7 @@ def build_provider(entry: ProviderSettings, settings: Settings) -> ModelProvider
             base_url=entry.base_url,
             headers=entry.headers,
             query=entry.query,
+            body=entry.body,
             max_retries=settings.model_max_retries,
             timeout_seconds=settings.model_timeout_seconds,
         )
@@ -28,6 +29,7 @@ def build_provider(entry: ProviderSettings, settings: Settings) -> ModelProvider
         api_key_header=entry.api_key_header,
         headers=entry.headers,
         query=entry.query,
+        body=entry.body,
         omit=entry.omitted,
         max_retries=settings.model_max_retries,
         timeout_seconds=settings.model_timeout_seconds,

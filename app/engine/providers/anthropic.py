@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from types import ModuleType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from app.engine.errors import ModelError
 from app.engine.model import ModelProvider, ModelRequest, ModelResponse, TextSink
@@ -25,8 +25,9 @@ class AnthropicProvider(ModelProvider):
 
     Agents name models as `anthropic/<model>` when `MODEL_PROVIDERS` maps `anthropic` to
     `{"kind": "anthropic", "api_key": ...}`. `max_tokens` is the answer's limit for agents that
-    set none (the API needs one). `headers` go with every request: prompt caching and beta
-    features are the user's to ask for there.
+    set none (the API needs one). `headers` go with every request (prompt caching and beta
+    features are the user's to ask for there), and `body`'s fields in every request body
+    (`thinking`: its blocks and signatures go back as the API requires).
     """
 
     def __init__(
@@ -36,6 +37,7 @@ class AnthropicProvider(ModelProvider):
         base_url: str | None = None,
         headers: Mapping[str, str] | None = None,
         query: Mapping[str, str] | None = None,
+        body: Mapping[str, Any] | None = None,
         max_tokens: int = 8192,
         max_retries: int = 2,
         timeout_seconds: float = 60.0,
@@ -51,13 +53,15 @@ class AnthropicProvider(ModelProvider):
             timeout=timeout_seconds,
         )
         self._max_tokens = max_tokens
+        self._body = dict(body or {})
 
     async def complete(
         self, request: ModelRequest, on_text: TextSink | None = None
     ) -> ModelResponse:
         params = messages_request(request, self._max_tokens)
         try:
-            async with self._client.messages.stream(**params) as stream:
+            # The SDK takes fields it may not know yet (beta ones) only as `extra_body`.
+            async with self._client.messages.stream(**params, extra_body=self._body) as stream:
                 async for text in stream.text_stream:
                     if text and on_text is not None:
                         await on_text(text)

@@ -22,7 +22,8 @@ class OpenAIProvider(ModelProvider):
     """Streams every call (usage included) and relies on the SDK's own retries and timeout.
 
     `headers` and `query` go with every request (Azure's classic API wants `api-version` in the
-    query); `api_key_header` sends the key in that header instead of `Authorization: Bearer`
+    query), and `body`'s fields in every request body (`reasoning_effort`, DeepSeek's
+    `thinking`); `api_key_header` sends the key in that header instead of `Authorization: Bearer`
     (Azure's `api-key`); `omit` names optional fields the server refuses (`stream_options`,
     `parallel_tool_calls`, `temperature`, `max_tokens`). A 400 that names `stream_options` or
     `parallel_tool_calls` is asked once more without it, and the field is left out from then on.
@@ -36,6 +37,7 @@ class OpenAIProvider(ModelProvider):
         api_key_header: str | None = None,
         headers: Mapping[str, str] | None = None,
         query: Mapping[str, str] | None = None,
+        body: Mapping[str, Any] | None = None,
         omit: Collection[str] = (),
         max_retries: int = 2,
         timeout_seconds: float = 60.0,
@@ -57,11 +59,12 @@ class OpenAIProvider(ModelProvider):
             timeout=timeout_seconds,
         )
         self._omit = frozenset(omit)
+        self._body = dict(body or {})
 
     async def complete(
         self, request: ModelRequest, on_text: TextSink | None = None
     ) -> ModelResponse:
-        body = request_body(request, self._omit)
+        body = {**self._body, **request_body(request, self._omit)}
         try:
             try:
                 return await self._call(request.model, body, on_text)
