@@ -30,7 +30,7 @@ WORKDIR /app
 RUN --mount=type=cache,target=/root/.cache/uv \
     --mount=type=bind,source=pyproject.toml,target=pyproject.toml \
     --mount=type=bind,source=uv.lock,target=uv.lock \
-    uv sync --frozen --no-dev --extra tracing --no-install-project
+    uv sync --frozen --no-dev --extra tracing --extra anthropic --no-install-project
 
 # 2. The project itself. It is installed editable (a .pth naming /app), so the runtime stage keeps
 # the sources at /app: `agent-runs migrate` finds migrations/ beside app/ (app/store/migrations.py).
@@ -39,7 +39,7 @@ COPY pyproject.toml uv.lock README.md alembic.ini ./
 COPY migrations ./migrations
 COPY app ./app
 RUN --mount=type=cache,target=/root/.cache/uv \
-    uv sync --frozen --no-dev --extra tracing \
+    uv sync --frozen --no-dev --extra tracing --extra anthropic \
  && python -m compileall -q app migrations
 
 FROM python:${PYTHON_VERSION}-slim-bookworm AS runtime

@@ -1,11 +1,13 @@
 """agent-runs: run LLM agents as durable REST resources.
 
 The public Python surface for defining agents is `Agent`, `tool`, `RunContext` and, for a model
-backend of one's own, `ModelProvider`.
+backend of one's own, `ModelProvider`; `AnthropicProvider` speaks Anthropic's own API (with the
+`anthropic` extra).
 """
 
 from app.engine import (
     Agent,
+    AnthropicProvider,
     ApprovalRequest,
     ModelError,
     ModelProvider,
@@ -19,6 +21,7 @@ from app.engine import (
 
 __all__ = [
     "Agent",
+    "AnthropicProvider",
     "ApprovalRequest",
     "ModelError",
     "ModelProvider",

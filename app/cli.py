@@ -1,11 +1,11 @@
-"""`agent-runs serve | worker | migrate | fake-model`."""
+"""`agent-runs serve | worker | migrate | fake-model | check-model | openapi`."""
 
 from __future__ import annotations
 
 import signal
 from pathlib import Path
 from types import FrameType
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import anyio
 import typer
@@ -13,6 +13,9 @@ import uvicorn
 from pydantic import ValidationError
 
 from app.settings import Settings
+
+if TYPE_CHECKING:
+    from app.engine.providers.probe import Finding
 
 cli = typer.Typer(
     name="agent-runs",
@@ -141,17 +144,66 @@ def fake_model(
     ] = EXAMPLE_SCRIPT,
     host: Annotated[str, typer.Option()] = "127.0.0.1",
     port: Annotated[int, typer.Option()] = 8100,
+    dialect: Annotated[
+        str,
+        typer.Option(help="Stream as this server does: openai, ollama, vllm, gemini, azure..."),
+    ] = "openai",
 ) -> None:
     """A scripted OpenAI-compatible model, to test agents without an API key.
 
-    Point the service at it with OPENAI_BASE_URL=http://HOST:PORT/v1.
+    Point the service at it with OPENAI_BASE_URL=http://HOST:PORT/v1 (or, as Anthropic's
+    Messages API, a provider of kind anthropic with base_url http://HOST:PORT).
     """
-    from app.testing import FakeModel, load_scripts
+    from app.testing import DIALECTS, FakeModel, load_scripts
 
     _settings()
-    fake = FakeModel(load_scripts(scripts))
-    typer.echo(f"fake model on http://{host}:{port}/v1 answering from {scripts}", err=True)
+    if dialect not in DIALECTS:
+        raise _fail(f"unknown dialect {dialect!r}; one of: {', '.join(sorted(DIALECTS))}")
+    fake = FakeModel(load_scripts(scripts), dialect=dialect)
+    typer.echo(
+        f"fake model on http://{host}:{port}/v1 answering from {scripts} as {dialect} does",
+        err=True,
+    )
     uvicorn.run(fake.app, host=host, port=port, log_config=None, access_log=False)
+
+
+@cli.command("check-model")
+def check_model(
+    model: Annotated[
+        str | None,
+        typer.Argument(
+            help="provider/model, or a model of the default provider [default: DEFAULT_MODEL]."
+        ),
+    ] = None,
+) -> None:
+    """Try a configured model: text, a tool call and its answer, parallel calls, usage, JSON.
+
+    Exits 1 when a text answer, a tool call or its round trip fails: agents need those.
+    """
+    from app.engine import ModelError, ModelRouter
+    from app.engine.providers.probe import ESSENTIAL, probe
+    from app.executor.providers import build_providers, describe
+
+    settings = _settings()
+    default, named = build_providers(settings)
+    router = ModelRouter(default, named, default_model=settings.default_model)
+    try:
+        provider, bare = router.resolve(model)
+    except ModelError as exc:
+        raise _fail(str(exc)) from exc
+
+    async def check() -> list[Finding]:
+        try:
+            return await probe(provider, bare)
+        finally:
+            await router.aclose()
+
+    typer.echo(f"{model or settings.default_model} at {describe(settings, model)}")
+    findings = anyio.run(check)
+    for finding in findings:
+        typer.echo(f"  {'yes' if finding.works else 'no':<4}{finding.name:<19}{finding.detail}")
+    if not all(f.works for f in findings if f.name in ESSENTIAL):
+        raise typer.Exit(code=1)
 
 
 @cli.command()

@@ -2,19 +2,49 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from app.engine.providers.chat_request import OptionalField
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./agent-runs.db"
 
 
 class ProviderSettings(BaseModel):
-    """One entry of `MODEL_PROVIDERS`: an OpenAI-compatible server."""
+    """One entry of `MODEL_PROVIDERS`: an OpenAI-compatible server, or Anthropic's API."""
 
-    base_url: str
+    kind: Literal["openai", "anthropic"] = Field(
+        "openai", description="`anthropic`: Anthropic's Messages API (the `anthropic` extra)"
+    )
+    base_url: str | None = Field(None, description="default: OpenAI's, or Anthropic's")
     api_key: SecretStr | None = None
+    api_key_header: str | None = Field(
+        None, description="send the key in this header instead of `Authorization: Bearer`"
+    )
+    headers: dict[str, str] = Field(default_factory=dict, description="sent with every request")
+    query: dict[str, str] = Field(
+        default_factory=dict, description="added to every URL (Azure: `api-version`)"
+    )
+    body: dict[str, Any] = Field(
+        default_factory=dict,
+        description="fields added to every request body (`reasoning_effort`, `thinking`...)",
+    )
+    options: dict[OptionalField, bool] = Field(
+        default_factory=dict,
+        description="`false` leaves that optional request field out (the server refuses it)",
+    )
+
+    @property
+    def omitted(self) -> set[str]:
+        return {name for name, send in self.options.items() if not send}
+
+    @model_validator(mode="after")
+    def _openai_only(self) -> ProviderSettings:
+        if self.kind == "anthropic" and (self.options or self.api_key_header):
+            raise ValueError("`options` and `api_key_header` are for OpenAI-compatible servers")
+        return self
 
 
 class Settings(BaseSettings):
@@ -24,7 +54,9 @@ class Settings(BaseSettings):
     openai_api_key: SecretStr | None = Field(None, description="Key of the default provider.")
     openai_base_url: str | None = Field(None, description="Base URL of the default provider.")
     model_providers: dict[str, ProviderSettings] = Field(
-        default_factory=dict, description='JSON: {"name": {"base_url": ..., "api_key": ...}}.'
+        default_factory=dict,
+        description='JSON: {"name": {"base_url": ..., "api_key": ..., "headers": {...}, '
+        '"query": {...}, "body": {...}, "api_key_header": ..., "options": {...}}}.',
     )
     default_model: str = Field("gpt-4o-mini", description="Model of agents that name none.")
     agents_module: str = Field(

@@ -179,3 +179,10 @@ def test_a_stopping_serve_answers_a_held_wait_at_once(
 
     assert response.status_code == 201
     assert response.json()["status"] in ("running", "queued")
+
+
+def test_fake_model_refuses_an_unknown_dialect() -> None:
+    result = agent_runs("fake-model", "--dialect", "nosuch", "--port", str(free_port()))
+
+    assert result.returncode == 2
+    assert "unknown dialect 'nosuch'; one of: anthropic-openai, azure" in result.stderr

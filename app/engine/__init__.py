@@ -12,12 +12,13 @@ from app.engine.errors import ModelError
 from app.engine.events import RunEvent, RunObserver, TextDelta
 from app.engine.model import ModelProvider, ModelRequest, ModelResponse
 from app.engine.outcomes import Completed, Failed, HandedOff, Paused, RunAgain, TurnResult
-from app.engine.providers import ModelRouter, OpenAIProvider
+from app.engine.providers import AnthropicProvider, ModelRouter, OpenAIProvider
 from app.engine.state import ApprovalRequest, RunState, RunStatus, Usage
 from app.engine.tools import Tool, tool
 
 __all__ = [
     "Agent",
+    "AnthropicProvider",
     "ApprovalRequest",
     "Completed",
     "DecisionInput",

@@ -22,14 +22,21 @@ class ModelRequest:
     temperature: float | None = None
     max_tokens: int | None = None
     parallel_tool_calls: bool | None = None
+    response_format: dict[str, Any] | None = None  # Chat Completions' `response_format`
 
 
 @dataclass(frozen=True, slots=True)
 class ModelResponse:
-    """The assistant message (`role`, `content`, and `tool_calls` when there are any) and usage."""
+    """The assistant message (`role`, `content`, and `tool_calls` when there are any) and usage.
+
+    The message may carry `provider_data`: what the server sent beyond Chat Completions that it
+    needs back later (see `app.engine.providers.fields`). `finish_reason` is Chat Completions'
+    (`stop`, `tool_calls`, `length`, `content_filter`), when the backend says.
+    """
 
     message: Message
     usage: Usage
+    finish_reason: str | None = None
 
 
 class ModelProvider(abc.ABC):
@@ -46,3 +53,24 @@ class ModelProvider(abc.ABC):
 
     async def aclose(self) -> None:  # noqa: B027 - most providers hold nothing to close
         """Release connections; called when the service stops."""
+
+
+def unusable(response: ModelResponse) -> str | None:
+    """Why the loop cannot take this answer, or None: a cut or empty answer is never final."""
+    if response.finish_reason == "length":
+        return (
+            "the answer was cut at its token limit (finish_reason 'length'), so it is not "
+            "taken as an answer; raise max_tokens or ask for less"
+        )
+    if response.finish_reason == "content_filter":
+        return "the server's content filter stopped the answer (finish_reason 'content_filter')"
+    message = response.message
+    if message.get("tool_calls"):
+        return None
+    content = message.get("content")
+    if content.strip() if isinstance(content, str) else content:  # text, or content parts
+        return None
+    refusal = message.get("refusal")
+    if isinstance(refusal, str) and refusal:
+        return f"the model refused: {refusal}"
+    return "the server sent an empty answer (no text and no tool calls)"

@@ -18,7 +18,7 @@ from app.engine.context import RunContext
 from app.engine.errors import EngineError, ModelError
 from app.engine.events import RunEvent, RunObserver, TextDelta
 from app.engine.execution import run_queued_calls
-from app.engine.model import ModelRequest, ModelResponse
+from app.engine.model import ModelRequest, ModelResponse, unusable
 from app.engine.outcomes import (
     Completed,
     Failed,
@@ -172,9 +172,12 @@ class Turn:
         except Exception as exc:
             # A provider of the user's own may raise anything; the run fails, the service lives.
             self.log.exception("model.provider_crashed")
-            raise ModelError(f"model {agent.model!r}: {type(exc).__name__}: {exc}") from exc
+            raise ModelError(f"model {model!r}: {type(exc).__name__}: {exc}") from exc
         if config.debug:
             self.log.info("model.response", message=response.message, usage=response.usage)
+        if (problem := unusable(response)) is not None:
+            state.usage.add(response.usage)  # spent all the same
+            raise ModelError(f"model {model!r}: {problem}")
         return response
 
     async def _plan_call(self, agent: Agent, tools: dict[str, Tool], call: ToolCall) -> None:

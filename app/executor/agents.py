@@ -6,9 +6,10 @@ import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from app.engine import Agent, Engine, ModelProvider, ModelRouter, OpenAIProvider
+from app.engine import Agent, Engine, ModelProvider, ModelRouter
 from app.engine.instruments import Instruments
 from app.executor.metrics import PrometheusInstruments
+from app.executor.providers import build_providers
 from app.executor.tracing import CombinedInstruments, TracingInstruments, configure_tracing
 from app.settings import Settings
 
@@ -42,25 +43,7 @@ def load_agents_module(path: str) -> AgentsModule:
 
 def build_engine(settings: Settings, module: AgentsModule) -> Engine:
     """The engine over the module's agents, with providers from settings and from the module."""
-
-    def openai_provider(base_url: str | None, api_key: str | None) -> OpenAIProvider:
-        return OpenAIProvider(
-            base_url=base_url,
-            api_key=api_key,
-            max_retries=settings.model_max_retries,
-            timeout_seconds=settings.model_timeout_seconds,
-        )
-
-    default_key = settings.openai_api_key
-    default = openai_provider(
-        settings.openai_base_url, default_key.get_secret_value() if default_key else None
-    )
-    providers: dict[str, ModelProvider] = {
-        name: openai_provider(
-            entry.base_url, entry.api_key.get_secret_value() if entry.api_key else None
-        )
-        for name, entry in settings.model_providers.items()
-    }
+    default, providers = build_providers(settings)
     providers.update(module.providers)
     router = ModelRouter(default, providers, default_model=settings.default_model)
     instruments: Instruments = PrometheusInstruments()

@@ -34,6 +34,8 @@ def lifecycle_event(run: Run, name: str, state: RunState | None = None) -> Event
             "prompt_tokens": usage.prompt_tokens if usage else 0,
             "completion_tokens": usage.completion_tokens if usage else 0,
             "total_tokens": usage.total_tokens if usage else 0,
+            "cached_tokens": usage.cached_tokens if usage else 0,
+            "reasoning_tokens": usage.reasoning_tokens if usage else 0,
         },
     }
     return name, data

@@ -28,6 +28,8 @@ class Usage(BaseModel):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
+    cached_tokens: int = Field(0, description="Of prompt_tokens: read from the prompt cache.")
+    reasoning_tokens: int = Field(0, description="Of completion_tokens: spent on reasoning.")
 
 
 class ToolCallOut(BaseModel):

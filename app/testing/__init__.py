@@ -1,5 +1,6 @@
 """A scripted OpenAI-compatible model for testing agents without a real LLM."""
 
+from app.testing.dialects import DIALECTS, Dialect
 from app.testing.fake_model import FakeModel
 from app.testing.script import (
     FakeError,
@@ -16,6 +17,8 @@ from app.testing.script import (
 from app.testing.server import FakeModelServer
 
 __all__ = [
+    "DIALECTS",
+    "Dialect",
     "FakeError",
     "FakeModel",
     "FakeModelServer",

@@ -12,7 +12,6 @@ import itertools
 import json
 import re
 import threading
-import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -22,23 +21,29 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from app.testing import messages_api
+from app.testing.completion import Completion, error_event
+from app.testing.dialects import DIALECTS, Dialect
 from app.testing.script import Reply, Script, as_script
 
 Message = dict[str, Any]
 
-# A held stream goes on by itself after this long, so a test that forgets to release ends.
-HOLD_LIMIT_SECONDS = 60
-
 
 class FakeModel:
-    """The scripts, the requests seen, and the ASGI app serving them (`.app`)."""
+    """The scripts, the requests seen, and the ASGI app serving them (`.app`).
+
+    `dialect` (a name of `DIALECTS`, or a `Dialect`) makes it stream, and refuse, as that server
+    does: `FakeModel(scripts, dialect="ollama")`.
+    """
 
     def __init__(
         self,
         scripts: Mapping[str, Script | list[Reply]] | None = None,
         *,
+        dialect: str | Dialect = "openai",
         keep_requests: int = 10_000,
     ) -> None:
+        self.dialect = DIALECTS[dialect] if isinstance(dialect, str) else dialect
         self.scripts: dict[str, Script] = {}
         # Bounded, so a long-lived `agent-runs fake-model` does not grow without end.
         self.requests: deque[dict[str, Any]] = deque(maxlen=keep_requests)
@@ -53,6 +58,7 @@ class FakeModel:
             for path in ("/v1/chat/completions", "/chat/completions")
         ]
         routes += [Route(path, self._models) for path in ("/v1/models", "/models")]
+        routes.append(Route("/v1/messages", self._messages, methods=["POST"]))
         self.app = Starlette(routes=routes)
 
     def script(self, model: str, script: Script | list[Reply]) -> str:
@@ -100,27 +106,80 @@ class FakeModel:
             return Response(status_code=499)  # nobody is left to answer
         except (ValueError, KeyError, TypeError):
             return _error(400, "the body must be JSON with `model` and `messages`")
+        reply, attempts = self._take(body, model, messages)
+        refused = self.dialect.check(body, dict(request.headers), dict(request.query_params))
+        if refused is not None:
+            return JSONResponse(refused[1], status_code=refused[0])
+        if isinstance(reply, str):
+            return _error(400, reply)
+        if reply.delay:
+            await asyncio.sleep(reply.delay)
+        stream = bool(body.get("stream"))
+        if reply.error and (reply.error.times is None or attempts <= reply.error.times):
+            if stream and self.dialect.errors_in_stream:
+                error = {"message": reply.error.message, "type": "fake_model_error"}
+                event = error_event(reply.error.status, {"error": error})
+                return StreamingResponse(_once(event), media_type="text/event-stream")
+            headers = {"retry-after-ms": str(reply.error.retry_after_ms)}
+            return _error(reply.error.status, reply.error.message, headers)
+        completion = Completion(
+            f"chatcmpl-{next(self._ids)}",
+            model,
+            _fingerprint(model, messages)[:10],
+            len(json.dumps(messages)),
+            reply,
+            self.dialect,
+            self._releases,
+        )
+        if stream and not (self.dialect.whole_with_tools and body.get("tools")):
+            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            chunks = completion.chunks(include_usage)
+            return StreamingResponse(chunks, media_type="text/event-stream")
+        return JSONResponse(completion.whole())
+
+    async def _messages(self, request: Request) -> Response:
+        """Anthropic's Messages API, answering from the same scripts."""
+        try:
+            body = json.loads(await request.body())
+            model = str(body["model"])
+            messages = messages_api.chat_view(body)
+        except ClientDisconnect:
+            return Response(status_code=499)
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return JSONResponse(messages_api.error_body("model and messages are required"), 400)
+        reply, attempts = self._take(body, model, messages)
+        refused = messages_api.check(body)
+        if refused is not None:
+            return JSONResponse(refused[1], status_code=refused[0])
+        if isinstance(reply, str):
+            return JSONResponse(messages_api.error_body(reply), status_code=400)
+        if reply.delay:
+            await asyncio.sleep(reply.delay)
+        if reply.error and (reply.error.times is None or attempts <= reply.error.times):
+            headers = {"retry-after-ms": str(reply.error.retry_after_ms)}
+            error = messages_api.error_body(reply.error.message)
+            return JSONResponse(error, status_code=reply.error.status, headers=headers)
+        answer = messages_api.MessagesAnswer(
+            f"msg_{next(self._ids)}",
+            model,
+            _fingerprint(model, messages)[:10],
+            len(json.dumps(body["messages"])),
+            reply,
+        )
+        if body.get("stream"):
+            return StreamingResponse(answer.events(), media_type="text/event-stream")
+        return JSONResponse(answer.whole())
+
+    def _take(
+        self, body: dict[str, Any], model: str, messages: list[Message]
+    ) -> tuple[Reply | str, int]:
+        """Record the request; its reply (or why there is none) and which try of a failure."""
         with self._lock:
             self.requests.append(body)
             self._lock.notify_all()
             reply = self._pick(model, messages)
             failing = isinstance(reply, Reply) and reply.error is not None
-            attempts = self._count_attempt(model, messages) if failing else 0
-        if isinstance(reply, str):
-            return _error(400, reply)
-        if reply.delay:
-            await asyncio.sleep(reply.delay)
-        if reply.error and (reply.error.times is None or attempts <= reply.error.times):
-            headers = {"retry-after-ms": str(reply.error.retry_after_ms)}
-            return _error(reply.error.status, reply.error.message, headers)
-        completion = _Completion(
-            f"chatcmpl-{next(self._ids)}", model, messages, reply, self._releases
-        )
-        if body.get("stream"):
-            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-            chunks = completion.chunks(include_usage)
-            return StreamingResponse(chunks, media_type="text/event-stream")
-        return JSONResponse(completion.whole())
+            return reply, self._count_attempt(model, messages) if failing else 0
 
     def _pick(self, model: str, messages: list[Message]) -> Reply | str:
         """The scripted reply, or why there is none."""
@@ -147,93 +206,6 @@ class FakeModel:
         return self._attempts[key]
 
 
-class _Completion:
-    """A reply rendered as a Chat Completions response, whole or as stream chunks."""
-
-    def __init__(
-        self,
-        response_id: str,
-        model: str,
-        messages: list[Message],
-        reply: Reply,
-        releases: threading.Semaphore,
-    ) -> None:
-        self.id = response_id
-        self.releases = releases
-        self.model = model
-        self.reply = reply
-        self.created = int(time.time())
-        prefix = _fingerprint(model, messages)[:10]
-        self.tool_calls: list[dict[str, Any]] = [
-            {
-                "id": spec.id if spec.id is not None else f"call_{prefix}_{index}",
-                "type": "function",
-                "function": {
-                    "name": spec.name,
-                    "arguments": spec.arguments
-                    if isinstance(spec.arguments, str)
-                    else json.dumps(spec.arguments),
-                },
-            }
-            for index, spec in enumerate(reply.tool_calls)
-        ]
-        prompt_tokens = max(1, len(json.dumps(messages)) // 4)
-        generated = (reply.content or "") + "".join(
-            call["function"]["arguments"] for call in self.tool_calls
-        )
-        completion_tokens = max(1, len(generated) // 4)
-        self.usage = {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
-        }
-        self.finish_reason = "tool_calls" if self.tool_calls else "stop"
-
-    def whole(self) -> dict[str, Any]:
-        message: dict[str, Any] = {"role": "assistant", "content": self.reply.content}
-        if self.tool_calls:
-            message["tool_calls"] = self.tool_calls
-        choice = {"index": 0, "message": message, "finish_reason": self.finish_reason}
-        return {**self._envelope("chat.completion"), "choices": [choice], "usage": self.usage}
-
-    async def chunks(self, include_usage: bool) -> AsyncIterator[str]:
-        for index, delta in enumerate(self._deltas()):
-            yield self._chunk([{"index": 0, "delta": delta, "finish_reason": None}])
-            if self.reply.chunk_delay:
-                await asyncio.sleep(self.reply.chunk_delay)
-            if index in self.reply.hold_after:  # delta 0 only opens the message: no text yet
-                await asyncio.to_thread(self.releases.acquire, True, HOLD_LIMIT_SECONDS)
-        yield self._chunk([{"index": 0, "delta": {}, "finish_reason": self.finish_reason}])
-        if include_usage:
-            yield self._chunk([], usage=self.usage)
-        yield "data: [DONE]\n\n"
-
-    def _deltas(self) -> list[dict[str, Any]]:
-        deltas: list[dict[str, Any]] = [{"role": "assistant", "content": ""}]
-        deltas += [{"content": piece} for piece in re.findall(r"\s*\S+", self.reply.content or "")]
-        for index, call in enumerate(self.tool_calls):
-            arguments = call["function"]["arguments"]
-            half = len(arguments) // 2
-            head = {"name": call["function"]["name"], "arguments": arguments[:half]}
-            deltas.append(
-                {
-                    "tool_calls": [
-                        {"index": index, "id": call["id"], "type": "function", "function": head}
-                    ]
-                }
-            )
-            tail = {"arguments": arguments[half:]}
-            deltas.append({"tool_calls": [{"index": index, "function": tail}]})
-        return deltas
-
-    def _envelope(self, kind: str) -> dict[str, Any]:
-        return {"id": self.id, "object": kind, "created": self.created, "model": self.model}
-
-    def _chunk(self, choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> str:
-        chunk = {**self._envelope("chat.completion.chunk"), "choices": choices, "usage": usage}
-        return f"data: {json.dumps(chunk)}\n\n"
-
-
 def _role(message: Message) -> str:
     return str(message.get("role", ""))
 
@@ -248,6 +220,10 @@ def _text(message: Message) -> str:
 def _fingerprint(model: str, messages: list[Message]) -> str:
     raw = json.dumps([model, messages], sort_keys=True, default=str).encode()
     return hashlib.sha256(raw).hexdigest()
+
+
+async def _once(event: str) -> AsyncIterator[str]:
+    yield event
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:

@@ -40,6 +40,12 @@ class Reply(_Strict):
 
     content: str | None = None
     tool_calls: list[FakeToolCall] = Field(default_factory=list)
+    reasoning: str | None = Field(
+        None, description="reasoning text, sent in the dialect's reasoning field (if it has one)"
+    )
+    finish_reason: str | None = Field(
+        None, description="default: `tool_calls` with calls (or the dialect's), else `stop`"
+    )
     error: FakeError | None = None
     delay: float = Field(0, ge=0, description="seconds before the answer starts")
     chunk_delay: float = Field(0, ge=0, description="seconds between streamed chunks")

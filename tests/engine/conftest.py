@@ -42,7 +42,7 @@ async def provider(fake_server: FakeModelServer) -> AsyncIterator[OpenAIProvider
 
 
 @pytest.fixture
-def make_engine(provider: OpenAIProvider) -> EngineFactory:
+def make_engine(provider: ModelProvider) -> EngineFactory:
     def make(
         agents: Iterable[Agent], providers: Mapping[str, ModelProvider] | None = None
     ) -> Engine:

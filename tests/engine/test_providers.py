@@ -1,11 +1,17 @@
-"""Model providers: streaming, the router, and a backend of one's own."""
+"""Model providers: streaming, the router, and a backend of one's own.
+
+The tests that drive an engine run on both built-in providers: the OpenAI-compatible one and
+Anthropic's, each against the fake model over HTTP.
+"""
 
 from __future__ import annotations
+
+from collections.abc import AsyncIterator
 
 import openai
 import pytest
 
-from app import Agent, ModelProvider, ModelRequest, ModelResponse, Usage, tool
+from app import Agent, AnthropicProvider, ModelProvider, ModelRequest, ModelResponse, Usage, tool
 from app.engine import Completed, Failed, ModelError, ModelRouter, OpenAIProvider
 from app.engine.model import TextSink
 from app.testing import FakeModel, FakeModelServer, Reply, calls, text
@@ -18,6 +24,19 @@ pytestmark = pytest.mark.anyio
 def add(a: int, b: int) -> int:
     """Add two integers."""
     return a + b
+
+
+@pytest.fixture(params=["openai", "anthropic"])
+async def provider(
+    request: pytest.FixtureRequest, fake_server: FakeModelServer
+) -> AsyncIterator[ModelProvider]:
+    provider: ModelProvider
+    if request.param == "anthropic":
+        provider = AnthropicProvider(base_url=fake_server.url, api_key="x", timeout_seconds=10)
+    else:
+        provider = OpenAIProvider(base_url=fake_server.base_url, timeout_seconds=10)
+    yield provider
+    await provider.aclose()
 
 
 class EchoProvider(ModelProvider):
@@ -124,15 +143,13 @@ def test_router_routes_by_prefix_and_default_model() -> None:
 
 
 async def test_default_model_is_used_by_agents_that_name_none(
-    fake_server: FakeModelServer, fake: FakeModel
+    provider: ModelProvider, fake: FakeModel
 ) -> None:
     from app.engine import Engine
 
     fake.script("fallback", [text("from the default model")])
-    provider = OpenAIProvider(base_url=fake_server.base_url)
     engine = Engine([Agent(name="a")], ModelRouter(provider, default_model="fallback"))
 
     result = await engine.run(engine.start("a", "hi"))
-    await provider.aclose()
 
     assert result.outcome == Completed("from the default model")

@@ -2,134 +2,117 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import openai
+import structlog
 
 from app.engine.errors import ModelError
 from app.engine.model import ModelProvider, ModelRequest, ModelResponse, TextSink
-from app.engine.state import Message, Usage
+from app.engine.providers.assembly import Assembler
+from app.engine.providers.chat_request import refused_field, request_body
+from app.engine.providers.failures import model_error, server_message
+
+log = structlog.get_logger("app.engine")
 
 
 class OpenAIProvider(ModelProvider):
-    """Streams every call (usage included) and relies on the SDK's own retries and timeout."""
+    """Streams every call (usage included) and relies on the SDK's own retries and timeout.
+
+    `headers` and `query` go with every request (Azure's classic API wants `api-version` in the
+    query), and `body`'s fields in every request body (`reasoning_effort`, DeepSeek's
+    `thinking`); `api_key_header` sends the key in that header instead of `Authorization: Bearer`
+    (Azure's `api-key`); `omit` names optional fields the server refuses (`stream_options`,
+    `parallel_tool_calls`, `temperature`, `max_tokens`). A 400 that names `stream_options` or
+    `parallel_tool_calls` is asked once more without it, and the field is left out from then on.
+    """
 
     def __init__(
         self,
         *,
         base_url: str | None = None,
         api_key: str | None = None,
+        api_key_header: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        query: Mapping[str, str] | None = None,
+        body: Mapping[str, Any] | None = None,
+        omit: Collection[str] = (),
         max_retries: int = 2,
         timeout_seconds: float = 60.0,
         client: openai.AsyncOpenAI | None = None,
     ) -> None:
+        default_headers = dict(headers or {})
+        # The SDK omits a header only when a request says so: the key goes in its own header.
+        self._options: openai.RequestOptions = {}
+        if api_key_header:
+            default_headers[api_key_header] = api_key or ""
+            self._options = {"headers": {"Authorization": openai.Omit()}}
         # A local OpenAI-compatible server often needs no key, but the SDK insists on one.
         self._client = client or openai.AsyncOpenAI(
             base_url=base_url,
             api_key=api_key or "unused",
+            default_headers=default_headers,
+            default_query=dict(query or {}),
             max_retries=max_retries,
             timeout=timeout_seconds,
         )
+        self._omit = frozenset(omit)
+        self._body = dict(body or {})
 
     async def complete(
         self, request: ModelRequest, on_text: TextSink | None = None
     ) -> ModelResponse:
-        body = {
-            **_request_arguments(request),
-            "stream": True,
-            "stream_options": {"include_usage": True},
-        }
+        body = {**self._body, **request_body(request, self._omit)}
         try:
-            # `post` sends the body as it is and yields each chunk as parsed JSON, with the
-            # SDK's retries, timeout and errors. `chat.completions.create` would first walk the
-            # whole request against the SDK's type hints and build a model of every chunk: on
-            # a short turn that costs more than everything else the engine does.
-            stream = await self._client.post(
-                "/chat/completions",
-                body=body,
-                cast_to=object,
-                stream=True,
-                stream_cls=openai.AsyncStream[object],
-            )
-            assembler = _StreamAssembler()
-            async with stream:
+            try:
+                return await self._call(request.model, body, on_text)
+            except openai.APIStatusError as exc:
+                refused = refused_field(exc.status_code, server_message(exc.body), body)
+                if refused is None:
+                    raise
+                log.warning("model.field_refused", model=request.model, field=refused)
+                self._omit |= {refused}
+                del body[refused]
+                return await self._call(request.model, body, on_text)
+        except openai.APIStatusError as exc:
+            raise model_error(request.model, exc.status_code, exc.body, exc.message) from exc
+        except openai.APIError as exc:  # no connection, a timeout, or an error inside the stream
+            raise model_error(request.model, None, exc.body, exc.message) from exc
+        except json.JSONDecodeError as exc:
+            raise ModelError(
+                f"model {request.model!r}: the server sent invalid JSON: {exc}"
+            ) from exc
+
+    async def _call(
+        self, model: str, body: dict[str, Any], on_text: TextSink | None
+    ) -> ModelResponse:
+        # `post` sends the body as it is and yields each chunk as parsed JSON, with the SDK's
+        # retries, timeout and errors. `chat.completions.create` would first walk the whole
+        # request against the SDK's type hints and build a model of every chunk: on a short turn
+        # that costs more than everything else the engine does.
+        stream = await self._client.post(
+            "/chat/completions",
+            body=body,
+            options=self._options,
+            cast_to=object,
+            stream=True,
+            stream_cls=openai.AsyncStream[object],
+        )
+        assembler = Assembler(model)
+        async with stream:
+            if "json" in stream.response.headers.get("content-type", ""):
+                # SGLang with tools answers a whole completion to `stream: true`.
+                text = assembler.add_completion(json.loads(await stream.response.aread()))
+                if text and on_text is not None:
+                    await on_text(text)
+            else:
                 async for chunk in stream:
-                    text = assembler.add(chunk)
+                    text = assembler.add_chunk(chunk)
                     if text and on_text is not None:
                         await on_text(text)
-        except openai.APIError as exc:
-            # The SDK's message carries the HTTP status ("Error code: 500 - ...") when there is one.
-            raise ModelError(f"model {request.model!r}: {exc.message}") from exc
         return assembler.response()
 
     async def aclose(self) -> None:
         await self._client.close()
-
-
-def _request_arguments(request: ModelRequest) -> dict[str, Any]:
-    arguments: dict[str, Any] = {"model": request.model, "messages": request.messages}
-    if request.tools:
-        arguments["tools"] = request.tools
-        if request.parallel_tool_calls is False:
-            arguments["parallel_tool_calls"] = False
-    if request.temperature is not None:
-        arguments["temperature"] = request.temperature
-    if request.max_tokens is not None:
-        arguments["max_tokens"] = request.max_tokens
-    return arguments
-
-
-@dataclass
-class _PartialCall:
-    id: str = ""
-    name: str = ""
-    arguments: list[str] = field(default_factory=list)
-
-
-@dataclass
-class _StreamAssembler:
-    """Joins streamed chunks into the message a non-streamed call would have returned."""
-
-    content: list[str] = field(default_factory=list)
-    calls: dict[int, _PartialCall] = field(default_factory=dict)
-    usage: Usage = field(default_factory=lambda: Usage(requests=1))
-
-    def add(self, chunk: Any) -> str:
-        """Take one streamed chunk (JSON as the server sent it); the text it adds, if any."""
-        if not isinstance(chunk, dict):
-            return ""
-        usage = chunk.get("usage")
-        if isinstance(usage, dict):
-            self.usage.prompt_tokens = usage.get("prompt_tokens") or 0
-            self.usage.completion_tokens = usage.get("completion_tokens") or 0
-            self.usage.total_tokens = usage.get("total_tokens") or 0
-        choices = chunk.get("choices")
-        if not choices:
-            return ""
-        delta = choices[0].get("delta") or {}
-        for call_delta in delta.get("tool_calls") or ():
-            call = self.calls.setdefault(call_delta.get("index", 0), _PartialCall())
-            call.id = call_delta.get("id") or call.id
-            function = call_delta.get("function")
-            if function is not None:
-                call.name += function.get("name") or ""
-                call.arguments.append(function.get("arguments") or "")
-        content = delta.get("content")
-        if content:
-            self.content.append(content)
-            return str(content)
-        return ""
-
-    def response(self) -> ModelResponse:
-        message: Message = {"role": "assistant", "content": "".join(self.content) or None}
-        if self.calls:
-            message["tool_calls"] = [
-                {
-                    "id": call.id,
-                    "type": "function",
-                    "function": {"name": call.name, "arguments": "".join(call.arguments)},
-                }
-                for _, call in sorted(self.calls.items())
-            ]
-        return ModelResponse(message=message, usage=self.usage)

@@ -1,0 +1,46 @@
+"""The Chat Completions request body, less the optional fields a server refuses."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from typing import Any, Literal, get_args
+
+from app.engine.model import ModelRequest
+from app.engine.providers.fields import outgoing_messages
+
+OptionalField = Literal["stream_options", "parallel_tool_calls", "temperature", "max_tokens"]
+OPTIONAL_FIELDS: frozenset[str] = frozenset(get_args(OptionalField))
+
+# Left out and asked again when a server's 400 names them: neither changes what an answer means
+# (without `stream_options` some servers send no usage; the engine runs a sequential agent's
+# calls one at a time whatever the model asks). A refused temperature or max_tokens would.
+DROPPABLE_FIELDS = ("stream_options", "parallel_tool_calls")
+
+
+def request_body(request: ModelRequest, omit: Collection[str] = ()) -> dict[str, Any]:
+    """The streamed request for `request`, without the fields in `omit`."""
+    body: dict[str, Any] = {
+        "model": request.model,
+        "messages": outgoing_messages(request.messages, request.model),
+        "stream": True,
+    }
+    optional: dict[str, Any] = {"stream_options": {"include_usage": True}}
+    if request.tools:
+        body["tools"] = request.tools
+        if request.parallel_tool_calls is False:
+            optional["parallel_tool_calls"] = False
+    if request.temperature is not None:
+        optional["temperature"] = request.temperature
+    if request.max_tokens is not None:
+        optional["max_tokens"] = request.max_tokens
+    if request.response_format is not None:
+        body["response_format"] = request.response_format
+    body.update((name, value) for name, value in optional.items() if name not in omit)
+    return body
+
+
+def refused_field(status: int, server_text: str, body: dict[str, Any]) -> str | None:
+    """The droppable field a 400 or 422 names as refused, when the body holds it."""
+    if status not in (400, 422):
+        return None
+    return next((name for name in DROPPABLE_FIELDS if name in body and name in server_text), None)

@@ -1,0 +1,55 @@
+"""Model providers built from settings: the default one and each `MODEL_PROVIDERS` entry."""
+
+from __future__ import annotations
+
+from app.engine import AnthropicProvider, ModelProvider, OpenAIProvider
+from app.settings import ProviderSettings, Settings
+
+
+def default_provider_settings(settings: Settings) -> ProviderSettings:
+    """`OPENAI_BASE_URL` and `OPENAI_API_KEY`, as an entry of `MODEL_PROVIDERS` would say them."""
+    return ProviderSettings(base_url=settings.openai_base_url, api_key=settings.openai_api_key)
+
+
+def build_provider(entry: ProviderSettings, settings: Settings) -> ModelProvider:
+    key = entry.api_key.get_secret_value() if entry.api_key else None
+    if entry.kind == "anthropic":
+        return AnthropicProvider(
+            api_key=key,
+            base_url=entry.base_url,
+            headers=entry.headers,
+            query=entry.query,
+            body=entry.body,
+            max_retries=settings.model_max_retries,
+            timeout_seconds=settings.model_timeout_seconds,
+        )
+    return OpenAIProvider(
+        base_url=entry.base_url,
+        api_key=key,
+        api_key_header=entry.api_key_header,
+        headers=entry.headers,
+        query=entry.query,
+        body=entry.body,
+        omit=entry.omitted,
+        max_retries=settings.model_max_retries,
+        timeout_seconds=settings.model_timeout_seconds,
+    )
+
+
+def build_providers(settings: Settings) -> tuple[ModelProvider, dict[str, ModelProvider]]:
+    """The default provider and the named ones."""
+    default = build_provider(default_provider_settings(settings), settings)
+    named = {
+        name: build_provider(entry, settings) for name, entry in settings.model_providers.items()
+    }
+    return default, named
+
+
+def describe(settings: Settings, model: str | None) -> str:
+    """Where a model's requests go, for people: the provider's name and base URL, no key."""
+    prefix, slash, _ = (model or settings.default_model).partition("/")
+    entry = settings.model_providers.get(prefix) if slash else None
+    if entry is None:
+        return settings.openai_base_url or "OpenAI's API"
+    where = entry.base_url or ("Anthropic's API" if entry.kind == "anthropic" else "OpenAI's API")
+    return f"{where} (provider {prefix!r}, {entry.kind})"
