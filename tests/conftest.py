@@ -13,6 +13,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+import structlog
 from sqlalchemy import delete
 
 from app.store.database import Database
@@ -24,6 +25,22 @@ from app.testing import FakeModel, FakeModelServer
 @pytest.fixture(scope="session")
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def plain_tracebacks() -> None:
+    """structlog's development lines, with tracebacks printed plainly: the default renders every
+    frame's locals, which takes seconds for one traceback and holds the event loop meanwhile."""
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.StackInfoRenderer(),
+            structlog.dev.set_exc_info,
+            structlog.processors.TimeStamper(fmt="%Y-%m-%d %H:%M:%S", utc=False),
+            structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback),
+        ]
+    )
 
 
 @pytest.fixture(scope="session")

@@ -9,8 +9,8 @@ import anyio
 import pytest
 
 from app.store.database import Database
+from app.store.leases import Claim, Leases
 from app.store.models import Run
-from app.store.runs import Claim, RunRepository
 from app.store.status import Status
 
 pytestmark = pytest.mark.anyio
@@ -36,7 +36,7 @@ def stored_run(run_id: str, status: Status, **values: Any) -> Run:
 
 async def claim(db: Database, worker: str, limit: int = 10) -> list[Claim]:
     async with db.session_scope() as session:
-        return await RunRepository(session).claim(
+        return await Leases(session).claim(
             worker, limit=limit, now=datetime.now(UTC), lease_seconds=20
         )
 

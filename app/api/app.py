@@ -44,8 +44,8 @@ from app.executor.worker import Executor, worker_name
 from app.settings import Settings
 from app.store.channels import DeltaChannel
 from app.store.database import Database, DatabaseInUse
+from app.store.leases import Leases
 from app.store.migrations import SchemaNotReady, ensure_schema
-from app.store.runs import RunRepository
 
 log = structlog.get_logger("app.api")
 
@@ -65,7 +65,7 @@ async def take_over_from_the_dead(db: Database) -> None:
     """This process holds the SQLite file's lock, so whoever held a run's lease has died (a
     kill -9, a crash): its runs are taken over now rather than when their leases expire."""
     async with db.session_scope() as session:
-        orphans = await RunRepository(session).expire_leases(now())
+        orphans = await Leases(session).expire_leases(now())
     if orphans:
         log.info("runs.orphans_taken_over", count=orphans)
 
@@ -94,6 +94,7 @@ def create_app(
                 await take_over_from_the_dead(db)
             engine = build_engine(settings, module)
             wakeups = Wakeups()
+            db.on_commit = wakeups.deliver
             executor = (
                 Executor.from_settings(db, engine, wakeups, settings) if with_executor else None
             )
@@ -105,7 +106,7 @@ def create_app(
                 db,
                 engine,
                 RunService(db, engine, wakeups),
-                ApprovalService(db, engine, wakeups),
+                ApprovalService(db, engine),
                 RunEventStream(db, wakeups),
                 wakeups,
                 executor,

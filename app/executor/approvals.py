@@ -10,20 +10,19 @@ from app.engine import DecisionInput, Engine, RunState, RunStatus
 from app.engine.errors import RunEnded, RunNotPending
 from app.executor.errors import RunNotFound
 from app.executor.idempotency import Idempotency, once
-from app.executor.lifecycle import event_records, lifecycle_event, now
-from app.executor.wakeups import Wakeups
+from app.executor.lifecycle import event_records, now
 from app.store.approvals import ApprovalRepository
 from app.store.database import Database
+from app.store.lifecycle import RunLifecycle
 from app.store.models import Approval, Run
 from app.store.runs import RunRepository
 from app.store.status import ENDED, Status
 
 
 class ApprovalService:
-    def __init__(self, db: Database, engine: Engine, wakeups: Wakeups) -> None:
+    def __init__(self, db: Database, engine: Engine) -> None:
         self.db = db
         self.engine = engine
-        self.wakeups = wakeups
 
     async def decide(
         self,
@@ -42,12 +41,7 @@ class ApprovalService:
         async def apply(session: AsyncSession) -> Run:
             return await self._apply(session, run_id, decisions, decided_by)
 
-        run, applied = await once(self.db, f"runs.{run_id}.approvals", idempotency, apply)
-        if applied:
-            self.wakeups.run_changed(run.id)
-            if run.status == Status.QUEUED:
-                self.wakeups.work_enqueued()
-        return run, applied
+        return await once(self.db, f"runs.{run_id}.approvals", idempotency, apply)
 
     async def _apply(
         self,
@@ -69,12 +63,8 @@ class ApprovalService:
         records = event_records(events)
         decided = [data for name, data in records if name == "approval.decided"]
         await ApprovalRepository(session).decide(run_id, decided)
-        run.state = state.to_json()
-        run.lease_token += 1  # fences out any driver that still thinks it holds the run
-        if state.status is RunStatus.RUNNING:
-            run.status = Status.QUEUED
-            records.append(lifecycle_event(run, "run.queued", state))
-        await runs.save(run, records, now())
+        resumes = state.status is RunStatus.RUNNING
+        await RunLifecycle(session).decide(run, state.to_json(), records, now(), resumes=resumes)
         return run
 
     async def page(

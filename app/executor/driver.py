@@ -5,7 +5,6 @@ from __future__ import annotations
 import enum
 import uuid
 from collections.abc import Callable
-from typing import Any
 
 import anyio
 import structlog
@@ -17,14 +16,17 @@ from app.engine.outcomes import HandedOff, RunAgain
 from app.engine.state import Message, RunError
 from app.executor import webhooks
 from app.executor.errors import LeaseLost
-from app.executor.lifecycle import event_records, lifecycle_event, now
+from app.executor.lifecycle import event_records, now
 from app.executor.observer import StoreObserver
 from app.executor.retry import Retrier
 from app.executor.tracing import run_span
 from app.executor.wakeups import Wakeups
 from app.store.database import Database, is_transient
+from app.store.events import EventRecord
+from app.store.leases import Claim
+from app.store.lifecycle import Progress, Rest, RunLifecycle
 from app.store.models import Run
-from app.store.runs import Claim, EventRecord, RunRepository, Saved
+from app.store.runs import RunRepository
 from app.store.sessions import SessionRepository
 from app.store.status import Status
 
@@ -154,8 +156,9 @@ class RunDriver:
 
     async def _start(self, run: Run, history: list[Message]) -> RunState:
         """Give a new run its engine state (with the session's history), or resume one."""
-        records: list[EventRecord]
-        if run.state is None:
+        records: list[EventRecord] = []
+        stored = run.state
+        if stored is None:
             state = self.engine.start(
                 run.agent,
                 run.input,
@@ -165,41 +168,25 @@ class RunDriver:
                 run_id=run.id,
                 session_id=run.session_id,
             )
-            run.started_at = now()
-            records = [lifecycle_event(run, "run.started", state)]
-            records += [(e.name, e.data) for e in map(message, state.new_messages)]
+            records = [(e.name, e.data) for e in map(message, state.new_messages)]
         else:
-            state = RunState.from_json(run.state)
-            records = [lifecycle_event(run, "run.resumed", state)]
-        values = {"state": state.to_json(), "started_at": run.started_at, "turns": state.turns}
-        saved = await self.retry(lambda: self._save(values, records))
-        run.event_seq = saved.event_seq
-        # Watchers see it start at once.
-        self.wakeups.run_changed(run.id, saved.event_seq, Status.RUNNING)
+            state = RunState.from_json(stored)
+        first = stored is None
+        progress = Progress(state.to_json(), state.current_agent, state.turns)
+
+        async def start() -> None:
+            async with self.db.session_scope() as session:
+                saved = await RunLifecycle(session).start(
+                    self.claim, run, progress, records, now(), first=first
+                )
+            if saved is None:
+                raise LeaseLost(f"run {self.claim.run_id} is no longer held by this executor")
+
+        await self.retry(start)
         self.log.info(
             "run.started", agent=run.agent, turns=state.turns, takeovers=self.claim.takeovers
         )
         return state
-
-    async def _save(
-        self, values: dict[str, Any], records: list[EventRecord], *, rests: str | None = None
-    ) -> Saved:
-        """A fenced write of the run; `rests` names the event of a rest, which its webhook
-        (if any) is told of."""
-        run = self._run
-        assert run is not None
-        stamp = now()
-        async with self.db.session_scope() as session:
-            saved = await RunRepository(session).save_fenced(
-                self.claim, values, records, stamp, after_seq=run.event_seq
-            )
-            if saved is None:
-                raise LeaseLost(f"run {self.claim.run_id} is no longer held by this executor")
-            queued = rests is not None and not saved.earlier
-            queued = queued and webhooks.enqueue(session, run, str(rests), stamp)
-        if queued:
-            self.wakeups.deliveries_queued()  # committed: the sender can see it now
-        return saved
 
     async def _give_up(self, run: Run) -> None:
         """A run whose executors keep getting lost mid-turn (it may be what kills them) ends
@@ -232,17 +219,13 @@ class RunDriver:
                 await observer.store(state, event_records(self.engine.cancel(state)))
                 self.log.info("run.cancelled")
             elif state.status is RunStatus.RUNNING:  # stopped or drained mid-run
-                run = observer.run
-                run.status = Status.QUEUED
-                event = lifecycle_event(run, "run.queued", state)
-                await self.retry(lambda: self._release(event))
-                self.wakeups.run_changed(run.id)
-                self.wakeups.work_enqueued()  # another process takes it over at once
+                await self.retry(lambda: self._hand_back(observer.run))
                 self.log.info("run.released")
 
-    async def _release(self, event: EventRecord) -> None:
+    async def _hand_back(self, run: Run) -> None:
+        """Back to the queue from its last stored state: another process takes it at once."""
         async with self.db.session_scope() as session:
-            await RunRepository(session).release(self.claim, event, now())
+            await RunLifecycle(session).hand_back(self.claim, run, now())
 
     async def _fail(
         self,
@@ -275,21 +258,21 @@ class RunDriver:
                 self.log.exception("run.fail_not_stored", error_id=error_id)
 
     async def _fail_unloaded(self, run: Run, error: RunError) -> None:
-        """A run whose state could not even be started (its agent is gone, say)."""
-        stamp = now()
-        run.status = Status.FAILED
-        run.error = {"code": error.code, "message": error.message}
-        run.finished_at = stamp
-        values = {
-            "status": Status.FAILED,
-            "error": run.error,
-            "finished_at": stamp,
-            "claimed_by": None,
-            "lease_expires_at": None,
-        }
-        records = [lifecycle_event(run, "run.failed")]
-        saved = await self.retry(lambda: self._save(values, records, rests="run.failed"))
-        self.wakeups.run_changed(run.id, saved.event_seq)
+        """End a run whose state could not be started (its agent is gone, say), or stored."""
+        rest = Rest(Status.FAILED, {"code": error.code, "message": error.message})
+
+        async def fail() -> None:
+            stamp = now()
+            async with self.db.session_scope() as session:
+                saved = await RunLifecycle(session).checkpoint(
+                    self.claim, run, [], stamp, rest=rest
+                )
+                if saved is None:
+                    raise LeaseLost(f"run {self.claim.run_id} is no longer held by this executor")
+                if not saved.earlier:
+                    await webhooks.enqueue(session, run, stamp)
+
+        await self.retry(fail)
 
 
 def _failure_message(exc: Exception, error_id: str) -> str:

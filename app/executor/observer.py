@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -12,22 +11,18 @@ from app.engine import RunState, RunStatus
 from app.engine.events import RunEvent, TextDelta
 from app.executor import webhooks
 from app.executor.errors import LeaseLost
-from app.executor.lifecycle import event_records, lifecycle_event, now, save_to_session
+from app.executor.lifecycle import event_records, now, save_to_session
 from app.executor.retry import Retrier
 from app.executor.wakeups import Wakeups
 from app.store.approvals import ApprovalRepository
 from app.store.database import Database
+from app.store.events import EventRecord
+from app.store.leases import Claim
+from app.store.lifecycle import Progress, Rest, RunLifecycle, Saved
 from app.store.models import Run
-from app.store.runs import Claim, RunRepository, Saved
+from app.store.runs import RunRepository
 from app.store.sessions import SessionRepository
 from app.store.status import Status
-
-_LIFECYCLE = {
-    RunStatus.PENDING_APPROVAL: ("run.pending_approval", Status.PENDING_APPROVAL),
-    RunStatus.COMPLETED: ("run.completed", Status.COMPLETED),
-    RunStatus.FAILED: ("run.failed", Status.FAILED),
-    RunStatus.CANCELLED: ("run.cancelled", Status.CANCELLED),
-}
 
 
 class StoreObserver:
@@ -40,10 +35,9 @@ class StoreObserver:
         self.retry = retry
         self.wakeups = wakeups
         self.claim = claim
-        self.run = run  # a detached copy kept in step with what is stored
+        self.run = run  # a detached copy, kept as stored by the store's writes
         self.cancel_requested = run.cancel_requested
-        self._unsaved: list[tuple[str, dict[str, Any]]] = []  # events of a park not stored
-        self._deliveries = False  # webhook deliveries stored by the last write
+        self._unsaved: list[EventRecord] = []  # events of a park not stored
 
     async def on_delta(self, delta: TextDelta) -> None:
         # Never stored: live only. A model call repeated after a takeover runs under a new
@@ -54,7 +48,7 @@ class StoreObserver:
     async def checkpoint(self, state: RunState, events: list[RunEvent]) -> None:
         await self.store(state, event_records(events))
 
-    async def store(self, state: RunState, records: list[tuple[str, dict[str, Any]]]) -> None:
+    async def store(self, state: RunState, records: list[EventRecord]) -> None:
         """Write the state, its events, and on a rest its status with the lifecycle event;
         through database faults, until it is stored or the lease is found lost."""
         records = [*self._unsaved, *records]
@@ -69,50 +63,30 @@ class StoreObserver:
             return
         self._unsaved = []
         self.cancel_requested = saved.cancel_requested
-        self.run.event_seq = saved.event_seq
-        self.wakeups.run_changed(self.run.id, saved.event_seq, self.run.status)
-        if self._deliveries:
-            self._deliveries = False
-            self.wakeups.deliveries_queued()
 
     async def _write(
-        self, state: RunState, records: list[tuple[str, dict[str, Any]]], stamp: datetime
+        self, state: RunState, records: list[EventRecord], stamp: datetime
     ) -> Saved | None:
         """One transaction of `store`; None when a cancelled run was not parked."""
         run = self.run
-        values: dict[str, Any] = {
-            "state": state.to_json(),
-            "current_agent": state.current_agent,
-            "turns": state.turns,
-        }
-        if any(name in PROGRESS for name, _ in records):
-            values["takeovers"] = 0  # the bound is on takeovers that got nowhere
-        resting = _LIFECYCLE.get(state.status)
+        progress = Progress(
+            state.to_json(),
+            state.current_agent,
+            state.turns,
+            moved_on=any(name in PROGRESS for name, _ in records),
+        )
+        rest = _rest_of(state)
         ends_session = state.status.ended and run.session_id is not None
         async with self.db.session_scope() as session:
-            runs = RunRepository(session)
             if ends_session:
                 # Session before run, the lock order of every path that takes both.
                 assert run.session_id is not None
                 await SessionRepository(session).ensure(run.session_id, stamp)
             parking = state.status is RunStatus.PENDING_APPROVAL
-            if parking and await runs.cancel_requested(run.id):
+            if parking and await RunRepository(session).cancel_requested(run.id):
                 return None
-            if resting is not None:
-                event_name, status = resting
-                run.status = status
-                run.error = _error_of(state)
-                values.update(
-                    status=status, error=run.error, claimed_by=None, lease_expires_at=None
-                )
-                if state.status.ended:
-                    run.final_output = state.final_output
-                    run.finished_at = stamp
-                    values.update(final_output=state.final_output, finished_at=stamp)
-                records = [*records, lifecycle_event(run, event_name, state)]
-            run.current_agent = state.current_agent
-            saved = await runs.save_fenced(
-                self.claim, values, records, stamp, after_seq=run.event_seq
+            saved = await RunLifecycle(session).checkpoint(
+                self.claim, run, records, stamp, progress=progress, rest=rest
             )
             if saved is None:
                 raise LeaseLost(f"run {run.id} is no longer held by this executor")
@@ -121,10 +95,17 @@ class StoreObserver:
             if ends_session:
                 await save_to_session(session, run, state)
             await _track_approvals(session, run, state, stamp)
-            if resting is not None:
-                run.state = values["state"]
-                self._deliveries |= webhooks.enqueue(session, run, resting[0], stamp)
+            if rest is not None:
+                await webhooks.enqueue(session, run, stamp)
         return saved
+
+
+def _rest_of(state: RunState) -> Rest | None:
+    """Where the engine left the run, when that is a rest."""
+    if state.status is RunStatus.RUNNING:
+        return None
+    error = {"code": state.error.code, "message": state.error.message} if state.error else None
+    return Rest(Status(state.status.value), error, state.final_output)
 
 
 LAST_MESSAGES = 5
@@ -145,7 +126,3 @@ async def _track_approvals(
         # A run lists approvals only by parking, and runs again only once they are decided:
         # one that never had a decision has nothing to withdraw.
         await approvals.withdraw(run.id)
-
-
-def _error_of(state: RunState) -> dict[str, str] | None:
-    return {"code": state.error.code, "message": state.error.message} if state.error else None

@@ -16,10 +16,11 @@ from app.engine.engine import input_messages
 from app.engine.errors import RunEnded
 from app.executor.errors import RunNotFound, SessionBusy, SessionNotFound
 from app.executor.idempotency import Idempotency, once
-from app.executor.lifecycle import cancel_resting_run, lifecycle_event, now
+from app.executor.lifecycle import cancel_resting_run, now
 from app.executor.resources import RunOut
 from app.executor.wakeups import Delta, Stored, Wakeups
 from app.store.database import Database
+from app.store.lifecycle import RunLifecycle
 from app.store.models import Run, Session, WebhookDelivery
 from app.store.runs import RunRepository
 from app.store.sessions import SessionRepository
@@ -67,15 +68,7 @@ class RunService:
         async def insert(session: AsyncSession) -> Run:
             return await self._insert(session, new, interrupted)
 
-        run, created = await once(self.db, CREATE_SCOPE, idempotency, insert)
-        if created:
-            for cancelled in interrupted:
-                self.wakeups.run_changed(cancelled.id)
-            await self._signal_cancels([r.id for r in interrupted if r.status == Status.RUNNING])
-            if any(r.webhook is not None for r in interrupted):
-                self.wakeups.deliveries_queued()
-            self.wakeups.work_enqueued()
-        return run, created
+        return await once(self.db, CREATE_SCOPE, idempotency, insert)
 
     async def _insert(self, session: AsyncSession, new: NewRun, interrupted: list[Run]) -> Run:
         runs = RunRepository(session)
@@ -85,7 +78,6 @@ class RunService:
             interrupted += await self._make_way(session, runs, new.session_id, new.if_busy)
         run = Run(
             id=new_run_id(),
-            status=Status.QUEUED,
             agent=new.agent,
             current_agent=new.agent,
             session_id=new.session_id,
@@ -101,7 +93,7 @@ class RunService:
             created_at=stamp,
             updated_at=stamp,
         )
-        await runs.add(run, [lifecycle_event(run, "run.queued")], stamp)
+        await RunLifecycle(session).create(run, stamp)
         return run
 
     async def _make_way(
@@ -117,7 +109,7 @@ class RunService:
             ids = ", ".join(run.id for run in unfinished)
             raise SessionBusy(f"session {session_id!r} has unfinished runs: {ids}")
         for run in unfinished:
-            await self._cancel_locked(session, runs, run)
+            await self._cancel_locked(session, run)
         return unfinished
 
     async def get(self, run_id: str) -> Run:
@@ -159,29 +151,16 @@ class RunService:
             assert run is not None
             if run.status in ENDED:
                 raise RunEnded(f"run {run_id} has already ended ({run.status})")
-            signal = await self._cancel_locked(session, runs, run)
-        await self._signal_cancels([run_id] if signal else [])
-        if run.webhook is not None and not signal:
-            self.wakeups.deliveries_queued()
-        self.wakeups.run_changed(run_id)
-        self.wakeups.work_enqueued()  # the session's next run may start now
+            await self._cancel_locked(session, run)
         return run
 
-    async def _cancel_locked(self, session: AsyncSession, runs: RunRepository, run: Run) -> bool:
-        """Cancel a locked run; True when it is running and its executor must stop it."""
+    async def _cancel_locked(self, session: AsyncSession, run: Run) -> None:
+        """Cancel a locked run: at once when it rests, by its executor when it runs (told at
+        once, whichever process it is in, and by the stored flag at its next heartbeat)."""
         if run.status == Status.RUNNING:
-            run.cancel_requested = True
-            run.updated_at = now()
-            return True
-        records = await cancel_resting_run(session, self.engine, run)
-        await runs.save(run, records, now())
-        return False
-
-    async def _signal_cancels(self, run_ids: list[str]) -> None:
-        """After commit: the executor driving each run stops it now, whichever process it is
-        in (and would find the stored flag on its next heartbeat anyway)."""
-        for run_id in run_ids:
-            await self.wakeups.request_cancel(run_id)
+            await RunLifecycle(session).request_cancel(run, now())
+        else:
+            await cancel_resting_run(session, self.engine, run)
 
     async def wait_until_resting(self, run: Run, seconds: float) -> Run:
         """The run once it rests (ended or pending approval), or as it is after `seconds`.

@@ -11,10 +11,10 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import defaultdict, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, assert_never
 
 import anyio
 import structlog
@@ -22,6 +22,7 @@ import structlog
 from app.store.channels import DeltaChannel
 from app.store.database import Database
 from app.store.runs import RunRepository
+from app.store.signals import CancelRequested, DeliveriesQueued, RunChanged, Signal, WorkQueued
 
 log = structlog.get_logger("app.executor")
 
@@ -106,6 +107,22 @@ class Wakeups:
         self.channel: DeltaChannel | None = None
         # Lets another thread (a test, a metrics scrape) wait for the number of watchers.
         self._watchers_changed = threading.Condition()
+
+    async def deliver(self, committed: Sequence[Signal]) -> None:
+        """What committed writes signal (`Database.on_commit`): to this process's waiters, and
+        through the channel to other processes'."""
+        for signal in committed:
+            match signal:
+                case RunChanged(run_id, event_seq, status):
+                    self.run_changed(run_id, event_seq, status)
+                case WorkQueued():
+                    self.work_enqueued()
+                case DeliveriesQueued():
+                    self.deliveries_queued()
+                case CancelRequested(run_id):
+                    await self.request_cancel(run_id)
+                case _:
+                    assert_never(signal)
 
     def close(self) -> None:
         """The process is stopping: every watcher wakes, and waits give the run as it is."""

@@ -15,7 +15,6 @@ import ipaddress
 import json
 import socket
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -146,29 +145,16 @@ def _address(text: str) -> IpAddress | None:
         return None
 
 
-def enqueue(session: AsyncSession, run: Run, event: str, stamp: datetime) -> bool:
-    """Store the delivery of `event` when the run has a webhook and the event is a rest;
-    the caller's transaction stores it with the rest itself. True when one was stored."""
+async def enqueue(session: AsyncSession, run: Run, stamp: datetime) -> None:
+    """Store the delivery of the rest the run has just come to, when it has a webhook; the
+    caller's transaction stores it with the rest itself."""
+    event = f"run.{run.status}"
     if run.webhook is None or event not in RESTING_EVENTS:
-        return False
+        return
     # The run as it rested; its deliveries are the receiver's own business, not in the body.
     shown = RunOut.of(run).model_dump(mode="json", exclude={"webhook_deliveries"})
     body = {"event": event, "run": shown}
-    session.add(
-        WebhookDelivery(
-            id=f"whd_{uuid.uuid4().hex}",
-            run_id=run.id,
-            event=event,
-            url=run.webhook,
-            payload=body,
-            status="pending",
-            attempts=[],
-            next_attempt_at=stamp,
-            created_at=stamp,
-            delivered_at=None,
-        )
-    )
-    return True
+    await WebhookRepository(session).add(run.id, run.webhook, event, body, stamp)
 
 
 def signature(secret: bytes, timestamp: int, body: bytes) -> str:

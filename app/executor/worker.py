@@ -28,8 +28,8 @@ from app.executor.webhooks import WebhookSender
 from app.settings import Settings
 from app.store.channels import DeltaChannel
 from app.store.database import Database, is_transient
+from app.store.leases import Leases
 from app.store.migrations import ensure_schema
-from app.store.runs import RunRepository
 
 log = structlog.get_logger("app.executor")
 
@@ -152,7 +152,7 @@ class Executor:
             return
         try:
             async with self.db.session_scope() as session:
-                claims = await RunRepository(session).claim(
+                claims = await Leases(session).claim(
                     self.name, limit=free, now=now(), lease_seconds=self.lease_seconds
                 )
         except Exception as exc:
@@ -244,9 +244,7 @@ class Executor:
             try:
                 with anyio.CancelScope(shield=True):  # a stop waits for the transaction
                     async with self.db.session_scope() as session:
-                        renewal = await RunRepository(session).renew_leases(
-                            claims, expires_at=expires
-                        )
+                        renewal = await Leases(session).renew_leases(claims, expires_at=expires)
             except Exception as exc:
                 self._database_failed("executor.heartbeat_failed", exc)
                 continue
@@ -267,6 +265,7 @@ async def run_worker(settings: Settings, stop_signals: tuple[signal.Signals, ...
         await ensure_schema(db)
         engine = build_engine(settings, load_agents_module(settings.agents_module))
         wakeups = Wakeups()
+        db.on_commit = wakeups.deliver
         # Deltas go out to the API processes whose clients watch; cancels come in.
         channel = DeltaChannel(
             db,

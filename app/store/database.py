@@ -33,6 +33,7 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from app.engine.text import storable_json
+from app.store import signals
 from app.store.models import Readiness
 
 
@@ -165,12 +166,19 @@ class Database:
         if not self.is_sqlite:
             readers = self.engine.execution_options(isolation_level="AUTOCOMMIT")
         self._readers = async_sessionmaker(readers, expire_on_commit=False)
+        # Where committed writes' signals go: the process's wake-up hub, once it is built.
+        self.on_commit: signals.SignalSink | None = None
 
     @asynccontextmanager
     async def session_scope(self) -> AsyncIterator[AsyncSession]:
-        """A session in a transaction, committed when the block ends, rolled back on error."""
-        async with self.sessions() as session, session.begin():
-            yield session
+        """A session in a transaction, committed when the block ends, rolled back on error.
+        Once it has committed, the signals its writes recorded go to `on_commit`."""
+        async with self.sessions() as session:
+            async with session.begin():
+                yield session
+            recorded = signals.take(session)
+        if recorded and self.on_commit is not None:
+            await self.on_commit(recorded)
 
     @asynccontextmanager
     async def read_scope(self) -> AsyncIterator[AsyncSession]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import datetime
@@ -11,12 +12,34 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
 
+from app.store import signals
 from app.store.models import WebhookDelivery
 
 
 class WebhookRepository:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
+
+    async def add(
+        self, run_id: str, url: str, event: str, payload: dict[str, Any], now: datetime
+    ) -> None:
+        """Store a delivery of `event`, due now, in the caller's transaction (the one that
+        stores the rest it reports)."""
+        self.session.add(
+            WebhookDelivery(
+                id=f"whd_{uuid.uuid4().hex}",
+                run_id=run_id,
+                event=event,
+                url=url,
+                payload=payload,
+                status="pending",
+                attempts=[],
+                next_attempt_at=now,
+                created_at=now,
+                delivered_at=None,
+            )
+        )
+        signals.record(self.session, signals.DeliveriesQueued())
 
     async def claim_due(
         self, now: datetime, *, limit: int, hold_until: datetime

@@ -21,8 +21,10 @@ from app.executor.worker import Executor
 from app.settings import Settings
 from app.store.approvals import ApprovalRepository
 from app.store.database import Database
+from app.store.leases import Claim
+from app.store.lifecycle import RunLifecycle
 from app.store.models import Run
-from app.store.runs import Claim, RunRepository
+from app.store.runs import RunRepository
 from app.store.status import Status
 from app.testing import FakeModel, call, text
 from tests.api.conftest import ClientFactory, rested, services_of, serving
@@ -143,7 +145,7 @@ async def test_releasing_a_run_that_rested_changes_nothing(client: Any, fake: Fa
         stored = await RunRepository(session).get(run["id"])
         assert stored is not None
         claim = Claim(stored.id, stored.lease_token)
-        await RunRepository(session).release(claim, ("run.queued", {}), now())
+        await RunLifecycle(session).hand_back(claim, stored, now())
 
     assert (await client.get(f"/runs/{run['id']}")).json()["status"] == "completed"
 

@@ -1,0 +1,301 @@
+"""Every change of a run's status, and how a lease ends: nothing else writes them (taking and
+keeping a lease is `app.store.leases`'). What happens to a run:
+
+- `create`: a new run, queued;
+- `start`, `checkpoint`: the executor that holds a run stores its progress, and where it comes
+  to rest (parked or ended: the lease ends with it);
+- `hand_back`: a stopping executor puts a run back in the queue;
+- `decide`, `cancel`, `request_cancel`: the API's changes to a run whose row it locked; the
+  first two fence out any executor that still thinks it holds the run.
+
+An executor's writes are fenced by its lease token and by the run's last event id, so a process
+that lost the run cannot write and a write repeated after a commit in doubt is recognised. A
+status change stores its event with it, each write records the signal its waiters need
+(`app.store.signals`), and the caller's copy of the run is kept as stored. One Core statement
+a write: on the hot path the ORM's unit of work costs more than the SQL it sends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, cast
+
+from sqlalchemy import (
+    Table,
+    insert,
+    inspect,
+    select,
+    update,
+)
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.attributes import set_committed_value
+
+from app.store import signals
+from app.store.events import EventRecord, insert_events, status_event
+from app.store.leases import Claim
+from app.store.models import Run
+from app.store.status import ENDED, Status
+
+
+@dataclass(frozen=True, slots=True)
+class Saved:
+    """A fenced write that went through: the run's last event id, and whether a cancel was
+    requested meanwhile. `earlier` means an attempt whose commit was in doubt (the connection
+    dropped) had stored it already, with everything else that attempt's transaction wrote."""
+
+    event_seq: int
+    cancel_requested: bool
+    earlier: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """What a checkpoint stores of a run: the engine's state, and what is read beside it."""
+
+    state: dict[str, Any]
+    current_agent: str
+    turns: int
+    moved_on: bool = False  # a model answer or a tool result: the bound on takeovers restarts
+
+
+@dataclass(frozen=True, slots=True)
+class Rest:
+    """Where a run comes to rest: parked for a person, or ended."""
+
+    status: Status
+    error: dict[str, str] | None = None
+    final_output: str | None = None
+
+
+_RUNS = cast(Table, Run.__table__)
+# A run's attributes by the names of their columns (`run_metadata` is stored as `metadata`).
+_RUN_COLUMNS = {attribute.key: attribute.columns[0].name for attribute in inspect(Run).column_attrs}
+# No executor holds a resting or queued run.
+_NO_LEASE = {"claimed_by": None, "lease_expires_at": None}
+
+
+class RunLifecycle:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def create(self, run: Run, now: datetime) -> None:
+        """Store a new run (built, not added to the session), queued, with its first event."""
+        event = status_event("run.queued", run.id, Status.QUEUED, run.current_agent, None, None)
+        run.status = Status.QUEUED
+        run.event_seq = 1
+        given = inspect(run).dict  # the attributes set; the columns' defaults fill the rest
+        values = {_RUN_COLUMNS[key]: value for key, value in given.items() if key in _RUN_COLUMNS}
+        run.seq = await self.session.scalar(insert(_RUNS).values(values).returning(_RUNS.c.seq))
+        await insert_events(self.session, run.id, 1, [event], now)
+        signals.record(self.session, signals.WorkQueued())
+
+    async def start(
+        self,
+        claim: Claim,
+        run: Run,
+        progress: Progress,
+        events: Sequence[EventRecord],
+        now: datetime,
+        *,
+        first: bool,
+    ) -> Saved | None:
+        """The claimed run's state as its executor starts it (`first`) or resumes it."""
+        values: dict[str, Any] = self._progress_values(progress)
+        if first:
+            values["started_at"] = now
+        name = "run.started" if first else "run.resumed"
+        opening = status_event(
+            name, run.id, Status.RUNNING, progress.current_agent, run.error, progress.state
+        )
+        return await self._fenced(claim, run, values, [opening, *events], now)
+
+    async def checkpoint(
+        self,
+        claim: Claim,
+        run: Run,
+        events: Sequence[EventRecord],
+        now: datetime,
+        *,
+        progress: Progress | None = None,
+        rest: Rest | None = None,
+    ) -> Saved | None:
+        """Store the executor's progress with its events, and where the run rests, if it does:
+        its lease ends with it. None when `claim` no longer holds the run."""
+        values: dict[str, Any] = self._progress_values(progress) if progress else {}
+        records = list(events)
+        if rest is not None:
+            values |= {"status": rest.status, "error": rest.error, **_NO_LEASE}
+            if rest.status in ENDED:
+                values |= {"final_output": rest.final_output, "finished_at": now}
+            agent = progress.current_agent if progress else run.current_agent
+            state = progress.state if progress else run.state
+            name = f"run.{rest.status}"
+            records.append(status_event(name, run.id, rest.status, agent, rest.error, state))
+        return await self._fenced(claim, run, values, records, now)
+
+    async def hand_back(self, claim: Claim, run: Run, now: datetime) -> None:
+        """Put a run this claim still drives back in the queue, from its last stored state."""
+        result = await self.session.execute(
+            update(_RUNS)
+            .where(
+                _RUNS.c.id == claim.run_id,
+                _RUNS.c.lease_token == claim.lease_token,
+                _RUNS.c.status == Status.RUNNING,
+            )
+            .values(
+                status=Status.QUEUED, **_NO_LEASE, updated_at=now, event_seq=_RUNS.c.event_seq + 1
+            )
+            .returning(_RUNS.c.event_seq)
+        )
+        last_seq = result.scalar_one_or_none()
+        if last_seq is None:
+            return
+        event = status_event(
+            "run.queued", run.id, Status.QUEUED, run.current_agent, run.error, run.state
+        )
+        await insert_events(self.session, run.id, last_seq, [event], now)
+        _apply(run, {"status": Status.QUEUED, **_NO_LEASE, "event_seq": last_seq})
+        signals.record(self.session, signals.RunChanged(run.id, last_seq, Status.QUEUED))
+        signals.record(self.session, signals.WorkQueued())
+
+    async def decide(
+        self,
+        run: Run,
+        state: dict[str, Any],
+        events: Sequence[EventRecord],
+        now: datetime,
+        *,
+        resumes: bool,
+    ) -> None:
+        """Store decisions on a parked run (its row locked); when it `resumes`, it is queued
+        for any executor."""
+        values: dict[str, Any] = {"state": state, **self._fence_out(run)}
+        records = list(events)
+        if resumes:
+            values["status"] = Status.QUEUED
+            queued = status_event(
+                "run.queued", run.id, Status.QUEUED, run.current_agent, run.error, state
+            )
+            records.append(queued)
+            signals.record(self.session, signals.WorkQueued())
+        await self._locked(run, values, records, now)
+
+    async def cancel(
+        self,
+        run: Run,
+        events: Sequence[EventRecord],
+        now: datetime,
+        *,
+        state: dict[str, Any] | None,
+    ) -> None:
+        """End a queued or parked run (its row locked) as cancelled; `state` is its state with
+        every open call closed, None for a run that never started."""
+        values: dict[str, Any] = {"status": Status.CANCELLED, "finished_at": now}
+        values |= self._fence_out(run) | _NO_LEASE
+        if state is not None:
+            values["state"] = state
+        cancelled = status_event(
+            "run.cancelled", run.id, Status.CANCELLED, run.current_agent, run.error, state
+        )
+        await self._locked(run, values, [*events, cancelled], now)
+        signals.record(self.session, signals.WorkQueued())  # the session's next run may start
+
+    async def request_cancel(self, run: Run, now: datetime) -> None:
+        """Flag a running run (its row locked): its executor stores `cancelled` itself."""
+        await self.session.execute(
+            update(_RUNS).where(_RUNS.c.id == run.id).values(cancel_requested=True, updated_at=now)
+        )
+        _apply(run, {"cancel_requested": True, "updated_at": now})
+        signals.record(self.session, signals.RunChanged(run.id))
+        signals.record(self.session, signals.CancelRequested(run.id))
+
+    @staticmethod
+    def _progress_values(progress: Progress) -> dict[str, Any]:
+        values: dict[str, Any] = {
+            "state": progress.state,
+            "current_agent": progress.current_agent,
+            "turns": progress.turns,
+        }
+        if progress.moved_on:
+            values["takeovers"] = 0
+        return values
+
+    @staticmethod
+    def _fence_out(run: Run) -> dict[str, Any]:
+        # A new token: a driver that still thinks it holds the run can write nothing more.
+        return {"lease_token": run.lease_token + 1}
+
+    async def _fenced(
+        self,
+        claim: Claim,
+        run: Run,
+        values: dict[str, Any],
+        events: Sequence[EventRecord],
+        now: datetime,
+    ) -> Saved | None:
+        """Write `values` and `events` only while `claim` still holds the run, on top of the
+        run as this executor last stored it. Repeating a write whose commit was in doubt is
+        safe: it finds the first attempt's events and says so."""
+        after_seq = run.event_seq
+        result = await self.session.execute(
+            update(_RUNS)
+            .where(
+                _RUNS.c.id == claim.run_id,
+                _RUNS.c.lease_token == claim.lease_token,
+                _RUNS.c.event_seq == after_seq,
+            )
+            .values(
+                **_columns(values),
+                event_seq=_RUNS.c.event_seq + len(events),
+                updated_at=now,
+            )
+            .returning(_RUNS.c.event_seq, _RUNS.c.cancel_requested)
+        )
+        row = result.one_or_none()
+        if row is None:
+            saved = await self._stored_earlier(claim, after_seq + len(events))
+            if saved is None:
+                return None
+        else:
+            saved = Saved(event_seq=row.event_seq, cancel_requested=bool(row.cancel_requested))
+            await insert_events(self.session, run.id, saved.event_seq, events, now)
+        _apply(run, {**values, "event_seq": saved.event_seq, "updated_at": now})
+        signals.record(self.session, signals.RunChanged(run.id, saved.event_seq, run.status))
+        return saved
+
+    async def _stored_earlier(self, claim: Claim, expected_seq: int) -> Saved | None:
+        # Under a held lease only its holder adds events, so the expected last event id
+        # means this very save was committed by an attempt that lost its connection.
+        result = await self.session.execute(
+            select(Run.lease_token, Run.event_seq, Run.cancel_requested).where(
+                Run.id == claim.run_id
+            )
+        )
+        row = result.one_or_none()
+        if row is None or row.lease_token != claim.lease_token or row.event_seq != expected_seq:
+            return None
+        return Saved(row.event_seq, bool(row.cancel_requested), earlier=True)
+
+    async def _locked(
+        self, run: Run, values: dict[str, Any], events: Sequence[EventRecord], now: datetime
+    ) -> None:
+        last_seq = run.event_seq + len(events)
+        written = {**values, "event_seq": last_seq, "updated_at": now}
+        await self.session.execute(
+            update(_RUNS).where(_RUNS.c.id == run.id).values(**_columns(written))
+        )
+        await insert_events(self.session, run.id, last_seq, events, now)
+        _apply(run, written)
+        signals.record(self.session, signals.RunChanged(run.id, last_seq, run.status))
+
+
+def _columns(values: dict[str, Any]) -> dict[str, Any]:
+    return {_RUN_COLUMNS[key]: value for key, value in values.items()}
+
+
+def _apply(run: Run, values: dict[str, Any]) -> None:
+    """Keep the caller's copy of the run as stored, without making it a pending change."""
+    for key, value in values.items():
+        set_committed_value(run, key, value)
