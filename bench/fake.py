@@ -137,13 +137,14 @@ async def _respond(send: Send, status: int, content_type: bytes, body: bytes) ->
 
 
 async def _read(receive: Receive) -> bytes:
-    body = b""
+    # Parts joined once at the end: `+=` copies the whole body per part, 14 s for a request
+    # carrying 50 MB of tool output (the hostile workload) in 64 KiB parts.
+    parts: list[bytes] = []
     while True:
         message = await receive()
-        part: bytes = message.get("body", b"")
-        body += part
+        parts.append(message.get("body", b""))
         if not message.get("more_body"):
-            return body
+            return b"".join(parts)
 
 
 async def _completion(receive: Receive, send: Send) -> None:
