@@ -15,7 +15,8 @@ inherits another's memory. Counts are full / `--quick`.
   the streams' own memory) and once at its default (1 MiB). Runs are awaited in the database,
   so the API never reads one before it is measured.
 - **flood**: one client opens 2,000 / 1,000 event streams of a parked run all at once and holds
-  those accepted; meanwhile another times `GET /runs/{id}` (20/s, open loop), against the same
+  those accepted; meanwhile another times `GET /runs/{id}` (20/s, open loop) until every stream
+  was answered, then for 5 s more while the accepted are held, against the same for 10 / 5 s
   before the flood; streams accepted, refused (429) and failed.
 """
 
@@ -44,7 +45,7 @@ from bench import client
 from bench.context import Context
 from bench.cpu import rss_mib
 from bench.fake import prompt
-from bench.load import Failed, open_loop
+from bench.load import percentile
 from bench.procs import ROOT, BenchError, Resources, Service
 from bench.report import Figure, Outcome
 from bench.workloads.common import ONE_TURN, log, meter, until
@@ -71,6 +72,9 @@ RUN_TIMEOUT_SECONDS = 180.0
 PARKED = prompt(turns=2, tool="delete_record")
 PROBE_RATE = 20.0  # GET /runs/{id} per second, before and during the flood
 OPEN_TIMEOUT_SECONDS = 60.0
+# Once every stream was answered, the probe goes on this long: what do the accepted ones cost
+# while they are held?
+HELD_SECONDS = 5.0
 
 
 def _port(service: Service) -> int:
@@ -332,25 +336,55 @@ async def _open_stream(service: Service, request: bytes) -> tuple[int, SocketStr
         raise
 
 
+async def _probe(
+    http: httpx.AsyncClient, path: str, stop: anyio.Event
+) -> list[tuple[float, float]]:
+    """GET `path` PROBE_RATE times a second until `stop`, each sent when due whatever the answers
+    do (open loop): (when it was due, ms from then to its answer) of each."""
+    samples: list[tuple[float, float]] = []
+    start = time.perf_counter()
+
+    async def one(due: float) -> None:
+        answer = await http.get(path)
+        if answer.status_code != 200:
+            raise BenchError(f"GET {path} answered {answer.status_code}: {answer.text[:200]}")
+        samples.append((due, (time.perf_counter() - due) * 1000))
+
+    async with anyio.create_task_group() as group:
+        sent = 0
+        while not stop.is_set():
+            due = start + sent / PROBE_RATE
+            await anyio.sleep(max(0.0, due - time.perf_counter()))
+            group.start_soon(one, due)
+            sent += 1
+    return samples
+
+
+def _latencies(samples: list[tuple[float, float]]) -> dict[str, Any]:
+    ms = [latency for _, latency in samples]
+    return {"requests": len(ms), "p50_ms": percentile(ms, 50), "p99_ms": percentile(ms, 99)}
+
+
+async def _timer(seconds: float, done: anyio.Event) -> None:
+    await anyio.sleep(seconds)
+    done.set()
+
+
 async def _flood(ctx: Context, service: Service, count: int) -> dict[str, Any]:
-    requests = ctx.count(200, 100)
     async with client.http(service.url, connections=8) as http:
         parked = await client.create(http, PARKED, wait=client.WAIT_SECONDS)
         if parked["status"] != "pending_approval":
             raise BenchError(f"the run to watch ended {parked['status']}")
         path = f"/runs/{parked['id']}"
-
-        async def probe(_: int) -> None:
-            answer = await http.get(path)
-            if answer.status_code != 200:
-                raise Failed(f"GET {path} answered {answer.status_code}")
-
-        alone = await open_loop(probe, PROBE_RATE, requests / PROBE_RATE, max_in_flight=requests)
+        quiet = anyio.Event()
+        async with anyio.create_task_group() as group:
+            group.start_soon(_timer, ctx.pick(10.0, 5.0), quiet)
+            alone = await _probe(http, path, quiet)
         request = _events_request(service, parked["id"])
         answers: Counter[str] = Counter()
         held: list[SocketStream] = []
-        done = anyio.Event()
         answered: list[float] = []
+        stop = anyio.Event()
 
         async def one() -> None:
             try:
@@ -377,29 +411,33 @@ async def _flood(ctx: Context, service: Service, count: int) -> dict[str, Any]:
             async with anyio.create_task_group() as openers:
                 for _ in range(count):
                     openers.start_soon(one)
-            await done.wait()
-            for stream in held:
-                await stream.aclose()
+            await anyio.sleep(HELD_SECONDS)
+            stop.set()
 
         began = time.perf_counter()
         cpu = meter(service).start()
-        async with anyio.create_task_group() as group:
-            group.start_soon(flood)
-            during = await open_loop(
-                probe, PROBE_RATE, requests / PROBE_RATE, max_in_flight=requests
-            )
-            done.set()
+        try:
+            async with anyio.create_task_group() as group:
+                group.start_soon(flood)
+                during = await _probe(http, path, stop)
+        finally:
+            for stream in held:
+                await stream.aclose()
         used = cpu.stop()
         after = await http.get(path)
-    log(f"hostile flood: {dict(answers)}; GET p99 {alone.ms(99)} -> {during.ms(99)} ms")
+    last = max(answered)
+    burst = _latencies([sample for sample in during if sample[0] < last])
+    holding = _latencies([sample for sample in during if sample[0] >= last])
+    log(f"hostile flood: {dict(answers)}; GET p99 {burst['p99_ms']} ms, then {holding['p99_ms']}")
     return {
         "streams": count,
         "answers": dict(answers),
         "accepted": answers["200"],
         "refused_429": answers["429"],
-        "all_answered_s": max(answered) - began if answered else None,
-        "get_run_alone": alone.summary(),
-        "get_run_during_flood": during.summary(),
+        "all_answered_s": last - began,
+        "get_run_alone": _latencies(alone),
+        "get_run_until_all_answered": burst,
+        "get_run_while_held": holding | {"seconds": HELD_SECONDS},
         "get_run_after_flood": after.status_code,
         "cpu_ms_during_flood": used,
     }
@@ -445,7 +483,8 @@ def _figures(details: dict[str, Any]) -> list[Figure]:
     large = details.get("large_output", {})
     uncut, capped = details.get("idle_readers_uncut", {}), details.get("idle_readers_capped", {})
     flood = details.get("flood", {})
-    alone, during = flood.get("get_run_alone", {}), flood.get("get_run_during_flood", {})
+    alone, burst = flood.get("get_run_alone", {}), flood.get("get_run_until_all_answered", {})
+    holding = flood.get("get_run_while_held", {})
     # Counts as measured, so a quick run's figures say so ("?" where a part failed).
     runs, streams = backlog.get("runs", "?"), flood.get("streams", "?")
     readers, outputs = uncut.get("readers", "?"), uncut.get("outputs", "?")
@@ -474,10 +513,9 @@ def _figures(details: dict[str, Any]) -> list[Figure]:
         figure("memory: API peak RSS with them, default cap", rss(capped, "peak"), "MiB"),
         figure("flood: GET /runs/{id} p50 alone", alone.get("p50_ms"), "ms"),
         figure("flood: GET /runs/{id} p99 alone", alone.get("p99_ms"), "ms"),
-        figure(
-            f"flood: GET /runs/{{id}} p50, {streams} streams opened", during.get("p50_ms"), "ms"
-        ),
-        figure("flood: GET /runs/{id} p99 meanwhile", during.get("p99_ms"), "ms"),
+        figure(f"flood: GET p50 until {streams} streams answered", burst.get("p50_ms"), "ms"),
+        figure("flood: GET p99 until then", burst.get("p99_ms"), "ms"),
+        figure("flood: GET p99 while the accepted are held", holding.get("p99_ms"), "ms"),
         figure("flood: streams accepted", flood.get("accepted"), ""),
         figure("flood: streams refused (429)", flood.get("refused_429"), ""),
     ]
