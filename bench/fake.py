@@ -6,7 +6,8 @@ same input gets the same script without any set-up call:
 
 - `turns=N` (default 1): N model calls, the first N-1 asking for the tool `tool`, then text;
 - `tool=add` (default), or any tool of the example agents (`delete_record` parks the run at
-  `pending_approval`, `refund` is `unsafe`);
+  `pending_approval`, `refund` is `unsafe`), or `blob` of the bench's own agents (`bench.agents`);
+- `kilobytes=K` (default 1): what `blob` is asked to return, in KiB;
 - `words=W` (default 4): words of the text answer, one streamed chunk each;
 - `delay=S`: seconds before each answer starts; `gap=S`: seconds between streamed chunks;
 - `stamp=1`: each word of the answer is the wall-clock time it was sent, so a watcher of the
@@ -54,8 +55,12 @@ def _envelope(kind: str) -> dict[str, Any]:
     return {"id": "chatcmpl-bench", "object": kind, "created": 0, "model": "bench"}
 
 
-def _tool_call(tool: str, position: int) -> dict[str, Any]:
-    arguments = json.dumps(TOOL_ARGUMENTS.get(tool, {}))
+def _tool_call(options: dict[str, str], position: int) -> dict[str, Any]:
+    tool = options.get("tool", "add")
+    if tool == "blob":
+        arguments = json.dumps({"kilobytes": int(options.get("kilobytes", "1"))})
+    else:
+        arguments = json.dumps(TOOL_ARGUMENTS.get(tool, {}))
     return {
         "id": f"call_{position}",
         "type": "function",
@@ -73,7 +78,7 @@ def _reply(params: Params, position: int) -> tuple[list[str], dict[str, Any] | N
     """The answer's text chunks, or its tool call."""
     options = dict(params)
     if position < int(options.get("turns", "1")) - 1:
-        return [], _tool_call(options.get("tool", "add"), position)
+        return [], _tool_call(options, position)
     return _words(int(options.get("words", "4")), options.get("stamp") == "1"), None
 
 
@@ -137,13 +142,14 @@ async def _respond(send: Send, status: int, content_type: bytes, body: bytes) ->
 
 
 async def _read(receive: Receive) -> bytes:
-    body = b""
+    # Parts joined once at the end: `+=` copies the whole body per part, 14 s for a request
+    # carrying 50 MB of tool output (the hostile workload) in 64 KiB parts.
+    parts: list[bytes] = []
     while True:
         message = await receive()
-        part: bytes = message.get("body", b"")
-        body += part
+        parts.append(message.get("body", b""))
         if not message.get("more_body"):
-            return body
+            return b"".join(parts)
 
 
 async def _completion(receive: Receive, send: Send) -> None:

@@ -14,6 +14,7 @@ import openai
 import pytest
 
 from bench.__main__ import parse_args
+from bench.agents import blob
 from bench.fake import app, prompt
 from bench.procs import ROOT, Resources, child_env, start_fake
 
@@ -49,6 +50,23 @@ def test_the_fake_calls_the_tool_then_answers() -> None:
     names, text = anyio.run(converse)
     assert names == ["add"]
     assert text == " word0 word1"
+
+
+def test_the_fake_asks_blob_for_the_kilobytes_of_its_prompt() -> None:
+    async def ask() -> str:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://fake") as http:
+            user = {"role": "user", "content": prompt(turns=2, tool="blob", kilobytes=3)}
+            answer = await http.post(
+                "/v1/chat/completions", json={"model": "bench", "messages": [user]}
+            )
+            call = answer.json()["choices"][0]["message"]["tool_calls"][0]["function"]
+            assert call["name"] == "blob"
+            return str(call["arguments"])
+
+    arguments = json.loads(anyio.run(ask))
+    assert arguments == {"kilobytes": 3}
+    assert len(blob.function(**arguments)) == 3 * 1024
 
 
 def test_the_engine_runs_against_the_fake_in_its_own_process(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from bench.context import Context
 from bench.report import Outcome
-from bench.workloads import ceiling, chaos, engine, langgraph, w1, w2, w3, w6, w7
+from bench.workloads import ceiling, chaos, engine, hostile, langgraph, w1, w2, w3, w6, w7
 
 WORKLOADS: dict[str, Callable[[Context], Outcome]] = {
     "ceiling": ceiling.run,
@@ -20,4 +20,5 @@ WORKLOADS: dict[str, Callable[[Context], Outcome]] = {
     "w6": w6.run,
     "w7": w7.run,
     "chaos": chaos.run,
+    "hostile": hostile.run,
 }
