@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import asdict
 from datetime import datetime
@@ -53,7 +54,14 @@ async def insert_events(
         return
     first_seq = last_seq - len(events) + 1
     rows = [
-        {"run_id": run_id, "seq": first_seq + i, "name": name, "data": data, "created_at": now}
+        {
+            "run_id": run_id,
+            "seq": first_seq + i,
+            "name": name,
+            "data": data,
+            "size": len(json.dumps(data)),
+            "created_at": now,
+        }
         for i, (name, data) in enumerate(events)
     ]
     await session.execute(insert(_EVENTS), rows)

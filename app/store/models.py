@@ -112,6 +112,8 @@ class RunEvent(Base):
     seq: Mapped[int] = mapped_column(Integer)
     name: Mapped[str] = mapped_column(String(40))
     data: Mapped[dict[str, Any]]
+    # The length of `data` as JSON: a stream pages the log by it without reading any data.
+    size: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime]
 
     __table_args__ = (UniqueConstraint("run_id", "seq"),)

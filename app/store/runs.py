@@ -10,7 +10,6 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
-    Text,
     case,
     exists,
     func,
@@ -18,7 +17,6 @@ from sqlalchemy import (
     select,
     tuple_,
 )
-from sqlalchemy import cast as sql_cast
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute, aliased
 
@@ -155,15 +153,16 @@ class RunRepository:
         )
         if max_bytes is None:
             return list(await self.session.scalars(query))
-        size = func.length(sql_cast(RunEvent.data, Text))
         sized = (
-            select(RunEvent.id, func.sum(size).over(order_by=RunEvent.seq).label("through"))
+            select(
+                RunEvent.id, func.sum(RunEvent.size).over(order_by=RunEvent.seq).label("through")
+            )
             .where(RunEvent.run_id == run_id, RunEvent.seq > after_seq)
             .order_by(RunEvent.seq)
             .limit(limit)
             .subquery()
         )
-        # The sizes are the database's to add up: an event's data is read here only if kept.
+        # Added up from the sizes stored beside the events: no event's data is read unless kept.
         first = select(func.min(sized.c.through)).scalar_subquery()
         kept = select(sized.c.id).where(or_(sized.c.through <= max_bytes, sized.c.through == first))
         query = select(RunEvent).where(RunEvent.id.in_(kept)).order_by(RunEvent.seq)

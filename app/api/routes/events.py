@@ -65,12 +65,13 @@ async def run_events(
     ] = None,
 ) -> EventSourceResponse:
     """The run's events: those stored after `Last-Event-ID`, then the live ones."""
+    # A client past its streams is refused before anything is read for it.
+    free = services.stream_slots.take(client_of(request))
     stream = services.events
-    await stream.check(run_id)
     after = last_event_id if last_event_id is not None else (last_event_id_query or 0)
     settings = services.settings
-    free = services.stream_slots.take(client_of(request))
     try:
+        await stream.check(run_id)
         return RunEventsResponse(
             _sse(stream.events(run_id, after)),
             ping=settings.sse_ping_seconds,
