@@ -102,7 +102,7 @@ def _exit_cleanly(_signum: int, _frame: object) -> None:
 @cli.command()
 def worker(concurrency: Concurrency = None) -> None:
     """Only the executor: takes queued runs from PostgreSQL until SIGTERM or SIGINT."""
-    from app.executor.worker import run_worker
+    from app.runtime.worker import run_worker
     from app.store.database import normalize_url
 
     settings = _settings(concurrency=concurrency)
@@ -182,7 +182,7 @@ def check_model(
     """
     from app.engine import ModelError, ModelRouter
     from app.engine.providers.probe import ESSENTIAL, probe
-    from app.executor.providers import build_providers, describe
+    from app.runtime.providers import build_providers, describe
 
     settings = _settings()
     default, named = build_providers(settings)
@@ -213,9 +213,10 @@ def openapi(
     ] = None,
 ) -> None:
     """Print the OpenAPI document (regenerate the committed one with --output openapi.yaml)."""
+    from app.api.app import create_app
     from app.api.openapi import openapi_yaml
 
-    document = openapi_yaml()
+    document = openapi_yaml(create_app(Settings(_env_file=None)))
     if output is None:
         typer.echo(document, nl=False)
     else:

@@ -11,9 +11,9 @@ from typing import Any
 import anyio
 import pytest
 
-from app.executor.wakeups import Wakeups
 from app.store.channels import PAYLOAD_LIMIT, DeltaChannel, _payloads
 from app.store.database import Database
+from app.store.wakeups import Wakeups
 from tests.conftest import is_postgres
 
 pytestmark = pytest.mark.anyio

@@ -10,7 +10,7 @@ import pytest
 
 from app import Agent
 from app.engine import Completed
-from app.executor.agents import AgentsModule, build_engine
+from app.runtime.agents import AgentsModule, build_engine
 from app.settings import Settings
 from app.testing import FakeModel, FakeModelServer, text
 

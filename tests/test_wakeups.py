@@ -2,52 +2,45 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any, cast
+from typing import cast
 
 import anyio
 import pytest
 
 from app.engine import Engine
-from app.executor.service import RunService
-from app.executor.wakeups import Stored, Wakeups
+from app.services.lifecycle import now
+from app.services.runs import RunService
 from app.store.database import Database
+from app.store.lifecycle import RunLifecycle
 from app.store.models import Run
-from app.store.runs import RunRepository
 from app.store.status import Status
+from app.store.wakeups import Stored, Wakeups
 
 pytestmark = pytest.mark.anyio
 
 
 class StoreSeen:
-    """Stands in for the database `poll_changes` reads: each run's event id and status."""
+    """Stands in for what `poll_changes` reads of the store: each run's event id and status."""
 
     def __init__(self) -> None:
         self.runs: dict[str, tuple[int, str]] = {}
         self.polled = anyio.Event()
 
-    @asynccontextmanager
-    async def read_scope(self) -> AsyncIterator[None]:
-        yield None
-
-    async def event_seqs(self, run_ids: list[str]) -> Any:
+    async def read(self, run_ids: list[str]) -> dict[str, tuple[int, str]]:
         self.polled.set()
         return {run_id: self.runs[run_id] for run_id in run_ids if run_id in self.runs}
 
 
 @pytest.fixture
-def store(monkeypatch: pytest.MonkeyPatch) -> StoreSeen:
-    seen = StoreSeen()
-    monkeypatch.setattr(RunRepository, "event_seqs", seen.event_seqs)
-    return seen
+def store() -> StoreSeen:
+    return StoreSeen()
 
 
 async def poll_once(wakeups: Wakeups, store: StoreSeen) -> None:
     store.polled = anyio.Event()
     with anyio.fail_after(5):
         async with anyio.create_task_group() as group:
-            group.start_soon(wakeups.poll_changes, cast(Database, store), 0.001)
+            group.start_soon(wakeups.poll_changes, store.read, 0.001)
             await store.polled.wait()
             await anyio.wait_all_tasks_blocked()
             group.cancel_scope.cancel()
@@ -89,28 +82,38 @@ async def test_merged_notices_keep_the_newest_status() -> None:
         assert await watch.next() == Stored(None, None)
 
 
-async def test_a_wait_answers_at_once_when_the_process_stops(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+async def test_a_wait_answers_at_once_when_the_process_stops(db_url: str) -> None:
+    db = Database(db_url)
     wakeups = Wakeups()
-    service = RunService(cast(Database, None), cast(Engine, None), wakeups)
-    running = Run(id="r", status=Status.RUNNING, event_seq=5)
+    service = RunService(db, cast(Engine, None), wakeups)
+    try:
+        async with db.session_scope() as session:
+            running = Run(
+                id="run_r",
+                agent="a",
+                current_agent="a",
+                input=[],
+                config={},
+                context={},
+                run_metadata={},
+                created_at=now(),
+                updated_at=now(),
+            )
+            await RunLifecycle(session).create(running, now())
+        running.status = Status.RUNNING  # as an executor claimed it
+        answered = anyio.Event()
 
-    async def get(run_id: str) -> Run:
-        return running
+        async def wait() -> None:
+            await service.wait_until_resting(running, 60)
+            answered.set()
 
-    monkeypatch.setattr(service, "get", get)
-    answered = anyio.Event()
-
-    async def wait() -> None:
-        await service.wait_until_resting(running, 60)
-        answered.set()
-
-    with anyio.fail_after(5):
-        async with anyio.create_task_group() as group:
-            group.start_soon(wait)
-            await anyio.wait_all_tasks_blocked()
-            wakeups.close()
-            # A draining turn's checkpoint in the same tick: its notice says `running`.
-            wakeups.run_changed("r", 8, Status.RUNNING)
-            await answered.wait()
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as group:
+                group.start_soon(wait)
+                await anyio.wait_all_tasks_blocked()
+                wakeups.close()
+                # A draining turn's checkpoint in the same tick: its notice says `running`.
+                wakeups.run_changed("run_r", 8, Status.RUNNING)
+                await answered.wait()
+    finally:
+        await db.dispose()

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
 
-import anyio
-import structlog
 from fastapi import FastAPI
 
 from app.api import errors
@@ -28,26 +26,9 @@ from app.api.routes import (
     sessions,
 )
 from app.api.streams import StreamSlots
-from app.executor.agents import (
-    AgentsModule,
-    AgentsModuleError,
-    build_engine,
-    load_agents_module,
-)
-from app.executor.approvals import ApprovalService
-from app.executor.lifecycle import now
-from app.executor.service import RunService
-from app.executor.streams import RunEventStream
-from app.executor.wakeups import Wakeups
-from app.executor.webhooks import WebhookPolicy
-from app.executor.worker import Executor, worker_name
+from app.runtime import Runtime
+from app.runtime.agents import AgentsModule
 from app.settings import Settings
-from app.store.channels import DeltaChannel
-from app.store.database import Database, DatabaseInUse
-from app.store.leases import Leases
-from app.store.migrations import SchemaNotReady, ensure_schema
-
-log = structlog.get_logger("app.api")
 
 DESCRIPTION = """Run LLM agents as durable REST resources: create a run, poll it or wait for it,
 decide the tool calls that need a human, cancel it. Errors are `application/problem+json`."""
@@ -61,89 +42,41 @@ def begin_shutdown(app: FastAPI) -> None:
         begin()
 
 
-async def take_over_from_the_dead(db: Database) -> None:
-    """This process holds the SQLite file's lock, so whoever held a run's lease has died (a
-    kill -9, a crash): its runs are taken over now rather than when their leases expire."""
-    async with db.session_scope() as session:
-        orphans = await Leases(session).expire_leases(now())
-    if orphans:
-        log.info("runs.orphans_taken_over", count=orphans)
-
-
 def create_app(
     settings: Settings | None = None,
     *,
     agents_module: AgentsModule | None = None,
     with_executor: bool = True,
+    on_watchers: Callable[[int], None] | None = None,
 ) -> FastAPI:
-    """The service. `with_executor=False` serves the API only (workers run elsewhere)."""
+    """The service. `with_executor=False` serves the API only (workers run elsewhere);
+    `on_watchers` hears how many watchers the process has each time it changes."""
     settings = settings or Settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        db = Database(settings.database_url, pool_size=settings.database_pool_size)
-        try:
-            try:
-                db.claim_sqlite_file()
-                await ensure_schema(db)
-                module = agents_module or load_agents_module(settings.agents_module)
-            except (DatabaseInUse, SchemaNotReady, AgentsModuleError) as exc:
-                log.error("startup.refused", reason=str(exc))
-                raise
-            if db.is_sqlite and with_executor:
-                await take_over_from_the_dead(db)
-            engine = build_engine(settings, module)
-            wakeups = Wakeups()
-            db.on_commit = wakeups.deliver
-            executor = (
-                Executor.from_settings(db, engine, wakeups, settings) if with_executor else None
-            )
+        async with Runtime.running(
+            settings,
+            agents_module=agents_module,
+            executor=with_executor,
+            on_watchers=on_watchers,
+        ) as runtime:
             app.state.begin_shutdown = partial(
-                asyncio.get_running_loop().call_soon_threadsafe, wakeups.close
+                asyncio.get_running_loop().call_soon_threadsafe, runtime.wakeups.close
             )
             app.state.services = Services(
                 settings,
-                db,
-                engine,
-                RunService(db, engine, wakeups),
-                ApprovalService(db, engine),
-                RunEventStream(db, wakeups),
-                wakeups,
-                executor,
-                WebhookPolicy(settings.webhook_allowed_hosts),
+                runtime.db,
+                runtime.engine,
+                runtime.runs,
+                runtime.approvals,
+                runtime.events,
+                runtime.wakeups,
+                runtime.executor,
+                runtime.webhook_policy,
                 StreamSlots(settings.max_streams_per_client),
             )
-            # Other processes write too on PostgreSQL: follow their changes and deltas.
-            if not db.is_sqlite:
-                wakeups.channel = DeltaChannel(
-                    db,
-                    worker_name(),
-                    wakeups.local_delta,
-                    on_cancel=wakeups.cancel_requested if with_executor else None,
-                    on_work=wakeups.work_hinted if with_executor else None,
-                )
-            listening = anyio.CancelScope()
-
-            async def follow_other_processes(channel: DeltaChannel) -> None:
-                with listening:
-                    async with anyio.create_task_group() as followers:
-                        followers.start_soon(wakeups.poll_changes, db, settings.watch_poll_seconds)
-                        followers.start_soon(channel.run)
-
-            async with anyio.create_task_group() as group:
-                if wakeups.channel is not None:
-                    group.start_soon(follow_other_processes, wakeups.channel)
-                if executor is not None:
-                    group.start_soon(executor.run)
-                yield
-                if executor is not None:
-                    executor.stop()
-                    # The channel outlives the hand-back: it tells other executors at once.
-                    await executor.stopped.wait()
-                listening.cancel()
-            await engine.aclose()
-        finally:
-            await db.dispose()
+            yield
 
     app = FastAPI(
         title="agent-runs",

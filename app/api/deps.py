@@ -10,14 +10,14 @@ from fastapi import Depends, Request
 from app.api.schemas import Problem
 from app.api.streams import StreamSlots
 from app.engine import Engine
-from app.executor.approvals import ApprovalService
-from app.executor.service import RunService
-from app.executor.streams import RunEventStream
-from app.executor.wakeups import Wakeups
-from app.executor.webhooks import WebhookPolicy
-from app.executor.worker import Executor
+from app.services.approvals import ApprovalService
+from app.services.runs import RunService
+from app.services.streams import RunEventStream
 from app.settings import Settings
 from app.store.database import Database
+from app.store.wakeups import Wakeups
+from app.webhooks.policy import WebhookPolicy
+from app.worker.executor import Executor
 
 
 @dataclass

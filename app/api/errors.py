@@ -25,7 +25,7 @@ from app.engine.errors import (
     UnknownAgent,
     UnknownCall,
 )
-from app.executor.errors import IdempotencyKeyInUse, IdempotencyKeyReused, NotFound, SessionBusy
+from app.services.errors import IdempotencyKeyInUse, IdempotencyKeyReused, NotFound, SessionBusy
 from app.store.database import DATABASE_ERRORS, unavailable_cause
 
 log = structlog.get_logger("app.api")

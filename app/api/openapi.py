@@ -36,10 +36,7 @@ def problem_openapi(app: FastAPI) -> dict[str, Any]:
     return app.openapi_schema
 
 
-def openapi_yaml() -> str:
-    """The committed `openapi.yaml`; building it needs no database and no agents."""
-    from app.api.app import create_app
-    from app.settings import Settings
-
-    app = create_app(Settings(_env_file=None))
+def openapi_yaml(app: FastAPI) -> str:
+    """The committed `openapi.yaml`, of an app built with default settings (building the
+    document needs no database and no agents)."""
     return yaml.safe_dump(app.openapi(), sort_keys=False, allow_unicode=True, width=100)

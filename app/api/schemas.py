@@ -13,9 +13,9 @@ from app.engine import RunConfig
 from app.engine.text import UNSTORABLE, describe, storable_text
 
 # Re-exported: routes take every HTTP shape from this module.
-from app.executor.resources import DecisionOut
-from app.executor.resources import RunOut as RunOut
-from app.executor.resources import RunStatus as RunStatus
+from app.resources import DecisionOut
+from app.resources import RunOut as RunOut
+from app.resources import RunStatus as RunStatus
 
 T = TypeVar("T")
 

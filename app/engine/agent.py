@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from app.engine.config import RunConfig
 from app.engine.context import RunContext
 from app.engine.schema import function_schema
 from app.engine.tools import Tool, as_tool, check_tool_name
@@ -82,6 +83,11 @@ class Agent:
             schema=function_schema(transfer, name=name, description=description),
             effect="read",
         )
+
+    def calls_in_parallel(self, config: RunConfig) -> bool:
+        """Whether this agent's tool calls of one turn run at once: unless the run's config or
+        the agent says not to."""
+        return config.parallel_tool_calls and self.parallel_tool_calls is not False
 
     async def resolve_instructions(self, ctx: RunContext) -> str:
         if isinstance(self.instructions, str):

@@ -115,7 +115,7 @@ def apply_decisions(
     if state.status is not RunStatus.PENDING_APPROVAL:
         raise RunNotPending(f"the run is {state.status.value}, not pending_approval")
     calls = {call.call_id: call for call in state.current_calls}
-    tools = agents.get(state.steps[-1].agent).tool_table()
+    tools = agents.of_open_step(state).tool_table()
     seen: set[str] = set()
     remembered_here: set[str] = set()
     for decision in decisions:

@@ -10,7 +10,7 @@ import pydantic_core
 
 from app.engine import events
 from app.engine.events import RunEvent
-from app.engine.state import CallStatus, RunState, ToolCall
+from app.engine.state import CallStatus, RunError, RunState, RunStatus, ToolCall
 from app.engine.text import storable_json, storable_text
 from app.engine.tools import Tool
 
@@ -132,6 +132,15 @@ def limit_output(call: ToolCall, max_bytes: int) -> None:
         f"{max_bytes} bytes]"
     )
     call.truncated = True
+
+
+def fail_run(state: RunState, error: RunError) -> list[RunEvent]:
+    """End the run as failed: calls without a result are closed, saying why."""
+    unfinished = f"Tool call not completed: the run failed ({error.code})."
+    emitted = close_step(state, unfinished) if state.open_step else []
+    state.status = RunStatus.FAILED
+    state.error = error
+    return emitted
 
 
 def close_step(state: RunState, unfinished_output: str = _CANCELLED_OUTPUT) -> list[RunEvent]:

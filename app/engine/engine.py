@@ -9,10 +9,11 @@ from app.engine import calls
 from app.engine.agent import Agent
 from app.engine.approvals import DecisionInput, apply_decisions
 from app.engine.config import RunConfig
+from app.engine.deps import TurnDeps
 from app.engine.errors import RunEnded
 from app.engine.events import NullObserver, RunEvent, RunObserver
 from app.engine.instruments import Instruments, NoInstruments
-from app.engine.outcomes import HandedOff, RunAgain, TurnResult
+from app.engine.outcomes import TurnResult, goes_on
 from app.engine.providers.router import ModelRouter
 from app.engine.registry import AgentRegistry
 from app.engine.state import Message, RunError, RunState, RunStatus
@@ -48,6 +49,7 @@ class Engine:
         self.models = models
         self.instruments: Instruments = instruments or NoInstruments()
         self.max_tool_output_bytes = max_tool_output_bytes
+        self._deps = TurnDeps(self.agents, models, self.instruments, max_tool_output_bytes)
 
     def start(
         self,
@@ -80,7 +82,7 @@ class Engine:
         `cancel` closes the run.
         """
         ensure_running(state)
-        turn = Turn(self, state, observer or NullObserver())
+        turn = Turn(self._deps, state, observer or NullObserver())
         outcome = await turn.run()
         return TurnResult(state, outcome, turn.events)
 
@@ -90,7 +92,7 @@ class Engine:
         while True:
             result = await self.advance(state, observer)
             events += result.events
-            if not isinstance(result.outcome, RunAgain | HandedOff):
+            if not goes_on(result.outcome):
                 return TurnResult(state, result.outcome, events)
 
     def decide(
@@ -119,8 +121,4 @@ class Engine:
         """End the run as failed from outside the loop (the executor's own failure)."""
         if state.status.ended:
             raise RunEnded(f"the run has ended ({state.status.value})")
-        unfinished = f"Tool call not completed: the run failed ({error.code})."
-        emitted = calls.close_step(state, unfinished) if state.open_step else []
-        state.status = RunStatus.FAILED
-        state.error = error
-        return emitted
+        return calls.fail_run(state, error)

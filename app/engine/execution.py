@@ -2,17 +2,31 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import anyio
 
 from app.engine import calls, events
 from app.engine.agent import Agent
-from app.engine.state import CallStatus, ToolCall
+from app.engine.context import RunContext
+from app.engine.deps import TurnDeps
+from app.engine.events import RunEvent
+from app.engine.state import CallStatus, RunState, ToolCall
 from app.engine.tools import Tool
 
-if TYPE_CHECKING:
-    from app.engine.turn import Turn
+
+class Turn(Protocol):
+    """What running calls needs of the turn they belong to (`app.engine.turn.Turn`)."""
+
+    state: RunState
+    deps: TurnDeps
+    log: Any
+
+    def context(self, call_id: str | None = None) -> RunContext: ...
+
+    def emit(self, event: RunEvent) -> None: ...
+
+    async def checkpoint(self) -> None: ...
 
 
 async def run_queued_calls(turn: Turn) -> None:
@@ -22,9 +36,9 @@ async def run_queued_calls(turn: Turn) -> None:
     each is marked just before it runs, so a crash leaves only that one in doubt.
     """
     state = turn.state
-    agent = turn.engine.agents.get(state.steps[-1].agent)
+    agent = turn.deps.agents.of_open_step(state)
     tools = agent.tool_table()
-    parallel = state.config.parallel_tool_calls and agent.parallel_tool_calls is not False
+    parallel = agent.calls_in_parallel(state.config)
     fail_fast = state.config.tool_errors == "fail"
     queued = [call for call in state.current_calls if call.status is CallStatus.QUEUED]
 
@@ -62,7 +76,7 @@ async def _execute(turn: Turn, call: ToolCall, tool: Tool) -> None:
     if turn.state.config.debug:
         log.info("tool_call.started", arguments=call.arguments)
     run_id = turn.state.run_id or ""
-    with turn.engine.instruments.tool_call(run_id, call.name, call.call_id) as measure:
+    with turn.deps.instruments.tool_call(run_id, call.name, call.call_id) as measure:
         try:
             result = await tool.invoke(call.arguments or {}, ctx)
         except Exception as exc:
@@ -74,7 +88,7 @@ async def _execute(turn: Turn, call: ToolCall, tool: Tool) -> None:
             else:
                 call.status = CallStatus.COMPLETED
                 call.output = calls.output_text(result)
-        calls.limit_output(call, turn.engine.max_tool_output_bytes)
+        calls.limit_output(call, turn.deps.max_tool_output_bytes)
         measure.outcome = call.status.value
     if turn.state.config.debug:
         log.info("tool_call.completed", status=call.status.value, output=call.output)
@@ -83,7 +97,7 @@ async def _execute(turn: Turn, call: ToolCall, tool: Tool) -> None:
 
 
 def _hand_off(turn: Turn, call: ToolCall, target: Agent) -> None:
-    if not turn.engine.agents.knows(target):
+    if not turn.deps.agents.knows(target):
         # A stored run names its agent, so an agent no other process knows could not resume.
         calls.fail(call, f"Error: {target.name!r} is not a registered agent; no handoff happened.")
         return

@@ -53,6 +53,11 @@ _NAMES: dict[type, str] = {
 }
 
 
+def goes_on(outcome: TurnOutcome) -> bool:
+    """Whether the run takes another turn at once: it neither rests nor ends."""
+    return isinstance(outcome, RunAgain | HandedOff)
+
+
 def outcome_name(outcome: TurnOutcome) -> str:
     """A label for how a turn ended (metrics, traces)."""
     return _NAMES[type(outcome)]

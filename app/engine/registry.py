@@ -6,6 +6,7 @@ from collections.abc import Iterable, Iterator
 
 from app.engine.agent import Agent
 from app.engine.errors import UnknownAgent
+from app.engine.state import RunState
 
 
 class AgentRegistry:
@@ -30,6 +31,11 @@ class AgentRegistry:
             return self._agents[name]
         except KeyError:
             raise UnknownAgent(f"no agent is named {name!r}") from None
+
+    def of_open_step(self, state: RunState) -> Agent:
+        """The agent whose turn the open step is (a handoff in it changes `current_agent`, not
+        whose calls they are)."""
+        return self.get(state.steps[-1].agent)
 
     def knows(self, agent: Agent) -> bool:
         return self._agents.get(agent.name) is agent

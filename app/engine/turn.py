@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from types import MappingProxyType
-from typing import TYPE_CHECKING, assert_never
+from typing import assert_never
 
 import anyio
 import pydantic
@@ -15,6 +15,7 @@ from app.engine import calls, events
 from app.engine.agent import Agent
 from app.engine.approvals import ask_handler, record_decision
 from app.engine.context import RunContext
+from app.engine.deps import TurnDeps
 from app.engine.errors import EngineError, ModelError
 from app.engine.events import RunEvent, RunObserver, TextDelta
 from app.engine.execution import run_queued_calls
@@ -32,17 +33,14 @@ from app.engine.state import CallStatus, RunError, RunState, RunStatus, Step, To
 from app.engine.text import storable_json
 from app.engine.tools import Tool
 
-if TYPE_CHECKING:
-    from app.engine.engine import Engine
-
 log = structlog.get_logger("app.engine")
 
 
 class Turn:
     """Drives one `Engine.advance`: owns the turn's events, checkpoints and cancellation."""
 
-    def __init__(self, engine: Engine, state: RunState, observer: RunObserver) -> None:
-        self.engine = engine
+    def __init__(self, deps: TurnDeps, state: RunState, observer: RunObserver) -> None:
+        self.deps = deps
         self.state = state
         self.observer = observer
         self.events: list[RunEvent] = []
@@ -59,7 +57,7 @@ class Turn:
         run_id = state.run_id or ""
         try:
             with (
-                self.engine.instruments.turn(run_id, state.turns + 1, state.current_agent) as turn,
+                self.deps.instruments.turn(run_id, state.turns + 1, state.current_agent) as turn,
                 anyio.fail_after(remaining if remaining > 0 else 0),
             ):
                 outcome = await self._advance()
@@ -114,7 +112,7 @@ class Turn:
     async def _model_turn(self) -> TurnOutcome | None:
         """Call the model; a text answer completes the run, tool calls open a step (None)."""
         state = self.state
-        agent = self.engine.agents.get(state.current_agent)
+        agent = self.deps.agents.get(state.current_agent)
         state.turns += 1
         self.log = self.log.bind(turn=state.turns, agent=agent.name)
         try:
@@ -146,9 +144,9 @@ class Turn:
         self, agent: Agent, instructions: str, tools: dict[str, Tool]
     ) -> ModelResponse:
         state, config = self.state, self.state.config
-        provider, model = self.engine.models.resolve(agent.model)
+        provider, model = self.deps.models.resolve(agent.model)
         system = [{"role": "system", "content": instructions}] if instructions else []
-        parallel = config.parallel_tool_calls and agent.parallel_tool_calls is not False
+        parallel = agent.calls_in_parallel(config)
         request = ModelRequest(
             model=model,
             messages=[*system, *state.messages],
@@ -165,7 +163,7 @@ class Turn:
             await self.observer.on_delta(TextDelta(turn, text))
 
         try:
-            with self.engine.instruments.model_call(state.run_id or "", model):
+            with self.deps.instruments.model_call(state.run_id or "", model):
                 response = await provider.complete(request, on_text)
         except ModelError:
             raise
@@ -232,7 +230,7 @@ class Turn:
 
     def _recover_interrupted_calls(self) -> None:
         """A call started before a crash is repeated only when repeating it is safe."""
-        agent = self.engine.agents.get(self.state.steps[-1].agent)
+        agent = self.deps.agents.of_open_step(self.state)
         tools = agent.tool_table()
         for call in self.state.current_calls:
             if call.status is not CallStatus.RUNNING:
@@ -288,11 +286,7 @@ class Turn:
             case Paused():
                 state.status = RunStatus.PENDING_APPROVAL
             case Failed(error=error):
-                if state.open_step:
-                    unfinished = f"Tool call not completed: the run failed ({error.code})."
-                    self._emit_all(calls.close_step(state, unfinished))
-                state.status = RunStatus.FAILED
-                state.error = error
+                self._emit_all(calls.fail_run(state, error))
             case _:
                 assert_never(outcome)
         await self.checkpoint()

@@ -51,7 +51,7 @@ class DeltaChannel:
         self,
         db: Database,
         origin: str,
-        deliver: Deliver | None,
+        deliver: Deliver | None = None,
         on_cancel: OnCancel | None = None,
         on_work: OnWork | None = None,
         *,
@@ -75,6 +75,16 @@ class DeltaChannel:
         self._pending: list[tuple[str, dict[str, Any]]] = []
         self._connection: asyncpg.Connection | None = None
         self._send_lock = anyio.Lock()
+
+    def deliver_to(
+        self,
+        *,
+        deltas: Deliver | None,
+        cancels: OnCancel | None,
+        work: OnWork | None,
+    ) -> None:
+        """Where what other processes send goes (set before `run` listens)."""
+        self._deliver, self._on_cancel, self._on_work = deltas, cancels, work
 
     def publish(self, run_id: str, data: dict[str, Any]) -> None:
         if len(self._pending) >= PENDING_LIMIT:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import (
     AbstractAsyncContextManager,
@@ -23,7 +24,7 @@ from fastapi import FastAPI
 
 from app.api.app import create_app
 from app.api.deps import Services
-from app.executor.agents import load_agents_module
+from app.runtime.agents import load_agents_module
 from app.settings import Settings
 from app.testing import FakeModel, FakeModelServer
 from app.testing.server import ThreadedServer
@@ -91,12 +92,32 @@ def make_client(settings: Settings) -> ClientFactory:
     return make
 
 
+class Watchers:
+    """How many watchers (event streams, `?wait`s) the service holds, as its wake-up hub
+    reports each change: a test in another thread waits for a count."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._changed = threading.Condition()
+
+    def __call__(self, count: int) -> None:
+        with self._changed:
+            self.count = count
+            self._changed.notify_all()
+
+    def wait_for(self, count: int, timeout: float = 10) -> bool:
+        """Block (a thread) until `count` watchers remain; False after `timeout`."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self.count == count, timeout)
+
+
 @dataclass
 class Live:
     """The service served by uvicorn on 127.0.0.1 in a thread of its own."""
 
     url: str
     app: FastAPI
+    watchers: Watchers
 
     @property
     def services(self) -> Services:
@@ -114,11 +135,15 @@ def serve_live(settings: Settings) -> LiveFactory:
 
     @contextmanager
     def serve(*, with_executor: bool = True, **overrides: Any) -> Iterator[Live]:
+        watchers = Watchers()
         app = create_app(
-            settings.model_copy(update=overrides), agents_module=module, with_executor=with_executor
+            settings.model_copy(update=overrides),
+            agents_module=module,
+            with_executor=with_executor,
+            on_watchers=watchers,
         )
         with ThreadedServer(app, lifespan=True) as server:
-            yield Live(server.url, app)
+            yield Live(server.url, app, watchers)
 
     return serve
 

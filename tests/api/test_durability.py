@@ -10,14 +10,13 @@ from typing import Any
 import anyio
 import pytest
 from sqlalchemy import update
+from structlog.testing import capture_logs
 
 from app.api.app import create_app
 from app.engine import Engine, ModelRouter, OpenAIProvider
-from app.executor.agents import AgentsModule, load_agents_module
-from app.executor.lifecycle import now
-from app.executor.service import NewRun, RunService
-from app.executor.wakeups import Wakeups
-from app.executor.worker import Executor
+from app.runtime.agents import AgentsModule, load_agents_module
+from app.services.lifecycle import now
+from app.services.runs import NewRun, RunService
 from app.settings import Settings
 from app.store.approvals import ApprovalRepository
 from app.store.database import Database
@@ -26,7 +25,9 @@ from app.store.lifecycle import RunLifecycle
 from app.store.models import Run
 from app.store.runs import RunRepository
 from app.store.status import Status
+from app.store.wakeups import Wakeups, store_changes
 from app.testing import FakeModel, call, text
+from app.worker.executor import Executor
 from tests.api.conftest import ClientFactory, rested, services_of, serving
 from tests.conftest import is_postgres
 
@@ -162,35 +163,41 @@ async def test_two_executors_never_drive_one_run_twice(
     provider = OpenAIProvider(base_url=fake_server.base_url)
     engine = Engine(module.agents, ModelRouter(provider, default_model="m"))
     # Each executor has its own database pool and wake-ups, as separate processes would.
-    executors = [
-        Executor(db, engine, Wakeups(), concurrency=8, poll_interval=0.05, name=f"w{i}")
-        for i, db in enumerate(databases)
-    ]
+    executors = []
+    for i, db in enumerate(databases):
+        wakeups = Wakeups()
+        db.on_commit = wakeups.deliver
+        executors.append(
+            Executor(db, engine, wakeups, concurrency=8, poll_interval=0.05, name=f"w{i}")
+        )
     service = RunService(databases[0], engine, executors[0].wakeups)
     run_ids = [(await service.create(NewRun("calc", f"run {i}")))[0].id for i in range(count)]
     try:
-        async with anyio.create_task_group() as group:
-            for executor in executors:
-                group.start_soon(executor.run)
-            # As an API process does: the other executor's writes are found by polling.
-            group.start_soon(executors[0].wakeups.poll_changes, databases[0], 0.05)
-            with anyio.fail_after(60):
-                finished = [
-                    await service.wait_until_resting(await service.get(run_id), 60)
-                    for run_id in run_ids
-                ]
-            for executor in executors:
-                executor.stop()
-            for executor in executors:
-                await executor.stopped.wait()
-            group.cancel_scope.cancel()
+        with capture_logs() as logs:
+            async with anyio.create_task_group() as group:
+                for executor in executors:
+                    group.start_soon(executor.run)
+                # As an API process does: the other executor's writes are found by polling.
+                changes = store_changes(databases[0])
+                group.start_soon(executors[0].wakeups.poll_changes, changes, 0.05)
+                with anyio.fail_after(60):
+                    finished = [
+                        await service.wait_until_resting(await service.get(run_id), 60)
+                        for run_id in run_ids
+                    ]
+                for executor in executors:
+                    executor.stop()
+                for executor in executors:
+                    await executor.stopped.wait()
+                group.cancel_scope.cancel()
     finally:
         await provider.aclose()
         for db in databases:
             await db.dispose()
 
-    assert all(executor.claimed_total > 0 for executor in executors)
-    assert sum(executor.claimed_total for executor in executors) == count
+    started = Counter(line["worker"] for line in logs if line["event"] == "run.started")
+    assert set(started) == {"w0", "w1"}  # both took runs
+    assert sum(started.values()) == count  # and each run was started once
     # Exactly one model request per run and turn: no run was driven twice.
     per_run = Counter(r["messages"][1]["content"] for r in fake.requests_for("m"))
     assert per_run == {f"run {i}": 2 for i in range(count)}

@@ -223,17 +223,16 @@ async def test_a_client_that_goes_away_leaves_nothing_behind(
 ) -> None:
     fake.script("m", [Reply(content="slow words here", hold_after=[1])])
     with serve_live() as live:
-        wakeups = live.services.wakeups
-        baseline = wakeups.watcher_count
+        baseline = live.watchers.count
         run = await post(live, "/runs", {"agent": "calc", "input": "go", "session_id": "s"})
         async with (
             httpx.AsyncClient(base_url=live.url, timeout=30) as client,
             aconnect_sse(client, "GET", f"/runs/{run['id']}/events") as source,
         ):
             async for _ in source.aiter_sse():
-                assert wakeups.watcher_count == baseline + 1
+                assert live.watchers.count == baseline + 1
                 break  # the client goes away mid-run
-        assert await anyio.to_thread.run_sync(wakeups.wait_for_watcher_count, baseline, 10)
+        assert await anyio.to_thread.run_sync(live.watchers.wait_for, baseline)
         fake.release()  # the first run goes on without its watcher
         fake.release()  # and the next one (after it, in its session) answers at once
         finished = await post(
@@ -334,9 +333,7 @@ async def test_a_stream_ends_when_an_interrupt_cancels_its_parked_run(
                 events.extend(await stream(live, parked["id"]))
 
             group.start_soon(watch)
-            assert await anyio.to_thread.run_sync(
-                live.services.wakeups.wait_for_watcher_count, 1, 10
-            )
+            assert await anyio.to_thread.run_sync(live.watchers.wait_for, 1)
             body = {"agent": "calc", "input": "x", "session_id": "s", "if_busy": "interrupt"}
             await post(live, "/runs", body)
 

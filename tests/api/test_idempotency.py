@@ -11,7 +11,7 @@ from sqlalchemy import update
 
 from app.api.routes.runs import fingerprint
 from app.api.schemas import CreateRun
-from app.executor.lifecycle import now
+from app.services.lifecycle import now
 from app.store.models import IdempotencyKey
 from tests.api.conftest import Client, ClientFactory, services_of
 

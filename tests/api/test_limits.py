@@ -241,8 +241,7 @@ async def test_a_reader_that_stops_reading_is_dropped_with_one_info_line(
                 caplog.at_level(logging.INFO, logger="uvicorn.error"),
                 raw_request(live.url, head, receive_buffer=4096),
             ):
-                wakeups = live.services.wakeups
-                assert await anyio.to_thread.run_sync(wakeups.wait_for_watcher_count, 0, 20)
+                assert await anyio.to_thread.run_sync(live.watchers.wait_for, 0, 20)
                 assert await anyio.to_thread.run_sync(
                     comes_true, lambda: any(line["event"] == "stream.dropped" for line in logs)
                 )

@@ -26,9 +26,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from app.executor.webhooks import WebhookPolicy, WebhookRefused, _public
 from app.testing import FakeModel, call, text
 from app.testing.server import ThreadedServer
+from app.webhooks.policy import WebhookPolicy, WebhookRefused, _public
 from tests.api.conftest import Client, ClientFactory, LiveFactory, rested
 
 pytestmark = pytest.mark.anyio

@@ -12,7 +12,7 @@ from app.api.deps import ApprovalsDep, RunsDep, caller_name, problems
 from app.api.routes.runs import IdempotencyKey, fingerprint
 from app.api.schemas import ApprovalOut, ApprovalPage, Decide, RunOut
 from app.engine import DecisionInput
-from app.executor.idempotency import Idempotency
+from app.services.idempotency import Idempotency
 
 router = APIRouter(tags=["approvals"])
 

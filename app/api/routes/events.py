@@ -11,7 +11,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from app.api.deps import ServicesDep, client_of, problems
 from app.api.streams import RunEventsResponse
-from app.executor.streams import StreamItem
+from app.services.streams import StreamItem
 
 router = APIRouter(tags=["events"])
 

@@ -7,7 +7,7 @@ from fastapi import APIRouter
 from app.api.deps import ServicesDep, problems
 from app.api.errors import RETRY_SOON, ApiError
 from app.api.schemas import Health
-from app.executor.lifecycle import now
+from app.services.lifecycle import now
 from app.store.database import DatabaseFull, unavailable_cause
 
 router = APIRouter(tags=["health"])

@@ -6,8 +6,8 @@ from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.api.deps import ServicesDep
-from app.executor.lifecycle import now
-from app.executor.metrics import observe_store
+from app.observability.metrics import observe_store
+from app.services.lifecycle import now
 from app.store.runs import RunRepository
 
 router = APIRouter(tags=["operations"])

@@ -13,9 +13,9 @@ from app.api import pagination
 from app.api.deps import RunsDep, ServicesDep, caller_name, problems
 from app.api.errors import ApiError
 from app.api.schemas import CreateRun, ProblemError, RunOut, RunPage, RunStatus
-from app.executor.idempotency import Idempotency
-from app.executor.service import NewRun
-from app.executor.webhooks import WebhookRefused
+from app.services.idempotency import Idempotency
+from app.services.runs import NewRun
+from app.webhooks.policy import WebhookRefused
 
 router = APIRouter(prefix="/runs", tags=["runs"])
 

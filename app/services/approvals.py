@@ -8,9 +8,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.engine import DecisionInput, Engine, RunState, RunStatus
 from app.engine.errors import RunEnded, RunNotPending
-from app.executor.errors import RunNotFound
-from app.executor.idempotency import Idempotency, once
-from app.executor.lifecycle import event_records, now
+from app.services.errors import RunNotFound
+from app.services.idempotency import Idempotency, once
+from app.services.lifecycle import event_records, now
 from app.store.approvals import ApprovalRepository
 from app.store.database import Database
 from app.store.lifecycle import RunLifecycle

@@ -9,11 +9,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.engine import RunState, RunStatus
 from app.engine.events import RunEvent, TextDelta
-from app.executor import webhooks
-from app.executor.errors import LeaseLost
-from app.executor.lifecycle import event_records, now, save_to_session
-from app.executor.retry import Retrier
-from app.executor.wakeups import Wakeups
+from app.services.errors import LeaseLost
+from app.services.lifecycle import event_records, now, save_to_session
 from app.store.approvals import ApprovalRepository
 from app.store.database import Database
 from app.store.events import EventRecord
@@ -23,6 +20,9 @@ from app.store.models import Run
 from app.store.runs import RunRepository
 from app.store.sessions import SessionRepository
 from app.store.status import Status
+from app.store.wakeups import Wakeups
+from app.webhooks import outbox
+from app.worker.retry import Retrier
 
 
 class StoreObserver:
@@ -96,7 +96,7 @@ class StoreObserver:
                 await save_to_session(session, run, state)
             await _track_approvals(session, run, state, stamp)
             if rest is not None:
-                await webhooks.enqueue(session, run, stamp)
+                await outbox.enqueue(session, run, stamp)
         return saved
 
 

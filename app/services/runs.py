@@ -14,17 +14,17 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.engine import Engine, RunConfig
 from app.engine.engine import input_messages
 from app.engine.errors import RunEnded
-from app.executor.errors import RunNotFound, SessionBusy, SessionNotFound
-from app.executor.idempotency import Idempotency, once
-from app.executor.lifecycle import cancel_resting_run, now
-from app.executor.resources import RunOut
-from app.executor.wakeups import Delta, Stored, Wakeups
+from app.resources import RunOut
+from app.services.errors import RunNotFound, SessionBusy, SessionNotFound
+from app.services.idempotency import Idempotency, once
+from app.services.lifecycle import cancel_resting_run, now
 from app.store.database import Database
 from app.store.lifecycle import RunLifecycle
 from app.store.models import Run, Session, WebhookDelivery
 from app.store.runs import RunRepository
 from app.store.sessions import SessionRepository
 from app.store.status import ENDED, RESTING, Status
+from app.store.wakeups import Delta, Stored, Wakeups
 from app.store.webhooks import WebhookRepository
 
 IfBusy = Literal["enqueue", "reject", "interrupt"]

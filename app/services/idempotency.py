@@ -14,8 +14,8 @@ from datetime import timedelta
 import anyio
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.executor.errors import IdempotencyKeyInUse, IdempotencyKeyReused, RunNotFound
-from app.executor.lifecycle import now
+from app.services.errors import IdempotencyKeyInUse, IdempotencyKeyReused, RunNotFound
+from app.services.lifecycle import now
 from app.store.database import Database
 from app.store.idempotency import IdempotencyRepository
 from app.store.models import Run

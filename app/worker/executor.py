@@ -7,37 +7,30 @@ and a stop that hands unfinished runs back to the queue.
 from __future__ import annotations
 
 import random
-import signal
 import socket
 import uuid
 from datetime import timedelta
-from wsgiref.simple_server import WSGIServer
 
 import anyio
 import structlog
 from anyio.abc import TaskGroup
-from prometheus_client import start_http_server
 
 from app.engine import Engine
-from app.executor import metrics
-from app.executor.agents import build_engine, load_agents_module
-from app.executor.driver import RunDriver, StopReason
-from app.executor.lifecycle import now
-from app.executor.wakeups import Wakeups
-from app.executor.webhooks import WebhookSender
-from app.settings import Settings
-from app.store.channels import DeltaChannel
+from app.observability import metrics
+from app.services.lifecycle import now
 from app.store.database import Database, is_transient
 from app.store.leases import Leases
-from app.store.migrations import ensure_schema
+from app.store.wakeups import Wakeups
+from app.worker.driver import RunDriver, StopReason
 
-log = structlog.get_logger("app.executor")
+log = structlog.get_logger("app.worker")
 
 
 STAGGER_SECONDS = 0.005
 
 
 def worker_name() -> str:
+    """This process, as other processes, the store and the logs know it."""
     return f"{socket.gethostname()}:{uuid.uuid4().hex[:8]}"
 
 
@@ -54,7 +47,6 @@ class Executor:
         heartbeat_seconds: float = 5.0,
         shutdown_grace: float = 10.0,
         max_takeovers: int = 3,
-        webhooks: WebhookSender | None = None,
         name: str | None = None,
     ) -> None:
         self.db = db
@@ -66,7 +58,6 @@ class Executor:
         self.heartbeat_seconds = heartbeat_seconds
         self.shutdown_grace = shutdown_grace
         self.max_takeovers = max_takeovers
-        self.webhooks = webhooks
         self.name = name or worker_name()
         self.drivers: dict[str, RunDriver] = {}
         # Drivers of runs this executor claimed again (its own lease had expired in a
@@ -74,7 +65,6 @@ class Executor:
         self._retiring: set[RunDriver] = set()
         # The last claim took as many runs as it had slots for: more may wait in the queue.
         self._more_queued = True
-        self.claimed_total = 0
         self.fenced_total = 0  # writes refused because another executor had taken the run
         self._claim_failures = 0
         self._slot_freed = anyio.Event()
@@ -84,23 +74,6 @@ class Executor:
         self.log = log.bind(worker=self.name)
         wakeups.on_cancel(self.cancel)
 
-    @classmethod
-    def from_settings(
-        cls, db: Database, engine: Engine, wakeups: Wakeups, settings: Settings
-    ) -> Executor:
-        return cls(
-            db,
-            engine,
-            wakeups,
-            concurrency=settings.concurrency,
-            poll_interval=settings.poll_interval_seconds,
-            lease_seconds=settings.lease_seconds,
-            heartbeat_seconds=settings.heartbeat_seconds,
-            shutdown_grace=settings.shutdown_grace_seconds,
-            max_takeovers=settings.max_takeovers,
-            webhooks=WebhookSender(db, wakeups, settings),
-        )
-
     async def run(self) -> None:
         """Claim and drive runs until `stop`; then hand back what is unfinished."""
         self.log.info("executor.started", concurrency=self.concurrency)
@@ -108,8 +81,6 @@ class Executor:
             async with anyio.create_task_group() as group:
                 self._group = group
                 group.start_soon(self._heartbeat)
-                if self.webhooks is not None:
-                    group.start_soon(self.webhooks.run)
                 while not self._stop.is_set():
                     self._slot_freed = anyio.Event()
                     await self._claim()
@@ -174,11 +145,11 @@ class Executor:
                 claim,
                 lease_seconds=self.lease_seconds,
                 max_takeovers=self.max_takeovers,
+                worker=self.name,
             )
             self.drivers[claim.run_id] = driver
             assert self._group is not None
             self._group.start_soon(self._drive, driver)
-        self.claimed_total += len(claims)
 
     async def _drive(self, driver: RunDriver) -> None:
         # Drivers are shielded from the group's cancel so a stop hands runs back cleanly.
@@ -255,43 +226,3 @@ class Executor:
                     driver.stop(StopReason.LEASE_LOST)
             for run_id in renewal.cancel_requested:
                 self.cancel(run_id)
-
-
-async def run_worker(settings: Settings, stop_signals: tuple[signal.Signals, ...]) -> None:
-    """The `worker` process: an executor on the configured database until a stop signal."""
-    db = Database(settings.database_url, pool_size=settings.database_pool_size)
-    metrics_server: WSGIServer | None = None
-    try:
-        await ensure_schema(db)
-        engine = build_engine(settings, load_agents_module(settings.agents_module))
-        wakeups = Wakeups()
-        db.on_commit = wakeups.deliver
-        # Deltas go out to the API processes whose clients watch; cancels come in.
-        channel = DeltaChannel(
-            db,
-            worker_name(),
-            deliver=None,
-            on_cancel=wakeups.cancel_requested,
-            on_work=wakeups.work_hinted,
-        )
-        wakeups.channel = channel
-        executor = Executor.from_settings(db, engine, wakeups, settings)
-        if settings.metrics_port is not None:
-            # A thread of prometheus-client's own: a scrape never waits on the event loop.
-            metrics_server, _ = start_http_server(settings.metrics_port, addr=settings.host)
-            log.info("metrics.serving", host=settings.host, port=settings.metrics_port)
-        async with anyio.create_task_group() as group:
-            group.start_soon(channel.run)
-            group.start_soon(executor.run)
-            with anyio.open_signal_receiver(*stop_signals) as received:
-                async for signum in received:
-                    log.info("executor.signal", signal=signum)
-                    executor.stop()
-                    break
-            await executor.stopped.wait()
-            group.cancel_scope.cancel()  # the channel, once the executor has handed back
-        await engine.aclose()
-    finally:
-        if metrics_server is not None:
-            metrics_server.shutdown()
-        await db.dispose()

@@ -9,9 +9,8 @@ poll per watcher.
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections import defaultdict, deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, assert_never
@@ -24,7 +23,7 @@ from app.store.database import Database
 from app.store.runs import RunRepository
 from app.store.signals import CancelRequested, DeliveriesQueued, RunChanged, Signal, WorkQueued
 
-log = structlog.get_logger("app.executor")
+log = structlog.get_logger("app.store")
 
 # Deltas a watcher may hold unread; a slower reader loses the newest, never slows the run.
 DELTA_BUFFER = 512
@@ -94,8 +93,34 @@ class RunWatch:
         return item
 
 
+ChangeReader = Callable[[list[str]], Awaitable[dict[str, tuple[int, str]]]]
+"""Each watched run's last event id and status, as stored now (`RunRepository.event_seqs`)."""
+
+
+def store_changes(db: Database) -> ChangeReader:
+    """What other processes changed of the runs watched here, read from the store."""
+
+    async def read(run_ids: list[str]) -> dict[str, tuple[int, str]]:
+        async with db.read_scope() as session:
+            return await RunRepository(session).event_seqs(run_ids)
+
+    return read
+
+
 class Wakeups:
-    def __init__(self) -> None:
+    """The process's hub: `channel` (PostgreSQL) carries deltas, cancels and work hints to and
+    from other processes; `follow_deltas` takes in their deltas (a process that serves event
+    streams), `follow_work` their cancels and work hints (a process with an executor).
+    `on_watchers` hears the number of watchers each time it changes."""
+
+    def __init__(
+        self,
+        channel: DeltaChannel | None = None,
+        *,
+        follow_deltas: bool = True,
+        follow_work: bool = True,
+        on_watchers: Callable[[int], None] | None = None,
+    ) -> None:
         self._work = asyncio.Event()
         self._deliveries = asyncio.Event()
         self.closing = False
@@ -104,9 +129,14 @@ class Wakeups:
         self._watchers: defaultdict[str, set[RunWatch]] = defaultdict(set)
         self._cancel_listeners: list[Callable[[str], None]] = []
         self._seen_seq: dict[str, int] = {}
-        self.channel: DeltaChannel | None = None
-        # Lets another thread (a test, a metrics scrape) wait for the number of watchers.
-        self._watchers_changed = threading.Condition()
+        self._on_watchers = on_watchers
+        self.channel = channel
+        if channel is not None:
+            channel.deliver_to(
+                deltas=self.local_delta if follow_deltas else None,
+                cancels=self.cancel_requested if follow_work else None,
+                work=self.work_hinted if follow_work else None,
+            )
 
     async def deliver(self, committed: Sequence[Signal]) -> None:
         """What committed writes signal (`Database.on_commit`): to this process's waiters, and
@@ -204,23 +234,20 @@ class Wakeups:
         found = self._seen_seq.get(run_id)
         if seen_seq is not None and found is not None and found != seen_seq:
             watch.stored(found)
-        with self._watchers_changed:
-            self._watchers[run_id].add(watch)
-            self._watchers_changed.notify_all()
+        self._watchers[run_id].add(watch)
+        self._watchers_counted()
         try:
             yield watch
         finally:
-            with self._watchers_changed:
-                self._watchers[run_id].discard(watch)
-                if not self._watchers[run_id]:
-                    del self._watchers[run_id]
-                    self._seen_seq.pop(run_id, None)
-                self._watchers_changed.notify_all()
+            self._watchers[run_id].discard(watch)
+            if not self._watchers[run_id]:
+                del self._watchers[run_id]
+                self._seen_seq.pop(run_id, None)
+            self._watchers_counted()
 
-    def wait_for_watcher_count(self, count: int, timeout: float) -> bool:
-        """Block (a thread) until `count` watchers remain; False after `timeout`."""
-        with self._watchers_changed:
-            return self._watchers_changed.wait_for(lambda: self.watcher_count == count, timeout)
+    def _watchers_counted(self) -> None:
+        if self._on_watchers is not None:
+            self._on_watchers(self.watcher_count)
 
     def on_cancel(self, listener: Callable[[str], None]) -> None:
         self._cancel_listeners.append(listener)
@@ -236,7 +263,7 @@ class Wakeups:
         if self.channel is not None:
             await self.channel.cancel(run_id)
 
-    async def poll_changes(self, db: Database, interval: float) -> None:
+    async def poll_changes(self, read: ChangeReader, interval: float) -> None:
         """Wake the watchers of runs that other processes changed: one query per tick for all
         watched runs, and none while nobody watches."""
         while True:
@@ -245,8 +272,7 @@ class Wakeups:
             if not watched:
                 continue
             try:
-                async with db.read_scope() as session:
-                    changes = await RunRepository(session).event_seqs(watched)
+                changes = await read(watched)
             except Exception:
                 log.exception("wakeups.poll_failed")
                 continue

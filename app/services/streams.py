@@ -7,12 +7,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from app.executor.errors import RunNotFound
-from app.executor.wakeups import Delta, Wakeups
+from app.services.errors import RunNotFound
 from app.store.database import Database
 from app.store.models import RunEvent
 from app.store.runs import RunRepository
 from app.store.status import ENDED
+from app.store.wakeups import Delta, Wakeups
 
 BATCH = 200
 # A page of stored events holds about this much JSON at most (and always one event), so a slow

@@ -9,12 +9,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.engine import Engine, RunState
 from app.engine.events import RunEvent
-from app.executor import webhooks
 from app.store.approvals import ApprovalRepository
 from app.store.events import EventRecord
 from app.store.lifecycle import RunLifecycle
 from app.store.models import Run
 from app.store.sessions import SessionRepository
+from app.webhooks import outbox
 
 
 def now() -> datetime:
@@ -49,4 +49,4 @@ async def cancel_resting_run(db_session: AsyncSession, engine: Engine, run: Run)
     await RunLifecycle(db_session).cancel(run, records, stamp, state=stored)
     await save_to_session(db_session, run, state)
     await ApprovalRepository(db_session).withdraw(run.id)
-    await webhooks.enqueue(db_session, run, stamp)
+    await outbox.enqueue(db_session, run, stamp)

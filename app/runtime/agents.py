@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 
 from app.engine import Agent, Engine, ModelProvider, ModelRouter
 from app.engine.instruments import Instruments
-from app.executor.metrics import PrometheusInstruments
-from app.executor.providers import build_providers
-from app.executor.tracing import CombinedInstruments, TracingInstruments, configure_tracing
+from app.observability.metrics import PrometheusInstruments
+from app.observability.tracing import CombinedInstruments, TracingInstruments, configure_tracing
+from app.runtime.providers import build_providers
 from app.settings import Settings
 
 

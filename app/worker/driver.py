@@ -12,15 +12,11 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from app.engine import Engine, RunConfig, RunState, RunStatus
 from app.engine.events import message
-from app.engine.outcomes import HandedOff, RunAgain
+from app.engine.outcomes import goes_on
 from app.engine.state import Message, RunError
-from app.executor import webhooks
-from app.executor.errors import LeaseLost
-from app.executor.lifecycle import event_records, now
-from app.executor.observer import StoreObserver
-from app.executor.retry import Retrier
-from app.executor.tracing import run_span
-from app.executor.wakeups import Wakeups
+from app.observability.tracing import run_span
+from app.services.errors import LeaseLost
+from app.services.lifecycle import event_records, now
 from app.store.database import Database, is_transient
 from app.store.events import EventRecord
 from app.store.leases import Claim
@@ -29,8 +25,12 @@ from app.store.models import Run
 from app.store.runs import RunRepository
 from app.store.sessions import SessionRepository
 from app.store.status import Status
+from app.store.wakeups import Wakeups
+from app.webhooks import outbox
+from app.worker.observer import StoreObserver
+from app.worker.retry import Retrier
 
-log = structlog.get_logger("app.executor")
+log = structlog.get_logger("app.worker")
 
 
 class StopReason(enum.Enum):
@@ -63,13 +63,15 @@ class RunDriver:
         *,
         lease_seconds: float,
         max_takeovers: int,
+        worker: str | None = None,
     ) -> None:
         self.db = db
         self.engine = engine
         self.wakeups = wakeups
         self.claim = claim
         self.max_takeovers = max_takeovers
-        self.log = log.bind(run_id=claim.run_id)
+        # Which executor drove the run, in each of its lines: after takeovers, there were several.
+        self.log = log.bind(run_id=claim.run_id, worker=worker)
         # A cancel is still stored through faults; a handed-back or lost run is left as is.
         self.retry = Retrier(
             self.log,
@@ -208,7 +210,7 @@ class RunDriver:
     async def _advance(self, state: RunState, observer: StoreObserver) -> None:
         while state.status is RunStatus.RUNNING and not self._draining:
             result = await self.engine.advance(state, observer)
-            if not isinstance(result.outcome, RunAgain | HandedOff):
+            if not goes_on(result.outcome):
                 self.log.info("run.rested", status=state.status.value, turns=state.turns)
                 return
 
@@ -270,7 +272,7 @@ class RunDriver:
                 if saved is None:
                     raise LeaseLost(f"run {self.claim.run_id} is no longer held by this executor")
                 if not saved.earlier:
-                    await webhooks.enqueue(session, run, stamp)
+                    await outbox.enqueue(session, run, stamp)
 
         await self.retry(fail)
 
