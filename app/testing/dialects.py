@@ -22,9 +22,9 @@ class Dialect:
     # Tool calls. index: "each" (0, 1...), "zero" (0 for every call), "none" (no key), "null",
     # "after_text" (from 1 when text came first, as Bedrock's content blocks count).
     call_index: Literal["each", "zero", "none", "null", "after_text"] = "each"
-    # id: on a call's "first" delta, on "every" delta, "empty" (""), or "in_function" (inside
-    # `function`, on every delta).
-    call_id: Literal["first", "every", "empty", "in_function"] = "first"
+    # id: on a call's "first" delta, on "every" delta, "empty" (""), "in_function" (inside
+    # `function`, on every delta), or "changing" (another id on each delta after the first).
+    call_id: Literal["first", "every", "empty", "in_function", "changing"] = "first"
     whole_calls: bool = False  # each call in one delta
     repeat_name: bool = False  # the name on every delta of a call
     object_arguments: bool = False  # arguments as a JSON object, not text
@@ -178,6 +178,8 @@ DIALECTS: dict[str, Dialect] = {
         Dialect("openrouter", call_index="null", sse_comments=True),
         # LiteLLM over Bedrock: the first call at index 1 after text, the id on its first delta.
         Dialect("litellm", call_index="after_text"),
+        # Poolside (pool#9), mlx-openai-server before #216: a new id on each later delta.
+        Dialect("poolside", call_id="changing"),
         # Proxies of Ollama's native API: arguments as an object (smolagents#1003).
         Dialect("object-arguments", object_arguments=True, whole_calls=True),
     ]
