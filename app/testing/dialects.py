@@ -7,6 +7,7 @@ Each preset copies one server's habits as its source and issue tracker show them
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -45,7 +46,8 @@ class Dialect:
     # What the server refuses.
     refuses: tuple[str, ...] = ()  # optional request fields
     refusal_style: Literal["openai", "azure", "mistral"] = "openai"
-    refuses_empty_arguments: bool = False  # `""` tool-call arguments in history
+    # History's tool-call arguments parsed as a JSON object: `""` or broken JSON refused.
+    parses_arguments: bool = False
     api_key_header: bool = False  # wants `api-key` and `?api-version=`, not a bearer token
 
     def check(
@@ -70,10 +72,10 @@ class Dialect:
         calls = message.get("tool_calls") if message.get("role") == "assistant" else None
         if not calls:
             return None
-        if self.refuses_empty_arguments and any(
-            not str(call["function"].get("arguments") or "").strip() for call in calls
+        if self.parses_arguments and not all(
+            _json_object(call["function"].get("arguments")) for call in calls
         ):
-            return 400, {"object": "error", "message": "tool call arguments must be JSON, not ''"}
+            return 400, {"object": "error", "message": "tool call arguments must be a JSON object"}
         if self.reasoning_required_back and not isinstance(message.get("reasoning_content"), str):
             text = "The reasoning_content in the thinking mode must be passed back to the API."
             return 400, {"error": {"message": text, "type": "invalid_request_error"}}
@@ -105,6 +107,13 @@ class Dialect:
         return 400, {"error": {"message": text, "type": "invalid_request_error", "param": field}}
 
 
+def _json_object(arguments: object) -> bool:
+    try:
+        return isinstance(arguments, str) and isinstance(json.loads(arguments), dict)
+    except ValueError:
+        return False
+
+
 def signature(tool_name: str) -> str:
     """The thought signature the fake gives a call to `tool_name` and wants back on it."""
     return "sig-" + hashlib.sha256(tool_name.encode()).hexdigest()[:16]
@@ -116,23 +125,24 @@ DIALECTS: dict[str, Dialect] = {
         Dialect(),
         # ollama openai/openai.go: each call whole, index from the parser (0 for parallel
         # calls), "stop" in older versions, `content: ""` beside calls, thinking as `reasoning`;
-        # history arguments are unmarshalled as JSON.
+        # history arguments are unmarshalled as a JSON object (FromCompletionToolCall).
         Dialect(
             "ollama",
             call_index="zero",
             whole_calls=True,
             finish_with_calls="stop",
             reasoning_field="reasoning",
-            refuses_empty_arguments=True,
+            parses_arguments=True,
         ),
         # vLLM: the id repeated on every delta, reasoning as `reasoning`, running usage totals
-        # on every chunk (continuous_usage_stats); refuses "" arguments (vllm#19419).
+        # on every chunk (continuous_usage_stats); history arguments parsed as JSON by
+        # _postprocess_messages: "" or broken JSON refused (vllm#19419, #48922).
         Dialect(
             "vllm",
             call_id="every",
             reasoning_field="reasoning",
             usage="every_chunk",
-            refuses_empty_arguments=True,
+            parses_arguments=True,
         ),
         # llama.cpp server before #13800: the name on every delta, the id inside `function`.
         Dialect("llamacpp", call_id="in_function", repeat_name=True),

@@ -258,3 +258,20 @@ async def test_a_stream_that_is_not_json_is_a_model_error() -> None:
 
     assert state.error is not None
     assert state.error.message.startswith("model 'm': the server sent invalid JSON")
+
+
+@pytest.mark.parametrize("dialect", ["vllm", "ollama"])
+async def test_a_call_with_broken_arguments_does_not_break_later_turns(
+    serve: Any, providers: Any, dialect: str
+) -> None:
+    server = serve(dialect)
+    server.fake.script("m", [call("add", '{"a": 1,'), call("add", {"a": 1, "b": 2}), text("3")])
+
+    state = await run(providers(server))
+
+    assert state.final_output == "3", state.error
+    broken = state.messages[1]["tool_calls"][0]["function"]["arguments"]
+    assert broken == '{"a": 1,'  # stored as the model sent it; its result says why it failed
+    assert "not valid JSON" in state.messages[2]["content"]
+    [_, second, _] = server.fake.requests_for("m")
+    assert second["messages"][1]["tool_calls"][0]["function"]["arguments"] == "{}"

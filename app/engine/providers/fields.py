@@ -47,8 +47,10 @@ def provider_fields(message: Message, model: str) -> dict[str, Any] | None:
 def outgoing_messages(messages: list[Message], model: str) -> list[Message]:
     """The messages as `model` should get them: its own fields back in place, no one else's.
 
-    Tool-call arguments that are empty become `{}` and objects become JSON text: vLLM and Ollama
-    refuse `""`, and every server expects a string.
+    Tool-call arguments that are not the JSON text of an object go as `{}` (objects as their
+    JSON text): vLLM and Ollama parse history's arguments and answer 400 to `""` or broken JSON
+    (vllm#19419, #48922), so one malformed call would fail every later turn. The call's tool
+    result already told the model what was wrong; the stored message keeps what it sent.
     """
     return [
         _outgoing(message, model) if _needs_rewrite(message) else message for message in messages
@@ -66,7 +68,12 @@ def _needs_rewrite(message: Message) -> bool:
 
 
 def _valid_arguments(arguments: object) -> bool:
-    return isinstance(arguments, str) and bool(arguments.strip())
+    if not isinstance(arguments, str):
+        return False
+    try:
+        return isinstance(json.loads(arguments), dict)
+    except ValueError:
+        return False
 
 
 def _outgoing(message: Message, model: str) -> Message:
@@ -88,7 +95,11 @@ def _outgoing_call(call: Any, mine: bool) -> Any:
         sent.update(call[PROVIDER_DATA])
     function = sent.get("function")
     if isinstance(function, dict) and not _valid_arguments(function.get("arguments")):
-        sent["function"] = {**function, "arguments": argument_text(function.get("arguments"))}
+        arguments = function.get("arguments")
+        sent["function"] = {
+            **function,
+            "arguments": json.dumps(arguments) if isinstance(arguments, dict) else "{}",
+        }
     return sent
 
 
