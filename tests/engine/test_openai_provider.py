@@ -17,7 +17,7 @@ from app import Agent, tool
 from app.engine import Completed, Engine, Failed, ModelRouter, OpenAIProvider
 from app.engine.providers.failures import MAX_SERVER_TEXT
 from app.engine.state import RunState
-from app.testing import FakeModel, FakeModelServer, Reply, call, calls, error, text
+from app.testing import Dialect, FakeModel, FakeModelServer, Reply, call, calls, error, text
 from app.testing.server import ThreadedServer
 
 pytestmark = pytest.mark.anyio
@@ -40,7 +40,7 @@ def serve() -> Iterator[Any]:
     """`serve(dialect)` starts a fake model speaking it; all are stopped after the test."""
     servers: list[FakeModelServer] = []
 
-    def start(dialect: str = "openai") -> FakeModelServer:
+    def start(dialect: str | Dialect = "openai") -> FakeModelServer:
         servers.append(FakeModelServer(FakeModel(dialect=dialect)).start())
         return servers[-1]
 
@@ -84,6 +84,51 @@ async def test_a_refused_field_is_left_out_once_named_and_from_then_on(
     assert state.final_output == "ok"
     sent = [("parallel_tool_calls" in body) for body in server.fake.requests_for("m")]
     assert sent == [True, False, False]  # refused, asked again without it, then never sent
+
+
+async def test_each_refused_field_is_left_out_in_turn_for_that_model_only(
+    serve: Any, providers: Any
+) -> None:
+    server = serve(Dialect("strict", refuses=("stream_options", "parallel_tool_calls")))
+    agents = [
+        Agent(name=model, model=model, tools=[add], parallel_tool_calls=False)
+        for model in ("m", "m2")
+    ]
+    engine = Engine(agents, ModelRouter(providers(server)))
+    for model in ("m", "m2"):
+        server.fake.script(model, [text("ok")])
+
+    for agent in ("m", "m", "m2"):
+        assert (await engine.run(engine.start(agent, "go"))).outcome == Completed("ok")
+
+    optional = {"stream_options", "parallel_tool_calls"}
+    sent = [(body["model"], sorted(optional & set(body))) for body in server.fake.requests]
+    assert sent == [
+        ("m", ["parallel_tool_calls", "stream_options"]),  # refused: stream_options
+        ("m", ["parallel_tool_calls"]),  # refused: parallel_tool_calls
+        ("m", []),  # answered: both are left out of m's requests from then on
+        ("m", []),
+        ("m2", ["parallel_tool_calls", "stream_options"]),  # another model asks for itself
+        ("m2", ["parallel_tool_calls"]),
+        ("m2", []),
+    ]
+
+
+async def test_a_field_is_not_remembered_when_the_request_without_it_fails_too(
+    serve: Any, providers: Any
+) -> None:
+    server = serve()
+    server.fake.script("m", [error(400, message="bad request: stream_options and more")])
+    provider = providers(server)
+
+    first, second = await run(provider), await run(provider)
+
+    assert first.error is not None
+    assert first.error.message == (
+        "model 'm': the server answered 400: bad request: stream_options and more"
+    )
+    assert second.error == first.error
+    assert ["stream_options" in body for body in server.fake.requests] == [True, False, True, False]
 
 
 async def test_options_leave_out_what_a_server_refuses_without_asking_first(
@@ -173,6 +218,7 @@ async def test_errors_name_the_model_called_and_keep_the_servers_words(
     message = result.outcome.error.message
     assert message.startswith("model 'fallback': the server answered 400: context too long x")
     assert len(message) < MAX_SERVER_TEXT + 100
+    assert len(server.fake.requests) == 1  # a 400 naming no optional field is not asked again
 
 
 async def test_an_error_inside_the_stream_is_a_model_error(serve: Any, providers: Any) -> None:

@@ -26,7 +26,11 @@ class OpenAIProvider(ModelProvider):
     `thinking`); `api_key_header` sends the key in that header instead of `Authorization: Bearer`
     (Azure's `api-key`); `omit` names optional fields the server refuses (`stream_options`,
     `parallel_tool_calls`, `temperature`, `max_tokens`). A 400 that names `stream_options` or
-    `parallel_tool_calls` is asked once more without it, and the field is left out from then on.
+    `parallel_tool_calls` is asked once more without it (once per field); when that answer comes,
+    the field is left out of that model's requests from then on. Per model, because a refusal
+    can be the model's (o-series models refuse `parallel_tool_calls`, gpt-4o on the same server
+    takes it); and only after an answer, because a 400 about something else may quote the
+    request and name a field it did not refuse.
     """
 
     def __init__(
@@ -59,23 +63,18 @@ class OpenAIProvider(ModelProvider):
             timeout=timeout_seconds,
         )
         self._omit = frozenset(omit)
+        # Model -> the optional fields its server refused. Only ever replaced whole, so tasks
+        # reading it concurrently see one value or the other.
+        self._refused: dict[str, frozenset[str]] = {}
         self._body = dict(body or {})
 
     async def complete(
         self, request: ModelRequest, on_text: TextSink | None = None
     ) -> ModelResponse:
-        body = {**self._body, **request_body(request, self._omit)}
+        refused = self._refused.get(request.model, frozenset())
+        body = {**self._body, **request_body(request, self._omit | refused)}
         try:
-            try:
-                return await self._call(request.model, body, on_text)
-            except openai.APIStatusError as exc:
-                refused = refused_field(exc.status_code, server_message(exc.body), body)
-                if refused is None:
-                    raise
-                log.warning("model.field_refused", model=request.model, field=refused)
-                self._omit |= {refused}
-                del body[refused]
-                return await self._call(request.model, body, on_text)
+            response, dropped = await self._call_without_refused(request.model, body, on_text)
         except openai.APIStatusError as exc:
             raise model_error(request.model, exc.status_code, exc.body, exc.message) from exc
         except openai.APIError as exc:  # no connection, a timeout, or an error inside the stream
@@ -84,6 +83,25 @@ class OpenAIProvider(ModelProvider):
             raise ModelError(
                 f"model {request.model!r}: the server sent invalid JSON: {exc}"
             ) from exc
+        if dropped:
+            self._refused[request.model] = refused | dropped
+        return response
+
+    async def _call_without_refused(
+        self, model: str, body: dict[str, Any], on_text: TextSink | None
+    ) -> tuple[ModelResponse, frozenset[str]]:
+        """The answer, asked again without each optional field a 400 refuses; those fields."""
+        dropped: set[str] = set()
+        while True:  # each pass takes a field out of `body`: at most one per droppable field
+            try:
+                return await self._call(model, body, on_text), frozenset(dropped)
+            except openai.APIStatusError as exc:
+                field = refused_field(exc.status_code, server_message(exc.body), body)
+                if field is None:
+                    raise
+                log.warning("model.field_refused", model=model, field=field)
+                del body[field]
+                dropped.add(field)
 
     async def _call(
         self, model: str, body: dict[str, Any], on_text: TextSink | None
