@@ -53,6 +53,8 @@ def test_text_parts_are_the_answer_and_a_refusal_is_kept() -> None:
     assert assembler.add_chunk(chunk({"content": parts})) == "Hi"
     assembler.add_chunk(chunk({"refusal": "I cannot."}, "stop"))
 
+    assembler.add_chunk(chunk({"annotations": [{"type": "url_citation"}]}))
+
     response = assembler.response()
     assert response.message == {"role": "assistant", "content": "Hi", "refusal": "I cannot."}
     assert response.finish_reason == "stop"

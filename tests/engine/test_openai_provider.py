@@ -321,3 +321,20 @@ async def test_a_call_with_broken_arguments_does_not_break_later_turns(
     assert "not valid JSON" in state.messages[2]["content"]
     [_, second, _] = server.fake.requests_for("m")
     assert second["messages"][1]["tool_calls"][0]["function"]["arguments"] == "{}"
+
+
+async def test_an_error_answered_as_json_with_200_keeps_the_servers_words() -> None:
+    async def gateway(request: Request) -> Response:
+        error = {"error": {"message": "upstream overloaded", "code": 529}}
+        return Response(json.dumps(error), media_type="application/json")
+
+    app = Starlette(routes=[Route("/v1/chat/completions", gateway, methods=["POST"])])
+    with ThreadedServer(app) as server:
+        provider = OpenAIProvider(base_url=f"{server.url}/v1", max_retries=0)
+        try:
+            state = await run(provider)
+        finally:
+            await provider.aclose()
+
+    assert state.error is not None
+    assert state.error.message == "model 'm': upstream overloaded"

@@ -27,7 +27,10 @@ from app.engine.providers.fields import argument_text, with_provider_data
 from app.engine.providers.usage import chunk_usage, read_usage
 from app.engine.state import Message, Usage
 
-_MESSAGE_KEYS = frozenset({"role", "content", "tool_calls", "refusal", "function_call", "audio"})
+# Chat Completions' own fields; `annotations` (citations) are for the reader, not the server.
+_MESSAGE_KEYS = frozenset(
+    {"role", "content", "tool_calls", "refusal", "function_call", "audio", "annotations"}
+)
 _CALL_KEYS = frozenset({"index", "id", "type", "function"})
 
 

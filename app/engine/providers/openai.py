@@ -121,8 +121,12 @@ class OpenAIProvider(ModelProvider):
         assembler = Assembler(model)
         async with stream:
             if "json" in stream.response.headers.get("content-type", ""):
-                # SGLang with tools answers a whole completion to `stream: true`.
-                text = assembler.add_completion(json.loads(await stream.response.aread()))
+                # SGLang with tools answers a whole completion to `stream: true`; a gateway may
+                # answer its error so, with status 200.
+                completion = json.loads(await stream.response.aread())
+                if isinstance(completion, dict) and "choices" not in completion:
+                    raise model_error(model, None, completion, "the server sent no answer")
+                text = assembler.add_completion(completion)
                 if text and on_text is not None:
                     await on_text(text)
             else:
