@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import openai
@@ -68,6 +68,17 @@ async def run(provider: OpenAIProvider, agent: str = "triage", **router: Any) ->
     state = engine.start(agent, "go")
     await engine.run(state)
     return state
+
+
+async def run_against(answer: Callable[[Request], Awaitable[Response]]) -> RunState:
+    """A run against a server whose every chat completion is `answer`'s."""
+    app = Starlette(routes=[Route("/v1/chat/completions", answer, methods=["POST"])])
+    with ThreadedServer(app) as server:
+        provider = OpenAIProvider(base_url=f"{server.url}/v1", max_retries=0)
+        try:
+            return await run(provider)
+        finally:
+            await provider.aclose()
 
 
 async def test_a_refused_field_is_left_out_once_named_and_from_then_on(
@@ -294,13 +305,7 @@ async def test_a_stream_that_is_not_json_is_a_model_error() -> None:
     async def garbled(request: Request) -> Response:
         return Response("data: {not json\n\n", media_type="text/event-stream")
 
-    app = Starlette(routes=[Route("/v1/chat/completions", garbled, methods=["POST"])])
-    with ThreadedServer(app) as server:
-        provider = OpenAIProvider(base_url=f"{server.url}/v1", max_retries=0)
-        try:
-            state = await run(provider)
-        finally:
-            await provider.aclose()
+    state = await run_against(garbled)
 
     assert state.error is not None
     assert state.error.message.startswith("model 'm': the server sent invalid JSON")
@@ -328,13 +333,7 @@ async def test_an_error_answered_as_json_with_200_keeps_the_servers_words() -> N
         error = {"error": {"message": "upstream overloaded", "code": 529}}
         return Response(json.dumps(error), media_type="application/json")
 
-    app = Starlette(routes=[Route("/v1/chat/completions", gateway, methods=["POST"])])
-    with ThreadedServer(app) as server:
-        provider = OpenAIProvider(base_url=f"{server.url}/v1", max_retries=0)
-        try:
-            state = await run(provider)
-        finally:
-            await provider.aclose()
+    state = await run_against(gateway)
 
     assert state.error is not None
     assert state.error.message == "model 'm': upstream overloaded"
