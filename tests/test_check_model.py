@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterator
 
 import pytest
+from typer.testing import CliRunner
 
-from app.cli import EXAMPLE_SCRIPT
+from app.cli import EXAMPLE_SCRIPT, cli
+from app.executor.providers import describe
+from app.settings import Settings
 from app.testing import FakeModel, FakeModelServer, load_scripts, text
 from tests.test_cli import agent_runs
 
@@ -50,3 +54,26 @@ def test_an_unknown_provider_is_named() -> None:
 
     assert result.returncode == 2
     assert "unknown model provider 'nowhere'" in result.stderr
+
+
+def test_the_base_url_is_shown_without_its_credentials() -> None:
+    settings = Settings(
+        model_providers={"gw": {"base_url": "https://user:s3cret@gw.example/v1", "api_key": "k"}}
+    )
+
+    assert describe(settings, "gw/m") == "https://***@gw.example/v1 (provider 'gw', openai)"
+    assert "s3cret" not in describe(
+        settings.model_copy(update={"openai_base_url": "http://a:s3cret@h"}), "m"
+    )
+
+
+def test_an_anthropic_entry_without_the_extra_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "anthropic", None)  # as if the extra were not installed
+    monkeypatch.setenv("MODEL_PROVIDERS", json.dumps({"anthropic": {"kind": "anthropic"}}))
+
+    result = CliRunner().invoke(cli, ["check-model", "anthropic/claude-x"])
+
+    assert result.exit_code == 2
+    assert "agent-runs[anthropic]" in result.output
