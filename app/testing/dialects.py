@@ -182,7 +182,8 @@ DIALECTS: dict[str, Dialect] = {
         Dialect("mistral", usage="last", refuses=("stream_options",), refusal_style="mistral"),
         # OpenAI's o-series models: `parallel_tool_calls` refused.
         Dialect("o-series", refuses=("parallel_tool_calls",)),
-        # Anthropic's OpenAI SDK compatibility layer: errors inside the stream.
+        # Anthropic's OpenAI SDK compatibility layer: errors inside the stream (at
+        # /v1/messages too, as an `error` event, as Anthropic's own API sends overloads).
         Dialect("anthropic-openai", errors_in_stream=True),
         # OpenRouter: keep-alive comments, `data:` without a space, `index: null`.
         Dialect("openrouter", call_index="null", sse_comments=True),
