@@ -45,6 +45,7 @@ class Dialect:
     errors_in_stream: bool = False  # an error as `data: {"error": ...}` after a 200
     # What the server refuses.
     refuses: tuple[str, ...] = ()  # optional request fields
+    refuses_back: tuple[str, ...] = ()  # fields it streamed, on history's assistant messages
     refusal_style: Literal["openai", "azure", "mistral"] = "openai"
     # History's tool-call arguments parsed as a JSON object: `""` or broken JSON refused.
     parses_arguments: bool = False
@@ -62,7 +63,15 @@ class Dialect:
         refused = next((name for name in self.refuses if name in body), None)
         if refused is not None:
             return self._refusal(refused)
-        for message in body.get("messages") or ():
+        for number, message in enumerate(body.get("messages") or ()):
+            refused = next((n for n in self.refuses_back if n in message), None)
+            if refused is not None and message.get("role") == "assistant":
+                where = f"'messages.{number}'"
+                text = (
+                    f"{where} : for 'role:assistant' the following must be satisfied"
+                    f"[({where} : property '{refused}' is unsupported, did you mean 'role'?)]"
+                )
+                return 400, {"error": {"message": text, "type": "invalid_request_error"}}
             problem = self._check_history(message)
             if problem is not None:
                 return problem
@@ -168,8 +177,15 @@ DIALECTS: dict[str, Dialect] = {
             refusal_style="azure",
             api_key_header=True,
         ),
-        # Groq: `"tool_calls": []` on every delta, usage under `x_groq` on the last chunk.
-        Dialect("groq", empty_tool_list=True, usage="x_groq"),
+        # Groq: `"tool_calls": []` on every delta, usage under `x_groq` on the last chunk;
+        # its reasoning models (but gpt-oss) stream `reasoning` and refuse it back (gptel#774).
+        Dialect(
+            "groq",
+            empty_tool_list=True,
+            usage="x_groq",
+            reasoning_field="reasoning",
+            refuses_back=("reasoning",),
+        ),
         # DeepSeek thinking mode: `reasoning_content` first, required back on tool-call turns.
         Dialect(
             "deepseek",

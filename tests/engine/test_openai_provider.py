@@ -15,6 +15,8 @@ from starlette.routing import Route
 
 from app import Agent, tool
 from app.engine import Completed, Engine, Failed, ModelRouter, OpenAIProvider
+from app.engine.model import ModelRequest
+from app.engine.providers.chat_request import refused_field
 from app.engine.providers.failures import MAX_SERVER_TEXT
 from app.engine.state import RunState
 from app.testing import Dialect, FakeModel, FakeModelServer, Reply, call, calls, error, text
@@ -337,3 +339,35 @@ async def test_an_error_answered_as_json_with_200_keeps_the_servers_words() -> N
 
     assert state.error is not None
     assert state.error.message == "model 'm': upstream overloaded"
+
+
+async def test_a_field_refused_back_is_withheld_from_then_on(serve: Any, providers: Any) -> None:
+    server = serve("groq")
+    server.fake.script("m", [call("add", {"a": 1, "b": 2}, reasoning="Add them."), text("3")])
+    provider = providers(server)
+
+    first, second = await run(provider), await run(provider)
+
+    assert first.final_output == second.final_output == "3"
+    assert first.messages[1]["provider_data"] == {"model": "m", "reasoning": "Add them."}
+    history = [body["messages"][1:] for body in server.fake.requests]
+    sent_back = ["reasoning" in messages[0] for messages in history if messages]
+    assert sent_back == [True, False, False]  # refused once, then withheld for model m
+
+
+def test_a_refusal_names_a_field_as_a_word() -> None:
+    request = ModelRequest(
+        "m",
+        [
+            {
+                "role": "assistant",
+                "content": "hi",
+                "provider_data": {"model": "m", "reasoning": "r", "reasoning_content": "r"},
+            }
+        ],
+    )
+    refused = "property 'reasoning_content' is unsupported"
+
+    assert refused_field(400, refused, request, {}, ()) == "reasoning_content"
+    assert refused_field(400, refused, request, {}, {"reasoning_content"}) is None
+    assert refused_field(500, refused, request, {}, ()) is None

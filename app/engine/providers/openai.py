@@ -25,12 +25,13 @@ class OpenAIProvider(ModelProvider):
     query), and `body`'s fields in every request body (`reasoning_effort`, DeepSeek's
     `thinking`); `api_key_header` sends the key in that header instead of `Authorization: Bearer`
     (Azure's `api-key`); `omit` names optional fields the server refuses (`stream_options`,
-    `parallel_tool_calls`, `temperature`, `max_tokens`). A 400 that names `stream_options` or
-    `parallel_tool_calls` is asked once more without it (once per field); when that answer comes,
-    the field is left out of that model's requests from then on. Per model, because a refusal
-    can be the model's (o-series models refuse `parallel_tool_calls`, gpt-4o on the same server
-    takes it); and only after an answer, because a 400 about something else may quote the
-    request and name a field it did not refuse.
+    `parallel_tool_calls`, `temperature`, `max_tokens`). A 400 that names `stream_options`,
+    `parallel_tool_calls` or a field sent back on messages (Groq refuses the `reasoning` it
+    streamed) is asked once more without it (once per field); when that answer comes, the field
+    is left out of that model's requests from then on. Per model, because a refusal can be the
+    model's (o-series models refuse `parallel_tool_calls`, gpt-4o on the same server takes it);
+    and only after an answer, because a 400 about something else may quote the request and name
+    a field it did not refuse.
     """
 
     def __init__(
@@ -72,9 +73,10 @@ class OpenAIProvider(ModelProvider):
         self, request: ModelRequest, on_text: TextSink | None = None
     ) -> ModelResponse:
         refused = self._refused.get(request.model, frozenset())
-        body = {**self._body, **request_body(request, self._omit | refused)}
         try:
-            response, dropped = await self._call_without_refused(request.model, body, on_text)
+            response, dropped = await self._call_without_refused(
+                request, self._omit | refused, on_text
+            )
         except openai.APIStatusError as exc:
             raise model_error(request.model, exc.status_code, exc.body, exc.message) from exc
         except openai.APIError as exc:  # no connection, a timeout, or an error inside the stream
@@ -88,20 +90,21 @@ class OpenAIProvider(ModelProvider):
         return response
 
     async def _call_without_refused(
-        self, model: str, body: dict[str, Any], on_text: TextSink | None
+        self, request: ModelRequest, omit: frozenset[str], on_text: TextSink | None
     ) -> tuple[ModelResponse, frozenset[str]]:
-        """The answer, asked again without each optional field a 400 refuses; those fields."""
-        dropped: set[str] = set()
-        while True:  # each pass takes a field out of `body`: at most one per droppable field
+        """The answer, asked again without each field a 400 refuses; those fields."""
+        dropped: frozenset[str] = frozenset()
+        while True:  # each pass leaves one more field out: at most one per field there is
+            body = {**self._body, **request_body(request, omit | dropped)}
             try:
-                return await self._call(model, body, on_text), frozenset(dropped)
+                return await self._call(request.model, body, on_text), dropped
             except openai.APIStatusError as exc:
-                field = refused_field(exc.status_code, server_message(exc.body), body)
+                text = server_message(exc.body)
+                field = refused_field(exc.status_code, text, request, body, omit | dropped)
                 if field is None:
                     raise
-                log.warning("model.field_refused", model=model, field=field)
-                del body[field]
-                dropped.add(field)
+                log.warning("model.field_refused", model=request.model, field=field)
+                dropped |= {field}
 
     async def _call(
         self, model: str, body: dict[str, Any], on_text: TextSink | None
