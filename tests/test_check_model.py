@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from app.cli import EXAMPLE_SCRIPT, cli
+from app.cli import EXAMPLE_SCRIPT
 from app.executor.providers import describe
 from app.settings import Settings
 from app.testing import FakeModel, FakeModelServer, load_scripts, text
@@ -67,13 +66,15 @@ def test_the_base_url_is_shown_without_its_credentials() -> None:
     )
 
 
-def test_an_anthropic_entry_without_the_extra_says_what_to_install(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setitem(sys.modules, "anthropic", None)  # as if the extra were not installed
-    monkeypatch.setenv("MODEL_PROVIDERS", json.dumps({"anthropic": {"kind": "anthropic"}}))
+def test_an_anthropic_entry_without_the_extra_says_what_to_install(tmp_path: Path) -> None:
+    # A package that shadows the SDK as if the extra were not installed.
+    (tmp_path / "anthropic").mkdir()
+    (tmp_path / "anthropic" / "__init__.py").write_text("raise ImportError('no anthropic')\n")
+    providers = json.dumps({"anthropic": {"kind": "anthropic"}})
 
-    result = CliRunner().invoke(cli, ["check-model", "anthropic/claude-x"])
+    result = agent_runs(
+        "check-model", "anthropic/claude-x", MODEL_PROVIDERS=providers, PYTHONPATH=str(tmp_path)
+    )
 
-    assert result.exit_code == 2
-    assert "agent-runs[anthropic]" in result.output
+    assert result.returncode == 2, result.stderr
+    assert "agent-runs[anthropic]" in result.stderr
