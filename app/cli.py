@@ -185,7 +185,10 @@ def check_model(
     from app.runtime.providers import build_providers, describe
 
     settings = _settings()
-    default, named = build_providers(settings)
+    try:
+        default, named = build_providers(settings)
+    except ImportError as exc:  # an `anthropic` entry without the `anthropic` extra
+        raise _fail(str(exc)) from exc
     router = ModelRouter(default, named, default_model=settings.default_model)
     try:
         provider, bare = router.resolve(model)

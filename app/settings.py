@@ -48,7 +48,9 @@ class ProviderSettings(BaseModel):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+    # A refused value is not printed back: keys, MODEL_PROVIDERS' headers and query, and
+    # DATABASE_URL's password would be, in the error's text.
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", hide_input_in_errors=True)
 
     database_url: str = Field(DEFAULT_DATABASE_URL, description="SQLAlchemy URL of the store.")
     openai_api_key: SecretStr | None = Field(None, description="Key of the default provider.")

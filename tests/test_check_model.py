@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from app.cli import EXAMPLE_SCRIPT
+from app.executor.providers import describe
+from app.settings import Settings
 from app.testing import FakeModel, FakeModelServer, load_scripts, text
 from tests.test_cli import agent_runs
 
@@ -50,3 +53,28 @@ def test_an_unknown_provider_is_named() -> None:
 
     assert result.returncode == 2
     assert "unknown model provider 'nowhere'" in result.stderr
+
+
+def test_the_base_url_is_shown_without_its_credentials() -> None:
+    settings = Settings(
+        model_providers={"gw": {"base_url": "https://user:s3cret@gw.example/v1", "api_key": "k"}}
+    )
+
+    assert describe(settings, "gw/m") == "https://***@gw.example/v1 (provider 'gw', openai)"
+    assert "s3cret" not in describe(
+        settings.model_copy(update={"openai_base_url": "http://a:s3cret@h"}), "m"
+    )
+
+
+def test_an_anthropic_entry_without_the_extra_says_what_to_install(tmp_path: Path) -> None:
+    # A package that shadows the SDK as if the extra were not installed.
+    (tmp_path / "anthropic").mkdir()
+    (tmp_path / "anthropic" / "__init__.py").write_text("raise ImportError('no anthropic')\n")
+    providers = json.dumps({"anthropic": {"kind": "anthropic"}})
+
+    result = agent_runs(
+        "check-model", "anthropic/claude-x", MODEL_PROVIDERS=providers, PYTHONPATH=str(tmp_path)
+    )
+
+    assert result.returncode == 2, result.stderr
+    assert "agent-runs[anthropic]" in result.stderr

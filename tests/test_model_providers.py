@@ -88,3 +88,11 @@ def test_options_are_for_openai_compatible_servers() -> None:
     entry = {"kind": "anthropic", "options": {"stream_options": False}}
     with pytest.raises(pydantic.ValidationError, match="OpenAI-compatible"):
         Settings(model_providers={"anthropic": entry})
+
+
+def test_a_refused_entry_is_not_printed_back() -> None:
+    entry = {"kind": "anthropic", "api_key_header": "x-key", "api_key": "sk-ant-1"}
+    with pytest.raises(pydantic.ValidationError) as refused:
+        Settings(model_providers={"a": entry})
+
+    assert "sk-ant-1" not in str(refused.value)

@@ -18,7 +18,8 @@ def test_every_setting_is_in_the_readme_configuration_table() -> None:
 def test_the_model_servers_example_is_valid_settings() -> None:
     readme = (ROOT / "README.md").read_text()
     section = readme.split("## Model servers", 1)[1].split("\n## ", 1)[0]
-    example = section.split("MODEL_PROVIDERS='", 1)[1].split("'", 1)[0]
+    # Exported, so the commands run after it in the same shell see it.
+    example = section.split("export MODEL_PROVIDERS='", 1)[1].split("'", 1)[0]
 
     providers = Settings(model_providers=json.loads(example)).model_providers
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit, urlunsplit
+
 from app.engine import AnthropicProvider, ModelProvider, OpenAIProvider
 from app.settings import ProviderSettings, Settings
 
@@ -50,6 +52,18 @@ def describe(settings: Settings, model: str | None) -> str:
     prefix, slash, _ = (model or settings.default_model).partition("/")
     entry = settings.model_providers.get(prefix) if slash else None
     if entry is None:
-        return settings.openai_base_url or "OpenAI's API"
-    where = entry.base_url or ("Anthropic's API" if entry.kind == "anthropic" else "OpenAI's API")
+        return _without_userinfo(settings.openai_base_url) or "OpenAI's API"
+    where = _without_userinfo(entry.base_url) or (
+        "Anthropic's API" if entry.kind == "anthropic" else "OpenAI's API"
+    )
     return f"{where} (provider {prefix!r}, {entry.kind})"
+
+
+def _without_userinfo(url: str | None) -> str | None:
+    """The URL without a `user:password@` (a gateway's basic auth) that printing would leak."""
+    if not url:
+        return url
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))

@@ -159,6 +159,8 @@ class Completion:
                 part["id"] = ""
             elif first or dialect.call_id == "every":
                 part["id"] = call["id"]
+            elif dialect.call_id == "changing":
+                part["id"] = f"{call['id']}_{number}"
             if first:
                 part["type"] = "function"
             if first and position == 0 and dialect.signatures:

@@ -7,6 +7,7 @@ Each preset copies one server's habits as its source and issue tracker show them
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -22,9 +23,9 @@ class Dialect:
     # Tool calls. index: "each" (0, 1...), "zero" (0 for every call), "none" (no key), "null",
     # "after_text" (from 1 when text came first, as Bedrock's content blocks count).
     call_index: Literal["each", "zero", "none", "null", "after_text"] = "each"
-    # id: on a call's "first" delta, on "every" delta, "empty" (""), or "in_function" (inside
-    # `function`, on every delta).
-    call_id: Literal["first", "every", "empty", "in_function"] = "first"
+    # id: on a call's "first" delta, on "every" delta, "empty" (""), "in_function" (inside
+    # `function`, on every delta), or "changing" (another id on each delta after the first).
+    call_id: Literal["first", "every", "empty", "in_function", "changing"] = "first"
     whole_calls: bool = False  # each call in one delta
     repeat_name: bool = False  # the name on every delta of a call
     object_arguments: bool = False  # arguments as a JSON object, not text
@@ -44,8 +45,10 @@ class Dialect:
     errors_in_stream: bool = False  # an error as `data: {"error": ...}` after a 200
     # What the server refuses.
     refuses: tuple[str, ...] = ()  # optional request fields
+    refuses_back: tuple[str, ...] = ()  # fields it streamed, on history's assistant messages
     refusal_style: Literal["openai", "azure", "mistral"] = "openai"
-    refuses_empty_arguments: bool = False  # `""` tool-call arguments in history
+    # History's tool-call arguments parsed as a JSON object: `""` or broken JSON refused.
+    parses_arguments: bool = False
     api_key_header: bool = False  # wants `api-key` and `?api-version=`, not a bearer token
 
     def check(
@@ -60,7 +63,15 @@ class Dialect:
         refused = next((name for name in self.refuses if name in body), None)
         if refused is not None:
             return self._refusal(refused)
-        for message in body.get("messages") or ():
+        for number, message in enumerate(body.get("messages") or ()):
+            refused = next((n for n in self.refuses_back if n in message), None)
+            if refused is not None and message.get("role") == "assistant":
+                where = f"'messages.{number}'"
+                text = (
+                    f"{where} : for 'role:assistant' the following must be satisfied"
+                    f"[({where} : property '{refused}' is unsupported, did you mean 'role'?)]"
+                )
+                return 400, {"error": {"message": text, "type": "invalid_request_error"}}
             problem = self._check_history(message)
             if problem is not None:
                 return problem
@@ -70,10 +81,10 @@ class Dialect:
         calls = message.get("tool_calls") if message.get("role") == "assistant" else None
         if not calls:
             return None
-        if self.refuses_empty_arguments and any(
-            not str(call["function"].get("arguments") or "").strip() for call in calls
+        if self.parses_arguments and not all(
+            _json_object(call["function"].get("arguments")) for call in calls
         ):
-            return 400, {"object": "error", "message": "tool call arguments must be JSON, not ''"}
+            return 400, {"object": "error", "message": "tool call arguments must be a JSON object"}
         if self.reasoning_required_back and not isinstance(message.get("reasoning_content"), str):
             text = "The reasoning_content in the thinking mode must be passed back to the API."
             return 400, {"error": {"message": text, "type": "invalid_request_error"}}
@@ -105,6 +116,13 @@ class Dialect:
         return 400, {"error": {"message": text, "type": "invalid_request_error", "param": field}}
 
 
+def _json_object(arguments: object) -> bool:
+    try:
+        return isinstance(arguments, str) and isinstance(json.loads(arguments), dict)
+    except ValueError:
+        return False
+
+
 def signature(tool_name: str) -> str:
     """The thought signature the fake gives a call to `tool_name` and wants back on it."""
     return "sig-" + hashlib.sha256(tool_name.encode()).hexdigest()[:16]
@@ -116,23 +134,24 @@ DIALECTS: dict[str, Dialect] = {
         Dialect(),
         # ollama openai/openai.go: each call whole, index from the parser (0 for parallel
         # calls), "stop" in older versions, `content: ""` beside calls, thinking as `reasoning`;
-        # history arguments are unmarshalled as JSON.
+        # history arguments are unmarshalled as a JSON object (FromCompletionToolCall).
         Dialect(
             "ollama",
             call_index="zero",
             whole_calls=True,
             finish_with_calls="stop",
             reasoning_field="reasoning",
-            refuses_empty_arguments=True,
+            parses_arguments=True,
         ),
         # vLLM: the id repeated on every delta, reasoning as `reasoning`, running usage totals
-        # on every chunk (continuous_usage_stats); refuses "" arguments (vllm#19419).
+        # on every chunk (continuous_usage_stats); history arguments parsed as JSON by
+        # _postprocess_messages: "" or broken JSON refused (vllm#19419, #48922).
         Dialect(
             "vllm",
             call_id="every",
             reasoning_field="reasoning",
             usage="every_chunk",
-            refuses_empty_arguments=True,
+            parses_arguments=True,
         ),
         # llama.cpp server before #13800: the name on every delta, the id inside `function`.
         Dialect("llamacpp", call_id="in_function", repeat_name=True),
@@ -158,8 +177,15 @@ DIALECTS: dict[str, Dialect] = {
             refusal_style="azure",
             api_key_header=True,
         ),
-        # Groq: `"tool_calls": []` on every delta, usage under `x_groq` on the last chunk.
-        Dialect("groq", empty_tool_list=True, usage="x_groq"),
+        # Groq: `"tool_calls": []` on every delta, usage under `x_groq` on the last chunk;
+        # its reasoning models (but gpt-oss) stream `reasoning` and refuse it back (gptel#774).
+        Dialect(
+            "groq",
+            empty_tool_list=True,
+            usage="x_groq",
+            reasoning_field="reasoning",
+            refuses_back=("reasoning",),
+        ),
         # DeepSeek thinking mode: `reasoning_content` first, required back on tool-call turns.
         Dialect(
             "deepseek",
@@ -172,12 +198,15 @@ DIALECTS: dict[str, Dialect] = {
         Dialect("mistral", usage="last", refuses=("stream_options",), refusal_style="mistral"),
         # OpenAI's o-series models: `parallel_tool_calls` refused.
         Dialect("o-series", refuses=("parallel_tool_calls",)),
-        # Anthropic's OpenAI SDK compatibility layer: errors inside the stream.
+        # Anthropic's OpenAI SDK compatibility layer: errors inside the stream (at
+        # /v1/messages too, as an `error` event, as Anthropic's own API sends overloads).
         Dialect("anthropic-openai", errors_in_stream=True),
         # OpenRouter: keep-alive comments, `data:` without a space, `index: null`.
         Dialect("openrouter", call_index="null", sse_comments=True),
         # LiteLLM over Bedrock: the first call at index 1 after text, the id on its first delta.
         Dialect("litellm", call_index="after_text"),
+        # Poolside (pool#9), mlx-openai-server before #216: a new id on each later delta.
+        Dialect("poolside", call_id="changing"),
         # Proxies of Ollama's native API: arguments as an object (smolagents#1003).
         Dialect("object-arguments", object_arguments=True, whole_calls=True),
     ]

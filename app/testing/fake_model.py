@@ -156,6 +156,9 @@ class FakeModel:
         if reply.delay:
             await asyncio.sleep(reply.delay)
         if reply.error and (reply.error.times is None or attempts <= reply.error.times):
+            if body.get("stream") and self.dialect.errors_in_stream:
+                event = messages_api.error_event(reply.error.message)
+                return StreamingResponse(_once(event), media_type="text/event-stream")
             headers = {"retry-after-ms": str(reply.error.retry_after_ms)}
             error = messages_api.error_body(reply.error.message)
             return JSONResponse(error, status_code=reply.error.status, headers=headers)

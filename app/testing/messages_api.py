@@ -59,6 +59,12 @@ def error_body(message: str) -> dict[str, Any]:
     return {"type": "error", "error": {"type": "api_error", "message": message}}
 
 
+def error_event(message: str) -> str:
+    """An error sent inside a stream that began with 200, as Anthropic sends `overloaded_error`."""
+    error = {"type": "error", "error": {"type": "overloaded_error", "message": message}}
+    return _event("error", error)
+
+
 class MessagesAnswer:
     """One scripted reply as a Messages API answer, whole or as its stream of events."""
 

@@ -114,6 +114,19 @@ async def test_errors_keep_the_servers_words_and_a_cut_answer_fails(
     assert "model 'claude': the answer was cut at its token limit" in cut.error.message
 
 
+async def test_an_error_inside_the_stream_keeps_the_servers_words() -> None:
+    fake = FakeModel({"claude": [error(529, message="Overloaded")]}, dialect="anthropic-openai")
+    with FakeModelServer(fake) as server:
+        provider = AnthropicProvider(base_url=server.url, api_key="k", max_retries=0)
+        try:
+            state = await run(provider)
+        finally:
+            await provider.aclose()
+
+    assert state.error is not None
+    assert state.error.message == "model 'claude': Overloaded"
+
+
 def test_without_the_sdk_it_imports_and_says_what_to_install(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import openai
@@ -15,9 +15,11 @@ from starlette.routing import Route
 
 from app import Agent, tool
 from app.engine import Completed, Engine, Failed, ModelRouter, OpenAIProvider
+from app.engine.model import ModelRequest
+from app.engine.providers.chat_request import refused_field
 from app.engine.providers.failures import MAX_SERVER_TEXT
 from app.engine.state import RunState
-from app.testing import FakeModel, FakeModelServer, Reply, call, calls, error, text
+from app.testing import Dialect, FakeModel, FakeModelServer, Reply, call, calls, error, text
 from app.testing.server import ThreadedServer
 
 pytestmark = pytest.mark.anyio
@@ -40,7 +42,7 @@ def serve() -> Iterator[Any]:
     """`serve(dialect)` starts a fake model speaking it; all are stopped after the test."""
     servers: list[FakeModelServer] = []
 
-    def start(dialect: str = "openai") -> FakeModelServer:
+    def start(dialect: str | Dialect = "openai") -> FakeModelServer:
         servers.append(FakeModelServer(FakeModel(dialect=dialect)).start())
         return servers[-1]
 
@@ -70,6 +72,17 @@ async def run(provider: OpenAIProvider, agent: str = "triage", **router: Any) ->
     return state
 
 
+async def run_against(answer: Callable[[Request], Awaitable[Response]]) -> RunState:
+    """A run against a server whose every chat completion is `answer`'s."""
+    app = Starlette(routes=[Route("/v1/chat/completions", answer, methods=["POST"])])
+    with ThreadedServer(app) as server:
+        provider = OpenAIProvider(base_url=f"{server.url}/v1", max_retries=0)
+        try:
+            return await run(provider)
+        finally:
+            await provider.aclose()
+
+
 async def test_a_refused_field_is_left_out_once_named_and_from_then_on(
     serve: Any, providers: Any
 ) -> None:
@@ -84,6 +97,51 @@ async def test_a_refused_field_is_left_out_once_named_and_from_then_on(
     assert state.final_output == "ok"
     sent = [("parallel_tool_calls" in body) for body in server.fake.requests_for("m")]
     assert sent == [True, False, False]  # refused, asked again without it, then never sent
+
+
+async def test_each_refused_field_is_left_out_in_turn_for_that_model_only(
+    serve: Any, providers: Any
+) -> None:
+    server = serve(Dialect("strict", refuses=("stream_options", "parallel_tool_calls")))
+    agents = [
+        Agent(name=model, model=model, tools=[add], parallel_tool_calls=False)
+        for model in ("m", "m2")
+    ]
+    engine = Engine(agents, ModelRouter(providers(server)))
+    for model in ("m", "m2"):
+        server.fake.script(model, [text("ok")])
+
+    for agent in ("m", "m", "m2"):
+        assert (await engine.run(engine.start(agent, "go"))).outcome == Completed("ok")
+
+    optional = {"stream_options", "parallel_tool_calls"}
+    sent = [(body["model"], sorted(optional & set(body))) for body in server.fake.requests]
+    assert sent == [
+        ("m", ["parallel_tool_calls", "stream_options"]),  # refused: stream_options
+        ("m", ["parallel_tool_calls"]),  # refused: parallel_tool_calls
+        ("m", []),  # answered: both are left out of m's requests from then on
+        ("m", []),
+        ("m2", ["parallel_tool_calls", "stream_options"]),  # another model asks for itself
+        ("m2", ["parallel_tool_calls"]),
+        ("m2", []),
+    ]
+
+
+async def test_a_field_is_not_remembered_when_the_request_without_it_fails_too(
+    serve: Any, providers: Any
+) -> None:
+    server = serve()
+    server.fake.script("m", [error(400, message="bad request: stream_options and more")])
+    provider = providers(server)
+
+    first, second = await run(provider), await run(provider)
+
+    assert first.error is not None
+    assert first.error.message == (
+        "model 'm': the server answered 400: bad request: stream_options and more"
+    )
+    assert second.error == first.error
+    assert ["stream_options" in body for body in server.fake.requests] == [True, False, True, False]
 
 
 async def test_options_leave_out_what_a_server_refuses_without_asking_first(
@@ -173,6 +231,7 @@ async def test_errors_name_the_model_called_and_keep_the_servers_words(
     message = result.outcome.error.message
     assert message.startswith("model 'fallback': the server answered 400: context too long x")
     assert len(message) < MAX_SERVER_TEXT + 100
+    assert len(server.fake.requests) == 1  # a 400 naming no optional field is not asked again
 
 
 async def test_an_error_inside_the_stream_is_a_model_error(serve: Any, providers: Any) -> None:
@@ -248,13 +307,67 @@ async def test_a_stream_that_is_not_json_is_a_model_error() -> None:
     async def garbled(request: Request) -> Response:
         return Response("data: {not json\n\n", media_type="text/event-stream")
 
-    app = Starlette(routes=[Route("/v1/chat/completions", garbled, methods=["POST"])])
-    with ThreadedServer(app) as server:
-        provider = OpenAIProvider(base_url=f"{server.url}/v1", max_retries=0)
-        try:
-            state = await run(provider)
-        finally:
-            await provider.aclose()
+    state = await run_against(garbled)
 
     assert state.error is not None
     assert state.error.message.startswith("model 'm': the server sent invalid JSON")
+
+
+@pytest.mark.parametrize("dialect", ["vllm", "ollama"])
+async def test_a_call_with_broken_arguments_does_not_break_later_turns(
+    serve: Any, providers: Any, dialect: str
+) -> None:
+    server = serve(dialect)
+    server.fake.script("m", [call("add", '{"a": 1,'), call("add", {"a": 1, "b": 2}), text("3")])
+
+    state = await run(providers(server))
+
+    assert state.final_output == "3", state.error
+    broken = state.messages[1]["tool_calls"][0]["function"]["arguments"]
+    assert broken == '{"a": 1,'  # stored as the model sent it; its result says why it failed
+    assert "not valid JSON" in state.messages[2]["content"]
+    [_, second, _] = server.fake.requests_for("m")
+    assert second["messages"][1]["tool_calls"][0]["function"]["arguments"] == "{}"
+
+
+async def test_an_error_answered_as_json_with_200_keeps_the_servers_words() -> None:
+    async def gateway(request: Request) -> Response:
+        error = {"error": {"message": "upstream overloaded", "code": 529}}
+        return Response(json.dumps(error), media_type="application/json")
+
+    state = await run_against(gateway)
+
+    assert state.error is not None
+    assert state.error.message == "model 'm': upstream overloaded"
+
+
+async def test_a_field_refused_back_is_withheld_from_then_on(serve: Any, providers: Any) -> None:
+    server = serve("groq")
+    server.fake.script("m", [call("add", {"a": 1, "b": 2}, reasoning="Add them."), text("3")])
+    provider = providers(server)
+
+    first, second = await run(provider), await run(provider)
+
+    assert first.final_output == second.final_output == "3"
+    assert first.messages[1]["provider_data"] == {"model": "m", "reasoning": "Add them."}
+    history = [body["messages"][1:] for body in server.fake.requests]
+    sent_back = ["reasoning" in messages[0] for messages in history if messages]
+    assert sent_back == [True, False, False]  # refused once, then withheld for model m
+
+
+def test_a_refusal_names_a_field_as_a_word() -> None:
+    request = ModelRequest(
+        "m",
+        [
+            {
+                "role": "assistant",
+                "content": "hi",
+                "provider_data": {"model": "m", "reasoning": "r", "reasoning_content": "r"},
+            }
+        ],
+    )
+    refused = "property 'reasoning_content' is unsupported"
+
+    assert refused_field(400, refused, request, {}, ()) == "reasoning_content"
+    assert refused_field(400, refused, request, {}, {"reasoning_content"}) is None
+    assert refused_field(500, refused, request, {}, ()) is None

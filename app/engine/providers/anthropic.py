@@ -25,9 +25,10 @@ class AnthropicProvider(ModelProvider):
 
     Agents name models as `anthropic/<model>` when `MODEL_PROVIDERS` maps `anthropic` to
     `{"kind": "anthropic", "api_key": ...}`. `max_tokens` is the answer's limit for agents that
-    set none (the API needs one). `headers` go with every request (prompt caching and beta
-    features are the user's to ask for there), and `body`'s fields in every request body
-    (`thinking`: its blocks and signatures go back as the API requires).
+    set none (the API needs one). `headers` go with every request (`anthropic-beta` for beta
+    features), and `body`'s fields in every request body: prompt caching is the user's to ask
+    for there (`cache_control`), and `thinking` (its blocks and signatures go back as the API
+    requires).
     """
 
     def __init__(

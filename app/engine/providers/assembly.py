@@ -7,10 +7,12 @@ Servers disagree on how a tool call is streamed (see the README's "Model servers
 - vLLM: the same `id` on every delta of a call; llama.cpp before its fix: the name on every delta
   and the id inside `function`; LiteLLM over Bedrock: the first call at `index` 1;
 - proxies of Ollama's native API: arguments as a JSON object rather than text.
-So a delta joins the call with the same id; without one, the call with its index, or the last
-call; but a delta naming a tool for a call whose arguments are already whole JSON starts a new
-call. A name seen again is not appended. Every field beyond Chat Completions (reasoning text,
-signatures) is kept for the server, under `provider_data`.
+- Poolside, mlx-openai-server before its fix: a new `id` on the deltas after a call's first.
+So a delta joins the call with the same id. Otherwise it starts a new call when it names a tool
+and brings a new id, or follows a call whose arguments are already whole JSON; a delta that names
+no tool never starts one: it joins the call with its index, or the last call. A name seen again
+is not appended; a call keeps the first id it was given. Every field beyond Chat Completions
+(reasoning text, signatures) is kept for the server, under `provider_data`.
 """
 
 from __future__ import annotations
@@ -25,7 +27,10 @@ from app.engine.providers.fields import argument_text, with_provider_data
 from app.engine.providers.usage import chunk_usage, read_usage
 from app.engine.state import Message, Usage
 
-_MESSAGE_KEYS = frozenset({"role", "content", "tool_calls", "refusal", "function_call", "audio"})
+# Chat Completions' own fields; `annotations` (citations) are for the reader, not the server.
+_MESSAGE_KEYS = frozenset(
+    {"role", "content", "tool_calls", "refusal", "function_call", "audio", "annotations"}
+)
 _CALL_KEYS = frozenset({"index", "id", "type", "function"})
 
 
@@ -126,26 +131,31 @@ class Assembler:
             function = {}
         call_id = delta.get("id") or function.get("id")  # llama.cpp put it in `function`
         call_id = call_id if isinstance(call_id, str) else ""
-        index = delta.get("index") if isinstance(delta.get("index"), int) else None
-        call = self._find(call_id, index)
-        if call is None or (not call_id and function.get("name") and call.name and call.whole()):
-            call = self._new_call()
+        index = delta.get("index")
+        index = index if isinstance(index, int) and not isinstance(index, bool) else None
+        named = isinstance(function.get("name"), str) and bool(function["name"])
+        call = self._continued(call_id, index, named) or self._new_call()
         if call_id:
-            call.id = call_id
+            call.id = call.id or call_id
             self._by_id[call_id] = call
         if index is not None:
             call.index = index
             self._by_index[index] = call
         call.take(delta)
 
-    def _find(self, call_id: str, index: int | None) -> _Call | None:
-        """The call a delta continues: neither its id nor its index may say otherwise."""
-        if call_id:
-            call = self._by_id.get(call_id)
-            return call if call is not None and index in (None, call.index) else None
-        if index is not None:
-            return self._by_index.get(index)
-        return self.calls[-1] if self.calls else None
+    def _continued(self, call_id: str, index: int | None, named: bool) -> _Call | None:
+        """The call a delta continues, or None when it starts one."""
+        known = self._by_id.get(call_id) if call_id else None
+        if known is not None:
+            return known if index in (None, known.index) else None
+        if call_id and named:
+            return None
+        call = self._by_index.get(index) if index is not None else None
+        if index is None and self.calls:
+            call = self.calls[-1]
+        if call is not None and named and call.name and call.whole():
+            return None  # each call whole, with no id or one index for all (Gemini, Ollama)
+        return call
 
     def _new_call(self) -> _Call:
         call = _Call()

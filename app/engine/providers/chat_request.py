@@ -1,12 +1,13 @@
-"""The Chat Completions request body, less the optional fields a server refuses."""
+"""The Chat Completions request body, less the fields a server refuses."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection
 from typing import Any, Literal, get_args
 
 from app.engine.model import ModelRequest
-from app.engine.providers.fields import outgoing_messages
+from app.engine.providers.fields import outgoing_messages, sent_back
 
 OptionalField = Literal["stream_options", "parallel_tool_calls", "temperature", "max_tokens"]
 OPTIONAL_FIELDS: frozenset[str] = frozenset(get_args(OptionalField))
@@ -18,10 +19,11 @@ DROPPABLE_FIELDS = ("stream_options", "parallel_tool_calls")
 
 
 def request_body(request: ModelRequest, omit: Collection[str] = ()) -> dict[str, Any]:
-    """The streamed request for `request`, without the fields in `omit`."""
+    """The streamed request for `request`, without the optional fields, or the fields sent back
+    on messages (`fields.outgoing_messages`), named in `omit`."""
     body: dict[str, Any] = {
         "model": request.model,
-        "messages": outgoing_messages(request.messages, request.model),
+        "messages": outgoing_messages(request.messages, request.model, omit),
         "stream": True,
     }
     optional: dict[str, Any] = {"stream_options": {"include_usage": True}}
@@ -39,8 +41,20 @@ def request_body(request: ModelRequest, omit: Collection[str] = ()) -> dict[str,
     return body
 
 
-def refused_field(status: int, server_text: str, body: dict[str, Any]) -> str | None:
-    """The droppable field a 400 or 422 names as refused, when the body holds it."""
+def refused_field(
+    status: int,
+    server_text: str,
+    request: ModelRequest,
+    body: dict[str, Any],
+    omit: Collection[str],
+) -> str | None:
+    """The field a 400 or 422 names, when the request can do without it: a droppable field the
+    body holds, or a field the server left on a message and gets back (not yet in `omit`)."""
     if status not in (400, 422):
         return None
-    return next((name for name in DROPPABLE_FIELDS if name in body and name in server_text), None)
+    sent = sorted(sent_back(request.messages, request.model) - set(omit))
+    candidates = [*(name for name in DROPPABLE_FIELDS if name in body), *sent]
+    # As a word: `reasoning` is not named by "reasoning_content is unsupported".
+    return next(
+        (n for n in candidates if re.search(rf"(?<!\w){re.escape(n)}(?!\w)", server_text)), None
+    )

@@ -10,12 +10,15 @@ assistant message keeps such fields under `provider_data`, with the model that p
 
 and a request to that same model puts them back where the server had them; any other model gets
 plain Chat Completions messages. The state is JSON, so a run taken over by another process sends
-them too.
+them too. Some servers refuse what they sent (Groq: "property 'reasoning' is unsupported" for
+most of its reasoning models), so a field can be withheld: the provider does so once a 400
+names it (see `chat_request.refused_field`).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from typing import Any
 
 from app.engine.state import Message
@@ -44,14 +47,34 @@ def provider_fields(message: Message, model: str) -> dict[str, Any] | None:
     return {key: value for key, value in data.items() if key != "model"}
 
 
-def outgoing_messages(messages: list[Message], model: str) -> list[Message]:
-    """The messages as `model` should get them: its own fields back in place, no one else's.
+def sent_back(messages: list[Message], model: str) -> set[str]:
+    """The names of the fields `model` left on these messages (or on their tool calls)."""
+    names: set[str] = set()
+    for message in messages:
+        mine = provider_fields(message, model)
+        if mine is None:
+            continue
+        names.update(mine)
+        for call in message.get("tool_calls") or ():
+            if isinstance(call, dict) and isinstance(call.get(PROVIDER_DATA), dict):
+                names.update(call[PROVIDER_DATA])
+    return names
 
-    Tool-call arguments that are empty become `{}` and objects become JSON text: vLLM and Ollama
-    refuse `""`, and every server expects a string.
+
+def outgoing_messages(
+    messages: list[Message], model: str, withheld: Collection[str] = ()
+) -> list[Message]:
+    """The messages as `model` should get them: its own fields back in place (but those in
+    `withheld`), no one else's.
+
+    Tool-call arguments that are not the JSON text of an object go as `{}` (objects as their
+    JSON text): vLLM and Ollama parse history's arguments and answer 400 to `""` or broken JSON
+    (vllm#19419, #48922), so one malformed call would fail every later turn. The call's tool
+    result already told the model what was wrong; the stored message keeps what it sent.
     """
     return [
-        _outgoing(message, model) if _needs_rewrite(message) else message for message in messages
+        _outgoing(message, model, withheld) if _needs_rewrite(message) else message
+        for message in messages
     ]
 
 
@@ -66,30 +89,43 @@ def _needs_rewrite(message: Message) -> bool:
 
 
 def _valid_arguments(arguments: object) -> bool:
-    return isinstance(arguments, str) and bool(arguments.strip())
+    if not isinstance(arguments, str):
+        return False
+    try:
+        return isinstance(json.loads(arguments), dict)
+    except ValueError:
+        return False
 
 
-def _outgoing(message: Message, model: str) -> Message:
+def _outgoing(message: Message, model: str, withheld: Collection[str]) -> Message:
     mine = provider_fields(message, model)
     sent = {key: value for key, value in message.items() if key != PROVIDER_DATA}
-    sent.update(mine or {})
+    sent.update(_kept(mine or {}, withheld))
     if message.get("tool_calls"):
         sent["tool_calls"] = [
-            _outgoing_call(call, mine is not None) for call in message["tool_calls"]
+            _outgoing_call(call, mine is not None, withheld) for call in message["tool_calls"]
         ]
     return sent
 
 
-def _outgoing_call(call: Any, mine: bool) -> Any:
+def _outgoing_call(call: Any, mine: bool, withheld: Collection[str]) -> Any:
     if not isinstance(call, dict):
         return call
     sent = {key: value for key, value in call.items() if key != PROVIDER_DATA}
     if mine and isinstance(call.get(PROVIDER_DATA), dict):
-        sent.update(call[PROVIDER_DATA])
+        sent.update(_kept(call[PROVIDER_DATA], withheld))
     function = sent.get("function")
     if isinstance(function, dict) and not _valid_arguments(function.get("arguments")):
-        sent["function"] = {**function, "arguments": argument_text(function.get("arguments"))}
+        arguments = function.get("arguments")
+        sent["function"] = {
+            **function,
+            "arguments": json.dumps(arguments) if isinstance(arguments, dict) else "{}",
+        }
     return sent
+
+
+def _kept(fields: dict[str, Any], withheld: Collection[str]) -> dict[str, Any]:
+    return {key: value for key, value in fields.items() if key not in withheld}
 
 
 def argument_text(arguments: object) -> str:

@@ -25,8 +25,13 @@ class OpenAIProvider(ModelProvider):
     query), and `body`'s fields in every request body (`reasoning_effort`, DeepSeek's
     `thinking`); `api_key_header` sends the key in that header instead of `Authorization: Bearer`
     (Azure's `api-key`); `omit` names optional fields the server refuses (`stream_options`,
-    `parallel_tool_calls`, `temperature`, `max_tokens`). A 400 that names `stream_options` or
-    `parallel_tool_calls` is asked once more without it, and the field is left out from then on.
+    `parallel_tool_calls`, `temperature`, `max_tokens`). A 400 that names `stream_options`,
+    `parallel_tool_calls` or a field sent back on messages (Groq refuses the `reasoning` it
+    streamed) is asked once more without it (once per field); when that answer comes, the field
+    is left out of that model's requests from then on. Per model, because a refusal can be the
+    model's (o-series models refuse `parallel_tool_calls`, gpt-4o on the same server takes it);
+    and only after an answer, because a 400 about something else may quote the request and name
+    a field it did not refuse.
     """
 
     def __init__(
@@ -59,23 +64,19 @@ class OpenAIProvider(ModelProvider):
             timeout=timeout_seconds,
         )
         self._omit = frozenset(omit)
+        # Model -> the optional fields its server refused. Only ever replaced whole, so tasks
+        # reading it concurrently see one value or the other.
+        self._refused: dict[str, frozenset[str]] = {}
         self._body = dict(body or {})
 
     async def complete(
         self, request: ModelRequest, on_text: TextSink | None = None
     ) -> ModelResponse:
-        body = {**self._body, **request_body(request, self._omit)}
+        refused = self._refused.get(request.model, frozenset())
         try:
-            try:
-                return await self._call(request.model, body, on_text)
-            except openai.APIStatusError as exc:
-                refused = refused_field(exc.status_code, server_message(exc.body), body)
-                if refused is None:
-                    raise
-                log.warning("model.field_refused", model=request.model, field=refused)
-                self._omit |= {refused}
-                del body[refused]
-                return await self._call(request.model, body, on_text)
+            response, dropped = await self._call_without_refused(
+                request, self._omit | refused, on_text
+            )
         except openai.APIStatusError as exc:
             raise model_error(request.model, exc.status_code, exc.body, exc.message) from exc
         except openai.APIError as exc:  # no connection, a timeout, or an error inside the stream
@@ -84,6 +85,26 @@ class OpenAIProvider(ModelProvider):
             raise ModelError(
                 f"model {request.model!r}: the server sent invalid JSON: {exc}"
             ) from exc
+        if dropped:
+            self._refused[request.model] = refused | dropped
+        return response
+
+    async def _call_without_refused(
+        self, request: ModelRequest, omit: frozenset[str], on_text: TextSink | None
+    ) -> tuple[ModelResponse, frozenset[str]]:
+        """The answer, asked again without each field a 400 refuses; those fields."""
+        dropped: frozenset[str] = frozenset()
+        while True:  # each pass leaves one more field out: at most one per field there is
+            body = {**self._body, **request_body(request, omit | dropped)}
+            try:
+                return await self._call(request.model, body, on_text), dropped
+            except openai.APIStatusError as exc:
+                text = server_message(exc.body)
+                field = refused_field(exc.status_code, text, request, body, omit | dropped)
+                if field is None:
+                    raise
+                log.warning("model.field_refused", model=request.model, field=field)
+                dropped |= {field}
 
     async def _call(
         self, model: str, body: dict[str, Any], on_text: TextSink | None
@@ -103,8 +124,12 @@ class OpenAIProvider(ModelProvider):
         assembler = Assembler(model)
         async with stream:
             if "json" in stream.response.headers.get("content-type", ""):
-                # SGLang with tools answers a whole completion to `stream: true`.
-                text = assembler.add_completion(json.loads(await stream.response.aread()))
+                # SGLang with tools answers a whole completion to `stream: true`; a gateway may
+                # answer its error so, with status 200.
+                completion = json.loads(await stream.response.aread())
+                if isinstance(completion, dict) and "choices" not in completion:
+                    raise model_error(model, None, completion, "the server sent no answer")
+                text = assembler.add_completion(completion)
                 if text and on_text is not None:
                     await on_text(text)
             else:

@@ -10,25 +10,22 @@ from app.engine.calls import with_unique_ids
 from app.engine.errors import ModelError
 from app.engine.model import ModelProvider, ModelRequest, ModelResponse, unusable
 from app.engine.state import Message, Usage
+from app.engine.tools import tool
 
 TEXT_PROMPT = "Say hello in one short sentence."
 TOOL_PROMPT = "Use the add tool to add 2 and 3."
 PARALLEL_PROMPT = "Use the add tool twice, both calls at once: 1 + 2 and 3 + 4."
 JSON_PROMPT = "Reply in JSON: the sum of 2 and 3."
 
-ADD_TOOL = {
-    "type": "function",
-    "function": {
-        "name": "add",
-        "description": "Add two integers.",
-        "parameters": {
-            "type": "object",
-            "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
-            "required": ["a", "b"],
-            "additionalProperties": False,
-        },
-    },
-}
+
+@tool
+def add(a: int, b: int) -> int:
+    """Add two integers."""
+    return a + b
+
+
+ADD_TOOL = add.spec
+"""Built as agents' tools are, so the check sends what an agent's request would."""
 SUM_FORMAT = {
     "type": "json_schema",
     "json_schema": {
