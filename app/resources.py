@@ -7,29 +7,23 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, WithJsonSchema
 
 from app.engine import RunConfig, RunState
-from app.engine.state import CallStatus, ToolCall
+from app.engine.state import CallStatus, DecisionSource, ErrorCode, RunStatus, ToolCall, Usage
 from app.store.models import Run, WebhookDelivery
-from app.store.status import Status
 
-RunStatus = Literal["queued", "running", "pending_approval", "completed", "failed", "cancelled"]
+STATUSES = [status.value for status in RunStatus]
+# Inline in the document, as it has always been: generated SDKs know it as `RunOutStatus`.
+ShownStatus = Annotated[
+    RunStatus, WithJsonSchema({"type": "string", "enum": STATUSES, "title": "Status"})
+]
 
 ToolCallStatus = Literal[
     "pending", "running", "completed", "failed", "rejected", "cancelled", "in_doubt"
 ]
-
-
-class Usage(BaseModel):
-    requests: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    total_tokens: int = 0
-    cached_tokens: int = Field(0, description="Of prompt_tokens: read from the prompt cache.")
-    reasoning_tokens: int = Field(0, description="Of completion_tokens: spent on reasoning.")
 
 
 class ToolCallOut(BaseModel):
@@ -62,11 +56,11 @@ class DecisionOut(BaseModel):
     arguments: dict[str, Any]
     decided_by: str | None
     decided_at: datetime
-    source: Literal["human", "handler", "remember"]
+    source: DecisionSource
 
 
 class RunErrorOut(BaseModel):
-    code: Literal["max_turns_exceeded", "timeout", "model_error", "tool_error", "internal_error"]
+    code: ErrorCode
     message: str
 
 
@@ -89,7 +83,7 @@ class RunOut(BaseModel):
     """A run, whole."""
 
     id: str
-    status: RunStatus
+    status: ShownStatus
     agent: str
     current_agent: str
     session_id: str | None
@@ -113,7 +107,7 @@ class RunOut(BaseModel):
         state = RunState.from_json(run.state) if run.state is not None else None
         return cls(
             id=run.id,
-            status=Status(run.status).value,
+            status=RunStatus(run.status).value,
             agent=run.agent,
             current_agent=run.current_agent,
             session_id=run.session_id,
@@ -124,12 +118,12 @@ class RunOut(BaseModel):
             steps=[_step(step.agent, step.duration_ms, step.tool_calls) for step in state.steps]
             if state
             else [],
-            usage=Usage.model_validate(state.usage, from_attributes=True) if state else Usage(),
+            usage=state.usage if state else Usage(),
             pending_approvals=[
                 PendingApproval.model_validate(p, from_attributes=True)
                 for p in state.pending_approvals
             ]
-            if state and run.status == Status.PENDING_APPROVAL
+            if state and run.status == RunStatus.PENDING_APPROVAL
             else [],
             decisions=[DecisionOut.model_validate(d, from_attributes=True) for d in state.decisions]
             if state

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from app.cli import EXAMPLE_SCRIPT
-from app.executor.providers import describe
+from app.runtime.providers import describe
 from app.settings import Settings
 from app.testing import FakeModel, FakeModelServer, load_scripts, text
 from tests.test_cli import agent_runs

@@ -8,15 +8,15 @@ from typing import Any
 import anyio
 import pytest
 
+from app.engine.state import RunStatus
 from app.store.database import Database
 from app.store.leases import Claim, Leases
 from app.store.models import Run
-from app.store.status import Status
 
 pytestmark = pytest.mark.anyio
 
 
-def stored_run(run_id: str, status: Status, **values: Any) -> Run:
+def stored_run(run_id: str, status: RunStatus, **values: Any) -> Run:
     stamp = datetime.now(UTC)
     defaults: dict[str, Any] = {
         "agent": "a",
@@ -50,11 +50,11 @@ async def test_a_claim_tells_a_takeover_from_a_queued_run_and_carries_the_row(
         async with db.session_scope() as session:
             session.add_all(
                 [
-                    stored_run("lost", Status.RUNNING, claimed_by="other", lease_expires_at=expired,
-                               lease_token=3, takeovers=1),
-                    stored_run("mine", Status.RUNNING, claimed_by="me", lease_expires_at=expired,
-                               lease_token=5, takeovers=0),
-                    stored_run("queued", Status.QUEUED, cancel_requested=True),
+                    stored_run("lost", RunStatus.RUNNING, claimed_by="other",
+                               lease_expires_at=expired, lease_token=3, takeovers=1),
+                    stored_run("mine", RunStatus.RUNNING, claimed_by="me",
+                               lease_expires_at=expired, lease_token=5, takeovers=0),
+                    stored_run("queued", RunStatus.QUEUED, cancel_requested=True),
                 ]
             )  # fmt: skip
 
@@ -67,7 +67,7 @@ async def test_a_claim_tells_a_takeover_from_a_queued_run_and_carries_the_row(
         assert claims["queued"].taken_over is False
         run = claims["queued"].run
         assert run is not None
-        assert (run.status, run.claimed_by, run.cancel_requested) == (Status.RUNNING, "me", True)
+        assert (run.status, run.claimed_by, run.cancel_requested) == (RunStatus.RUNNING, "me", True)
         assert await claim(db, "me") == []
     finally:
         await db.dispose()
@@ -86,7 +86,7 @@ async def test_claimers_at_once_never_share_a_run(db_url: str) -> None:
 
     try:
         async with databases[0].session_scope() as session:
-            session.add_all([stored_run(f"q{i:03}", Status.QUEUED) for i in range(200)])
+            session.add_all([stored_run(f"q{i:03}", RunStatus.QUEUED) for i in range(200)])
         with anyio.fail_after(60):
             async with anyio.create_task_group() as group:
                 for i, db in enumerate(databases):

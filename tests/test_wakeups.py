@@ -8,12 +8,12 @@ import anyio
 import pytest
 
 from app.engine import Engine
+from app.engine.state import RunStatus
 from app.services.lifecycle import now
 from app.services.runs import RunService
 from app.store.database import Database
 from app.store.lifecycle import RunLifecycle
 from app.store.models import Run
-from app.store.status import Status
 from app.store.wakeups import Stored, Wakeups
 
 pytestmark = pytest.mark.anyio
@@ -100,7 +100,7 @@ async def test_a_wait_answers_at_once_when_the_process_stops(db_url: str) -> Non
                 updated_at=now(),
             )
             await RunLifecycle(session).create(running, now())
-        running.status = Status.RUNNING  # as an executor claimed it
+        running.status = RunStatus.RUNNING  # as an executor claimed it
         answered = anyio.Event()
 
         async def wait() -> None:
@@ -113,7 +113,7 @@ async def test_a_wait_answers_at_once_when_the_process_stops(db_url: str) -> Non
                 await anyio.wait_all_tasks_blocked()
                 wakeups.close()
                 # A draining turn's checkpoint in the same tick: its notice says `running`.
-                wakeups.run_changed("run_r", 8, Status.RUNNING)
+                wakeups.run_changed("run_r", 8, RunStatus.RUNNING)
                 await answered.wait()
     finally:
         await db.dispose()

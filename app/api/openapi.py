@@ -29,11 +29,32 @@ def problem_openapi(app: FastAPI) -> dict[str, Any]:
                         response["content"] = {
                             "application/problem+json": {"schema": dict(PROBLEM_REF)}
                         }
-        schemas = document.get("components", {}).get("schemas", {})
-        for unused in ("HTTPValidationError", "ValidationError"):
-            schemas.pop(unused, None)
+        _drop_unreferenced_schemas(document)
         app.openapi_schema = document
     return app.openapi_schema
+
+
+def _drop_unreferenced_schemas(document: dict[str, Any]) -> None:
+    """FastAPI lists schemas nothing refers to (its validation errors, replaced by the problem;
+    the types behind fields whose schema is given inline)."""
+    schemas = document.get("components", {}).get("schemas", {})
+    while True:
+        paths_and_others = {key: value for key, value in document.items() if key != "components"}
+        used = _references([paths_and_others, *schemas.values()])
+        unused = [name for name in schemas if f"#/components/schemas/{name}" not in used]
+        if not unused:
+            return
+        for name in unused:
+            del schemas[name]
+
+
+def _references(value: Any) -> set[str]:
+    if isinstance(value, dict):
+        found = {value["$ref"]} if isinstance(value.get("$ref"), str) else set()
+        return found.union(*(_references(item) for item in value.values()))
+    if isinstance(value, list):
+        return set().union(*(_references(item) for item in value))
+    return set()
 
 
 def openapi_yaml(app: FastAPI) -> str:

@@ -11,11 +11,12 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from app.engine import RunConfig
 from app.engine.text import UNSTORABLE, describe, storable_text
+from app.engine.tools import ApprovalMode, ToolEffect
 
 # Re-exported: routes take every HTTP shape from this module.
 from app.resources import DecisionOut
 from app.resources import RunOut as RunOut
-from app.resources import RunStatus as RunStatus
+from app.services.runs import IfBusy
 
 T = TypeVar("T")
 
@@ -109,7 +110,7 @@ class CreateRun(Body):
     )
     config: RunConfig = Field(default_factory=RunConfig)
     metadata: dict[str, Any] = Field(default_factory=dict, description="Any JSON, kept as is.")
-    if_busy: Literal["enqueue", "reject", "interrupt"] = Field(
+    if_busy: IfBusy = Field(
         "enqueue", description="What to do when the session already has an unfinished run."
     )
     webhook: str | None = Field(
@@ -159,8 +160,8 @@ class ToolOut(BaseModel):
     name: str
     description: str
     parameters: dict[str, Any] = Field(description="The JSON schema of the arguments.")
-    effect: Literal["read", "idempotent", "unsafe"]
-    needs_approval: Literal["always", "never", "conditional"]
+    effect: ToolEffect
+    needs_approval: ApprovalMode
 
 
 class AgentOut(BaseModel):

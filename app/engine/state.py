@@ -5,9 +5,9 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import TypeAdapter
+from pydantic import Field, TypeAdapter
 
 from app.engine.config import RunConfig
 from app.engine.text import storable_text
@@ -20,9 +20,12 @@ DecisionSource = Literal["human", "handler", "remember"]
 
 
 class RunStatus(enum.StrEnum):
-    """Where the engine left the run."""
+    """Where a run is: waiting for an executor, driven by one, parked for a person, or ended."""
 
-    RUNNING = "running"  # another `advance` continues it
+    # The engine sets every status but `queued`, the store's (new, decided, or handed back).
+
+    QUEUED = "queued"  # waits for an executor to claim it
+    RUNNING = "running"  # an executor drives it; another `advance` continues it
     PENDING_APPROVAL = "pending_approval"  # waits for decisions on its pending calls
     COMPLETED = "completed"  # ended with a text answer
     FAILED = "failed"  # ended with `error`
@@ -62,8 +65,13 @@ class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
-    cached_tokens: int = 0  # of prompt_tokens, read from the server's prompt cache
-    reasoning_tokens: int = 0  # of completion_tokens, spent reasoning before answering
+    # Described for the API too, which shows this very type.
+    cached_tokens: Annotated[
+        int, Field(description="Of prompt_tokens: read from the prompt cache.")
+    ] = 0
+    reasoning_tokens: Annotated[
+        int, Field(description="Of completion_tokens: spent on reasoning.")
+    ] = 0
 
     def add(self, other: Usage) -> None:
         self.requests += other.requests
@@ -94,7 +102,7 @@ class ToolCall:
 
 
 @dataclass(slots=True)
-class Step:
+class StepRecord:
     """One turn: a model call and the tool calls it asked for."""
 
     agent: str
@@ -155,7 +163,7 @@ class RunState:
     session_id: str | None = None
     status: RunStatus = RunStatus.RUNNING
     turns: int = 0
-    steps: list[Step] = field(default_factory=list)
+    steps: list[StepRecord] = field(default_factory=list)
     open_step: bool = False
     usage: Usage = field(default_factory=Usage)
     decisions: list[Decision] = field(default_factory=list)

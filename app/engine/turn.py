@@ -29,7 +29,7 @@ from app.engine.outcomes import (
     TurnOutcome,
     outcome_name,
 )
-from app.engine.state import CallStatus, RunError, RunState, RunStatus, Step, ToolCall
+from app.engine.state import CallStatus, RunError, RunState, RunStatus, StepRecord, ToolCall
 from app.engine.text import storable_json
 from app.engine.tools import Tool
 
@@ -130,7 +130,7 @@ class Turn:
         state.usage.add(response.usage)
         assistant = storable_json(response.message)
         state.messages.append(assistant)
-        state.steps.append(Step(agent=agent.name))
+        state.steps.append(StepRecord(agent=agent.name))
         self.emit(events.message(assistant))
         raw_calls = calls.with_unique_ids(assistant.get("tool_calls") or [], state.turns)
         if not raw_calls:

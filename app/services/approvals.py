@@ -16,7 +16,7 @@ from app.store.database import Database
 from app.store.lifecycle import RunLifecycle
 from app.store.models import Approval, Run
 from app.store.runs import RunRepository
-from app.store.status import ENDED, Status
+from app.store.status import ENDED
 
 
 class ApprovalService:
@@ -56,7 +56,7 @@ class ApprovalService:
             raise RunNotFound(f"no run has id {run_id!r}")
         if run.status in ENDED:
             raise RunEnded(f"run {run_id} has ended ({run.status}); there is nothing to decide")
-        if run.status != Status.PENDING_APPROVAL or run.state is None:
+        if run.status != RunStatus.PENDING_APPROVAL or run.state is None:
             raise RunNotPending(f"run {run_id} is {run.status}, not pending_approval")
         state = RunState.from_json(run.state)
         events = self.engine.decide(state, decisions, decided_by=decided_by)

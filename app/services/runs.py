@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.engine import Engine, RunConfig
 from app.engine.engine import input_messages
 from app.engine.errors import RunEnded
+from app.engine.state import RunStatus
 from app.resources import RunOut
 from app.services.errors import RunNotFound, SessionBusy, SessionNotFound
 from app.services.idempotency import Idempotency, once
@@ -23,7 +24,7 @@ from app.store.lifecycle import RunLifecycle
 from app.store.models import Run, Session, WebhookDelivery
 from app.store.runs import RunRepository
 from app.store.sessions import SessionRepository
-from app.store.status import ENDED, RESTING, Status
+from app.store.status import ENDED, RESTING
 from app.store.wakeups import Delta, Stored, Wakeups
 from app.store.webhooks import WebhookRepository
 
@@ -157,7 +158,7 @@ class RunService:
     async def _cancel_locked(self, session: AsyncSession, run: Run) -> None:
         """Cancel a locked run: at once when it rests, by its executor when it runs (told at
         once, whichever process it is in, and by the stored flag at its next heartbeat)."""
-        if run.status == Status.RUNNING:
+        if run.status == RunStatus.RUNNING:
             await RunLifecycle(session).request_cancel(run, now())
         else:
             await cancel_resting_run(session, self.engine, run)

@@ -9,7 +9,7 @@ from typing import Any
 
 from app.services.errors import RunNotFound
 from app.store.database import Database
-from app.store.models import RunEvent
+from app.store.models import StoredEvent
 from app.store.runs import RunRepository
 from app.store.status import ENDED
 from app.store.wakeups import Delta, Wakeups
@@ -86,7 +86,7 @@ class RunEventStream:
 
 @dataclass(frozen=True, slots=True)
 class _Read:
-    events: list[RunEvent]
+    events: list[StoredEvent]
     finished: bool  # the run has ended and these are its last events
     complete: bool  # these reach the last event stored when the run was read
     turns: int  # the turns the run had then: their messages are among the events sent

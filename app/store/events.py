@@ -12,12 +12,12 @@ from sqlalchemy import Table, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.engine.state import Usage
-from app.store.models import RunEvent
+from app.store.models import StoredEvent
 
 EventRecord = tuple[str, dict[str, Any]]
 """An event to store: its name and JSON data."""
 
-_EVENTS = cast(Table, RunEvent.__table__)
+_EVENTS = cast(Table, StoredEvent.__table__)
 _NO_USAGE = asdict(Usage())
 
 

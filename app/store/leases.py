@@ -14,9 +14,9 @@ from typing import Any, cast
 from sqlalchemy import Integer, Table, and_, bindparam, case, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.engine.state import RunStatus
 from app.store.models import Run
 from app.store.runs import waits_for_its_session
-from app.store.status import Status
 
 _RUNS = cast(Table, Run.__table__)
 
@@ -48,13 +48,13 @@ def _claim_statement() -> Any:
     ORM). Parameters: `worker`, `limit`, `now`, `expires`."""
     now = bindparam("now", type_=Run.lease_expires_at.type)
     claimable = or_(
-        and_(Run.status == Status.QUEUED, ~waits_for_its_session()),
-        and_(Run.status == Status.RUNNING, Run.lease_expires_at < now),
+        and_(Run.status == RunStatus.QUEUED, ~waits_for_its_session()),
+        and_(Run.status == RunStatus.RUNNING, Run.lease_expires_at < now),
     )
     # Claiming a running run whose lease expired is a takeover, unless this executor held it
     # (the database was away longer than the lease): that counts towards no bound.
     worker = bindparam("worker", type_=Run.claimed_by.type)
-    takeover = and_(Run.status == Status.RUNNING, Run.claimed_by.is_distinct_from(worker))
+    takeover = and_(Run.status == RunStatus.RUNNING, Run.claimed_by.is_distinct_from(worker))
     picked = (
         # Named apart from `runs.seq`: SQLite's RETURNING drops table names, and `seq = seq`
         # would match every picked row.
@@ -75,7 +75,7 @@ def _claim_statement() -> Any:
         update(Run)
         .where(Run.seq == picked.c.picked_seq, claimable)
         .values(
-            status=Status.RUNNING,
+            status=RunStatus.RUNNING,
             claimed_by=worker,
             lease_token=Run.lease_token + 1,
             lease_expires_at=bindparam("expires", type_=Run.lease_expires_at.type),
@@ -114,7 +114,7 @@ class Leases:
             return Renewal([], set())
         result = await self.session.execute(
             update(Run)
-            .where(tuple_(Run.id, Run.lease_token).in_(held), Run.status == Status.RUNNING)
+            .where(tuple_(Run.id, Run.lease_token).in_(held), Run.status == RunStatus.RUNNING)
             .values(lease_expires_at=expires_at)
             .returning(Run.id, Run.cancel_requested)
         )
@@ -138,7 +138,7 @@ class Leases:
         the runs over. How many there were."""
         result = await self.session.execute(
             update(_RUNS)
-            .where(_RUNS.c.status == Status.RUNNING, _RUNS.c.lease_expires_at > now)
+            .where(_RUNS.c.status == RunStatus.RUNNING, _RUNS.c.lease_expires_at > now)
             .values(lease_expires_at=now)
         )
         return int(getattr(result, "rowcount", 0))

@@ -32,11 +32,12 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.attributes import set_committed_value
 
+from app.engine.state import RunStatus
 from app.store import signals
 from app.store.events import EventRecord, insert_events, status_event
 from app.store.leases import Claim
 from app.store.models import Run
-from app.store.status import ENDED, Status
+from app.store.status import ENDED
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +65,7 @@ class Progress:
 class Rest:
     """Where a run comes to rest: parked for a person, or ended."""
 
-    status: Status
+    status: RunStatus
     error: dict[str, str] | None = None
     final_output: str | None = None
 
@@ -82,8 +83,8 @@ class RunLifecycle:
 
     async def create(self, run: Run, now: datetime) -> None:
         """Store a new run (built, not added to the session), queued, with its first event."""
-        event = status_event("run.queued", run.id, Status.QUEUED, run.current_agent, None, None)
-        run.status = Status.QUEUED
+        event = status_event("run.queued", run.id, RunStatus.QUEUED, run.current_agent, None, None)
+        run.status = RunStatus.QUEUED
         run.event_seq = 1
         given = inspect(run).dict  # the attributes set; the columns' defaults fill the rest
         values = {_RUN_COLUMNS[key]: value for key, value in given.items() if key in _RUN_COLUMNS}
@@ -107,7 +108,7 @@ class RunLifecycle:
             values["started_at"] = now
         name = "run.started" if first else "run.resumed"
         opening = status_event(
-            name, run.id, Status.RUNNING, progress.current_agent, run.error, progress.state
+            name, run.id, RunStatus.RUNNING, progress.current_agent, run.error, progress.state
         )
         return await self._fenced(claim, run, values, [opening, *events], now)
 
@@ -142,10 +143,13 @@ class RunLifecycle:
             .where(
                 _RUNS.c.id == claim.run_id,
                 _RUNS.c.lease_token == claim.lease_token,
-                _RUNS.c.status == Status.RUNNING,
+                _RUNS.c.status == RunStatus.RUNNING,
             )
             .values(
-                status=Status.QUEUED, **_NO_LEASE, updated_at=now, event_seq=_RUNS.c.event_seq + 1
+                status=RunStatus.QUEUED,
+                **_NO_LEASE,
+                updated_at=now,
+                event_seq=_RUNS.c.event_seq + 1,
             )
             .returning(_RUNS.c.event_seq)
         )
@@ -153,11 +157,11 @@ class RunLifecycle:
         if last_seq is None:
             return
         event = status_event(
-            "run.queued", run.id, Status.QUEUED, run.current_agent, run.error, run.state
+            "run.queued", run.id, RunStatus.QUEUED, run.current_agent, run.error, run.state
         )
         await insert_events(self.session, run.id, last_seq, [event], now)
-        _apply(run, {"status": Status.QUEUED, **_NO_LEASE, "event_seq": last_seq})
-        signals.record(self.session, signals.RunChanged(run.id, last_seq, Status.QUEUED))
+        _apply(run, {"status": RunStatus.QUEUED, **_NO_LEASE, "event_seq": last_seq})
+        signals.record(self.session, signals.RunChanged(run.id, last_seq, RunStatus.QUEUED))
         signals.record(self.session, signals.WorkQueued())
 
     async def decide(
@@ -174,9 +178,9 @@ class RunLifecycle:
         values: dict[str, Any] = {"state": state, **self._fence_out(run)}
         records = list(events)
         if resumes:
-            values["status"] = Status.QUEUED
+            values["status"] = RunStatus.QUEUED
             queued = status_event(
-                "run.queued", run.id, Status.QUEUED, run.current_agent, run.error, state
+                "run.queued", run.id, RunStatus.QUEUED, run.current_agent, run.error, state
             )
             records.append(queued)
             signals.record(self.session, signals.WorkQueued())
@@ -192,12 +196,12 @@ class RunLifecycle:
     ) -> None:
         """End a queued or parked run (its row locked) as cancelled; `state` is its state with
         every open call closed, None for a run that never started."""
-        values: dict[str, Any] = {"status": Status.CANCELLED, "finished_at": now}
+        values: dict[str, Any] = {"status": RunStatus.CANCELLED, "finished_at": now}
         values |= self._fence_out(run) | _NO_LEASE
         if state is not None:
             values["state"] = state
         cancelled = status_event(
-            "run.cancelled", run.id, Status.CANCELLED, run.current_agent, run.error, state
+            "run.cancelled", run.id, RunStatus.CANCELLED, run.current_agent, run.error, state
         )
         await self._locked(run, values, [*events, cancelled], now)
         signals.record(self.session, signals.WorkQueued())  # the session's next run may start

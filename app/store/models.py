@@ -102,7 +102,7 @@ class Run(Base):
     )
 
 
-class RunEvent(Base):
+class StoredEvent(Base):
     """One event of a run's log, numbered within the run."""
 
     __tablename__ = "run_events"

@@ -20,8 +20,9 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute, aliased
 
-from app.store.models import Run, RunEvent
-from app.store.status import UNFINISHED, Status
+from app.engine.state import RunStatus
+from app.store.models import Run, StoredEvent
+from app.store.status import UNFINISHED
 
 # Above any run's seq: the upper end of a page's range when it starts from the newest run.
 _SEQ_UNBOUNDED = 2**62
@@ -119,7 +120,7 @@ class RunRepository:
     async def status_counts(self) -> dict[str, int]:
         """How many runs the store holds in each status (every status, zeros included)."""
         result = await self.session.execute(select(Run.status, func.count()).group_by(Run.status))
-        counts = {status.value: 0 for status in Status}
+        counts = {status.value: 0 for status in RunStatus}
         for status, count in result.all():
             counts[status] = count
         return counts
@@ -134,38 +135,39 @@ class RunRepository:
                 func.count(claimable_since),
                 func.min(claimable_since),
                 func.count(case((waits, 1))),
-            ).where(Run.status == Status.QUEUED)
+            ).where(Run.status == RunStatus.QUEUED)
         )
         claimable, oldest, waiting = result.one()
         return Queue(claimable, oldest, waiting)
 
     async def events_after(
         self, run_id: str, after_seq: int, *, limit: int, max_bytes: int | None = None
-    ) -> list[RunEvent]:
+    ) -> list[StoredEvent]:
         """The run's events after `after_seq`, in order: at most `limit`, and no more than
         `max_bytes` of JSON (but always the first), so a page of large tool outputs is never
         held whole."""
         query = (
-            select(RunEvent)
-            .where(RunEvent.run_id == run_id, RunEvent.seq > after_seq)
-            .order_by(RunEvent.seq)
+            select(StoredEvent)
+            .where(StoredEvent.run_id == run_id, StoredEvent.seq > after_seq)
+            .order_by(StoredEvent.seq)
             .limit(limit)
         )
         if max_bytes is None:
             return list(await self.session.scalars(query))
         sized = (
             select(
-                RunEvent.id, func.sum(RunEvent.size).over(order_by=RunEvent.seq).label("through")
+                StoredEvent.id,
+                func.sum(StoredEvent.size).over(order_by=StoredEvent.seq).label("through"),
             )
-            .where(RunEvent.run_id == run_id, RunEvent.seq > after_seq)
-            .order_by(RunEvent.seq)
+            .where(StoredEvent.run_id == run_id, StoredEvent.seq > after_seq)
+            .order_by(StoredEvent.seq)
             .limit(limit)
             .subquery()
         )
         # Added up from the sizes stored beside the events: no event's data is read unless kept.
         first = select(func.min(sized.c.through)).scalar_subquery()
         kept = select(sized.c.id).where(or_(sized.c.through <= max_bytes, sized.c.through == first))
-        query = select(RunEvent).where(RunEvent.id.in_(kept)).order_by(RunEvent.seq)
+        query = select(StoredEvent).where(StoredEvent.id.in_(kept)).order_by(StoredEvent.seq)
         return list(await self.session.scalars(query))
 
     async def progress(self, run_id: str) -> tuple[int, str, int] | None:

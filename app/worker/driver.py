@@ -24,7 +24,6 @@ from app.store.lifecycle import Progress, Rest, RunLifecycle
 from app.store.models import Run
 from app.store.runs import RunRepository
 from app.store.sessions import SessionRepository
-from app.store.status import Status
 from app.store.wakeups import Wakeups
 from app.webhooks import outbox
 from app.worker.observer import StoreObserver
@@ -261,7 +260,7 @@ class RunDriver:
 
     async def _fail_unloaded(self, run: Run, error: RunError) -> None:
         """End a run whose state could not be started (its agent is gone, say), or stored."""
-        rest = Rest(Status.FAILED, {"code": error.code, "message": error.message})
+        rest = Rest(RunStatus.FAILED, {"code": error.code, "message": error.message})
 
         async def fail() -> None:
             stamp = now()

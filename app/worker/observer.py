@@ -19,7 +19,6 @@ from app.store.lifecycle import Progress, Rest, RunLifecycle, Saved
 from app.store.models import Run
 from app.store.runs import RunRepository
 from app.store.sessions import SessionRepository
-from app.store.status import Status
 from app.store.wakeups import Wakeups
 from app.webhooks import outbox
 from app.worker.retry import Retrier
@@ -105,7 +104,7 @@ def _rest_of(state: RunState) -> Rest | None:
     if state.status is RunStatus.RUNNING:
         return None
     error = {"code": state.error.code, "message": state.error.message} if state.error else None
-    return Rest(Status(state.status.value), error, state.final_output)
+    return Rest(state.status, error, state.final_output)
 
 
 LAST_MESSAGES = 5

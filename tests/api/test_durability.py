@@ -14,6 +14,7 @@ from structlog.testing import capture_logs
 
 from app.api.app import create_app
 from app.engine import Engine, ModelRouter, OpenAIProvider
+from app.engine.state import RunStatus
 from app.runtime.agents import AgentsModule, load_agents_module
 from app.services.lifecycle import now
 from app.services.runs import NewRun, RunService
@@ -24,7 +25,6 @@ from app.store.leases import Claim
 from app.store.lifecycle import RunLifecycle
 from app.store.models import Run
 from app.store.runs import RunRepository
-from app.store.status import Status
 from app.store.wakeups import Wakeups, store_changes
 from app.testing import FakeModel, call, text
 from app.worker.executor import Executor
@@ -201,7 +201,7 @@ async def test_two_executors_never_drive_one_run_twice(
     # Exactly one model request per run and turn: no run was driven twice.
     per_run = Counter(r["messages"][1]["content"] for r in fake.requests_for("m"))
     assert per_run == {f"run {i}": 2 for i in range(count)}
-    assert {run.status for run in finished} == {Status.COMPLETED}
+    assert {run.status for run in finished} == {RunStatus.COMPLETED}
 
 
 async def test_a_backlog_drains_without_waiting_for_the_poll(

@@ -7,18 +7,24 @@ import json
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response
-from pydantic import BaseModel
+from pydantic import BaseModel, WithJsonSchema
 
 from app.api import pagination
 from app.api.deps import RunsDep, ServicesDep, caller_name, problems
 from app.api.errors import ApiError
-from app.api.schemas import CreateRun, ProblemError, RunOut, RunPage, RunStatus
+from app.api.schemas import CreateRun, ProblemError, RunOut, RunPage
+from app.engine.state import RunStatus
+from app.resources import STATUSES
 from app.services.idempotency import Idempotency
 from app.services.runs import NewRun
 from app.webhooks.policy import WebhookRefused
 
 router = APIRouter(prefix="/runs", tags=["runs"])
 
+StatusFilter = Annotated[
+    list[Annotated[RunStatus, WithJsonSchema({"enum": STATUSES, "type": "string"})]] | None,
+    Query(description="Repeat to allow several."),
+]
 Wait = Annotated[
     float,
     Query(ge=0, le=60, description="Hold the answer up to this many seconds until the run rests."),
@@ -83,7 +89,7 @@ async def create_run(
 @router.get("", responses=problems(422))
 async def list_runs(
     runs: RunsDep,
-    status: Annotated[list[RunStatus] | None, Query(description="Repeat to allow several.")] = None,
+    status: StatusFilter = None,
     agent: Annotated[str | None, Query(description="The agent the run started with.")] = None,
     session_id: str | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
