@@ -88,9 +88,6 @@ class RunService:
             run_metadata=new.metadata,
             webhook=new.webhook,
             state=None,
-            cancel_requested=False,
-            lease_token=0,
-            takeovers=0,
             created_at=stamp,
             updated_at=stamp,
         )

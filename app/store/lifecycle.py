@@ -86,6 +86,7 @@ class RunLifecycle:
         event = status_event("run.queued", run.id, RunStatus.QUEUED, run.current_agent, None, None)
         run.status = RunStatus.QUEUED
         run.event_seq = 1
+        run.cancel_requested, run.lease_token, run.takeovers = False, 0, 0
         given = inspect(run).dict  # the attributes set; the columns' defaults fill the rest
         values = {_RUN_COLUMNS[key]: value for key, value in given.items() if key in _RUN_COLUMNS}
         run.seq = await self.session.scalar(insert(_RUNS).values(values).returning(_RUNS.c.seq))
