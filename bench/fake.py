@@ -12,6 +12,9 @@ same input gets the same script without any set-up call:
 - `delay=S`: seconds before each answer starts; `gap=S`: seconds between streamed chunks;
 - `stamp=1`: each word of the answer is the wall-clock time it was sent, so a watcher of the
   run's events reads the lag of every `message.delta` from its text.
+- `trace=T`: each request is timed (when its body had arrived, when its answer was sent) and
+  kept with its body under `T`; `GET /trace/T` hands them over once, so W8 sees what the service
+  spends between two model calls of one run.
 
 The answer is the n-th reply, n being the assistant messages after that user message. Replies
 without `stamp` are rendered once and served from a cache: bytes out, no JSON encoding.
@@ -24,6 +27,7 @@ import asyncio
 import json
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -152,13 +156,49 @@ async def _read(receive: Receive) -> bytes:
             return b"".join(parts)
 
 
+@dataclass
+class _Traced:
+    arrived: float  # time.perf_counter(): the body had arrived whole
+    answered: float = 0.0  # the answer's last byte was sent
+    body: bytes = b""
+
+
+_traces: dict[str, list[_Traced]] = {}
+
+
+def _trace_report(token: str) -> bytes:
+    """The traced requests of `token`, in order, each with the time it takes this process
+    to decode and encode its body again: a floor under what building that request costs."""
+    report = []
+    for traced in _traces.pop(token, []):
+        began = time.perf_counter()
+        json.dumps(json.loads(traced.body))
+        encode = time.perf_counter() - began
+        entry = {"arrived": traced.arrived, "answered": traced.answered, "bytes": len(traced.body)}
+        report.append(entry | {"encode_s": encode})
+    return json.dumps(report).encode()
+
+
 async def _completion(receive: Receive, send: Send) -> None:
-    request = json.loads(await _read(receive))
+    raw = await _read(receive)
+    arrived = time.perf_counter()
+    request = json.loads(raw)
     text, position = _position(request["messages"])
     params = _parse(text)
     options = dict(params)
     stream = bool(request.get("stream"))
     usage = bool((request.get("stream_options") or {}).get("include_usage"))
+    if "trace" in options:
+        traced = _Traced(arrived, body=raw)
+        _traces.setdefault(options["trace"], []).append(traced)
+        await _answer(send, params, position, stream, usage)
+        traced.answered = time.perf_counter()
+        return
+    await _answer(send, params, position, stream, usage)
+
+
+async def _answer(send: Send, params: Params, position: int, stream: bool, usage: bool) -> None:
+    options = dict(params)
     delay, gap = float(options.get("delay", 0)), float(options.get("gap", 0))
     if delay:
         await asyncio.sleep(delay)
@@ -185,6 +225,8 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
     path: str = scope["path"]
     if path.endswith("/chat/completions") and scope["method"] == "POST":
         await _completion(receive, send)
+    elif path.startswith("/trace/"):
+        await _respond(send, 200, b"application/json", _trace_report(path.removeprefix("/trace/")))
     elif path.endswith("/models"):
         await _respond(send, 200, b"application/json", MODELS)
     else:

@@ -24,7 +24,7 @@ def test_options_select_workloads_and_refuse_unknown_ones() -> None:
     assert args.quick
     assert args.only == ["w1", "chaos"]
     with pytest.raises(SystemExit):
-        parse_args(["--only", "w9"])
+        parse_args(["--only", "w99"])
 
 
 def test_the_fake_calls_the_tool_then_answers() -> None:
@@ -67,6 +67,31 @@ def test_the_fake_asks_blob_for_the_kilobytes_of_its_prompt() -> None:
     arguments = json.loads(anyio.run(ask))
     assert arguments == {"kilobytes": 3}
     assert len(blob.function(**arguments)) == 3 * 1024
+
+
+def test_the_fake_times_traced_requests_and_hands_them_over_once() -> None:
+    async def converse() -> tuple[list[dict[str, float]], list[dict[str, float]]]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://fake") as http:
+            user = {"role": "user", "content": prompt(turns=2, trace="t1")}
+            first = await http.post(
+                "/v1/chat/completions", json={"model": "bench", "messages": [user]}
+            )
+            assistant = first.json()["choices"][0]["message"]
+            tool = {"role": "tool", "tool_call_id": "call_0", "content": "5"}
+            await http.post(
+                "/v1/chat/completions",
+                json={"model": "bench", "messages": [user, assistant, tool]},
+            )
+            traced = (await http.get("/trace/t1")).json()
+            again = (await http.get("/trace/t1")).json()
+            return traced, again
+
+    traced, again = anyio.run(converse)
+    assert [entry["bytes"] > 0 for entry in traced] == [True, True]
+    assert traced[0]["arrived"] <= traced[0]["answered"] <= traced[1]["arrived"]
+    assert traced[1]["bytes"] > traced[0]["bytes"]
+    assert again == []
 
 
 def test_the_engine_runs_against_the_fake_in_its_own_process(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from bench.context import Context
 from bench.report import Outcome
-from bench.workloads import ceiling, chaos, engine, hostile, langgraph, w1, w2, w3, w6, w7
+from bench.workloads import ceiling, chaos, engine, hostile, langgraph, w1, w2, w3, w6, w7, w8
 
 WORKLOADS: dict[str, Callable[[Context], Outcome]] = {
     "ceiling": ceiling.run,
@@ -21,4 +21,5 @@ WORKLOADS: dict[str, Callable[[Context], Outcome]] = {
     "w7": w7.run,
     "chaos": chaos.run,
     "hostile": hostile.run,
+    "w8": w8.run,
 }
