@@ -15,6 +15,7 @@ from sqlalchemy import Integer, Table, and_, bindparam, case, or_, select, tuple
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.engine.state import RunStatus
+from app.store.conversation import expand
 from app.store.models import Run
 from app.store.runs import waits_for_its_session
 
@@ -101,9 +102,11 @@ class Leases:
         expires = now + timedelta(seconds=lease_seconds)
         parameters = {"worker": worker, "limit": limit, "now": now, "expires": expires}
         result = await self.session.execute(_claim_statement(), parameters)
+        claimed = result.all()
+        await expand(self.session, [run for run, _ in claimed])
         return [
             Claim(run.id, run.lease_token, run.takeovers, taken_over=bool(taken_over), run=run)
-            for run, taken_over in result.all()
+            for run, taken_over in claimed
         ]
 
     async def renew_leases(self, claims: Iterable[Claim], *, expires_at: datetime) -> Renewal:

@@ -34,6 +34,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from app.engine.state import RunStatus
 from app.store import signals
+from app.store.conversation import as_carried, history_through, stored_form, write_messages
 from app.store.events import EventRecord, insert_events, status_event
 from app.store.leases import Claim
 from app.store.models import Run
@@ -87,9 +88,13 @@ class RunLifecycle:
         run.status = RunStatus.QUEUED
         run.event_seq = 1
         run.cancel_requested, run.lease_token, run.takeovers = False, 0, 0
-        given = inspect(run).dict  # the attributes set; the columns' defaults fill the rest
-        values = {_RUN_COLUMNS[key]: value for key, value in given.items() if key in _RUN_COLUMNS}
+        given = dict(inspect(run).dict)  # the attributes set; the columns' defaults fill the rest
+        stored, carried, messages = await self._state_written(run, given)
+        values = {_RUN_COLUMNS[key]: value for key, value in stored.items() if key in _RUN_COLUMNS}
         run.seq = await self.session.scalar(insert(_RUNS).values(values).returning(_RUNS.c.seq))
+        if "state" in carried:
+            set_committed_value(run, "state", carried["state"])
+        await write_messages(self.session, run.id, messages)
         await insert_events(self.session, run.id, 1, [event], now)
         signals.record(self.session, signals.WorkQueued())
 
@@ -227,6 +232,25 @@ class RunLifecycle:
             values["takeovers"] = 0
         return values
 
+    async def _state_written(
+        self, run: Run, values: dict[str, Any]
+    ) -> tuple[dict[str, Any], dict[str, Any], list[tuple[int, dict[str, Any]]]]:
+        """`values` as the row stores them, as the caller's copy carries them, and the
+        messages to add: a state is stored without the conversation the store already has."""
+        state = values.get("state")
+        if state is None:
+            return values, values, []
+        previous = None if run.state is None or "messages" not in run.state else run.state
+        if run.state is not None and previous is None:
+            raise ValueError(f"run {run.id} was read without its messages")
+        through = None
+        if previous is None:
+            history = state.get("history_length", 0)
+            through = await history_through(self.session, run.session_id, history)
+        split = stored_form(state, previous, through)
+        carried = {**values, "state": as_carried(state, previous, through)}
+        return {**values, "state": split.compact}, carried, split.new_messages
+
     @staticmethod
     def _fence_out(run: Run) -> dict[str, Any]:
         # A new token: a driver that still thinks it holds the run can write nothing more.
@@ -244,6 +268,7 @@ class RunLifecycle:
         run as this executor last stored it. Repeating a write whose commit was in doubt is
         safe: it finds the first attempt's events and says so."""
         after_seq = run.event_seq
+        stored, carried, messages = await self._state_written(run, values)
         result = await self.session.execute(
             update(_RUNS)
             .where(
@@ -252,7 +277,7 @@ class RunLifecycle:
                 _RUNS.c.event_seq == after_seq,
             )
             .values(
-                **_columns(values),
+                **_columns(stored),
                 event_seq=_RUNS.c.event_seq + len(events),
                 updated_at=now,
             )
@@ -265,8 +290,9 @@ class RunLifecycle:
                 return None
         else:
             saved = Saved(event_seq=row.event_seq, cancel_requested=bool(row.cancel_requested))
+            await write_messages(self.session, run.id, messages)
             await insert_events(self.session, run.id, saved.event_seq, events, now)
-        _apply(run, {**values, "event_seq": saved.event_seq, "updated_at": now})
+        _apply(run, {**carried, "event_seq": saved.event_seq, "updated_at": now})
         signals.record(self.session, signals.RunChanged(run.id, saved.event_seq, run.status))
         return saved
 
@@ -287,12 +313,14 @@ class RunLifecycle:
         self, run: Run, values: dict[str, Any], events: Sequence[EventRecord], now: datetime
     ) -> None:
         last_seq = run.event_seq + len(events)
-        written = {**values, "event_seq": last_seq, "updated_at": now}
+        stored, carried, messages = await self._state_written(run, values)
+        written = {"event_seq": last_seq, "updated_at": now}
         await self.session.execute(
-            update(_RUNS).where(_RUNS.c.id == run.id).values(**_columns(written))
+            update(_RUNS).where(_RUNS.c.id == run.id).values(**_columns({**stored, **written}))
         )
+        await write_messages(self.session, run.id, messages)
         await insert_events(self.session, run.id, last_seq, events, now)
-        _apply(run, written)
+        _apply(run, {**carried, **written})
         signals.record(self.session, signals.RunChanged(run.id, last_seq, run.status))
 
 

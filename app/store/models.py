@@ -61,7 +61,9 @@ class Base(DeclarativeBase):
 
 
 class Run(Base):
-    """A run: its request, where it is, and the engine state stored after every turn."""
+    """A run: its request, where it is, and the engine state stored after every turn. The
+    state is kept without its conversation: the run's messages are `RunMessage` rows, and a
+    session's history is read from the session (`app.store.conversation`)."""
 
     __tablename__ = "runs"
 
@@ -100,6 +102,19 @@ class Run(Base):
         Index(None, "session_id", "seq"),
         Index(None, "agent", "seq"),
     )
+
+
+class RunMessage(Base):
+    """One message of a run's own conversation (its input and what followed), at its place in
+    the conversation the model sees. Written once: a checkpoint adds only the new ones."""
+
+    __tablename__ = "run_messages"
+
+    run_id: Mapped[str] = mapped_column(
+        String(40), ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True
+    )
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    message: Mapped[dict[str, Any]]
 
 
 class StoredEvent(Base):
@@ -143,7 +158,9 @@ class SessionMessage(Base):
     run_id: Mapped[str | None] = mapped_column(String(40))
     created_at: Mapped[datetime]
 
-    __table_args__ = (UniqueConstraint("session_id", "position"),)
+    # Ids never reused, SQLite's too: a run refers to its history as the messages up to an id,
+    # and a forgotten session's ids must not come back as another conversation's.
+    __table_args__ = (UniqueConstraint("session_id", "position"), {"sqlite_autoincrement": True})
 
 
 class IdempotencyKey(Base):

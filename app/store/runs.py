@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute, aliased
 
 from app.engine.state import RunStatus
+from app.store.conversation import expand
 from app.store.models import Run, StoredEvent
 from app.store.status import UNFINISHED
 
@@ -62,6 +63,8 @@ class RunRepository:
         if refresh:
             query = query.execution_options(populate_existing=True)
         result: Run | None = await self.session.scalar(query)
+        if result is not None:
+            await expand(self.session, [result])
         return result
 
     async def page(
@@ -98,7 +101,9 @@ class RunRepository:
             query = query.where(Run.seq < before).order_by(Run.seq.desc())
         if len(statuses) > 1:
             query = query.where(Run.status.in_(statuses))
-        return list(await self.session.scalars(query))
+        runs = list(await self.session.scalars(query))
+        await expand(self.session, runs)
+        return runs
 
     async def unfinished_in_session(
         self, session_id: str, *, for_update: bool = False
@@ -110,7 +115,9 @@ class RunRepository:
         )
         if for_update:
             query = query.with_for_update()
-        return list(await self.session.scalars(query))
+        runs = list(await self.session.scalars(query))
+        await expand(self.session, runs)
+        return runs
 
     async def cancel_requested(self, run_id: str) -> bool:
         """Whether a cancel was asked for, with the run's row locked until the commit."""

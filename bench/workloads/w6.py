@@ -27,7 +27,12 @@ from bench.workloads.common import ONE_TURN, Saturation, log, saturate, until
 PARKED = prompt(turns=2, tool="delete_record")
 BATCH = 50_000
 # The tables holding a run's rows, the column naming the run, and the serial key left out.
-TABLES = (("runs", "id", "seq"), ("run_events", "run_id", "id"), ("approvals", "run_id", "seq"))
+TABLES = (
+    ("runs", "id", "seq"),
+    ("run_messages", "run_id", None),
+    ("run_events", "run_id", "id"),
+    ("approvals", "run_id", "seq"),
+)
 
 
 async def _columns(db: asyncpg.Connection, table: str) -> list[tuple[str, str]]:
