@@ -7,12 +7,15 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import cast
 
 import anyio
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageFunctionToolCall, ChatCompletionMessageParam
 
+from app.testing.server import ThreadedServer
 from bench.__main__ import parse_args
 from bench.agents import blob
 from bench.fake import app, prompt
@@ -28,26 +31,36 @@ def test_options_select_workloads_and_refuse_unknown_ones() -> None:
 
 
 def test_the_fake_calls_the_tool_then_answers() -> None:
-    async def converse() -> tuple[list[str], str]:
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport) as http:
-            client = openai.AsyncOpenAI(
-                base_url="http://fake/v1", api_key="unused", http_client=http
+    async def converse(base_url: str) -> tuple[list[str], str]:
+        client = openai.AsyncOpenAI(base_url=base_url, api_key="unused", max_retries=0)
+        async with client:
+            user: ChatCompletionMessageParam = {
+                "role": "user",
+                "content": prompt(turns=2, words=2),
+            }
+            first = await client.chat.completions.create(model="bench", messages=[user])
+            calls = [
+                call
+                for call in first.choices[0].message.tool_calls or []
+                if isinstance(call, ChatCompletionMessageFunctionToolCall)
+            ]
+            assistant = cast(
+                ChatCompletionMessageParam,
+                first.choices[0].message.model_dump(exclude_none=True),
             )
-            user = {"role": "user", "content": prompt(turns=2, words=2)}
-            first = await client.chat.completions.create(model="bench", messages=[user])  # type: ignore[list-item]
-            calls = first.choices[0].message.tool_calls or []
-            assistant = first.choices[0].message.model_dump(exclude_none=True)
-            tool = {"role": "tool", "tool_call_id": calls[0].id, "content": "5"}
+            tool: ChatCompletionMessageParam = {
+                "role": "tool",
+                "tool_call_id": calls[0].id,
+                "content": "5",
+            }
             second = await client.chat.completions.create(
-                model="bench",
-                messages=[user, assistant, tool],  # type: ignore[list-item]
-                stream=True,
+                model="bench", messages=[user, assistant, tool], stream=True
             )
             text = [chunk.choices[0].delta.content or "" async for chunk in second if chunk.choices]
-            return [call.function.name for call in calls], "".join(text)  # type: ignore[union-attr]
+            return [call.function.name for call in calls], "".join(text)
 
-    names, text = anyio.run(converse)
+    with ThreadedServer(app) as server:
+        names, text = anyio.run(converse, f"{server.url}/v1")
     assert names == ["add"]
     assert text == " word0 word1"
 

@@ -70,8 +70,12 @@ async def test_an_anthropic_entry_speaks_the_messages_api() -> None:
     fake = FakeModel({"claude-x": [text("from claude")]})
     with FakeModelServer(fake) as server:
         thinking = {"type": "enabled", "budget_tokens": 1024}
-        entry = {"kind": "anthropic", "api_key": "k", "base_url": server.url}
-        entry["body"] = {"thinking": thinking}
+        entry = {
+            "kind": "anthropic",
+            "api_key": "k",
+            "base_url": server.url,
+            "body": {"thinking": thinking},
+        }
         settings = Settings(model_providers={"anthropic": entry})
         engine = build_engine(settings, AgentsModule([Agent(name="a", model="anthropic/claude-x")]))
         try:

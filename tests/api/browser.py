@@ -2,8 +2,8 @@
 browser download needs the internet), driven by Playwright for Python.
 
 The browser is `CHROMIUM_PATH` (default `/usr/bin/chromium`); screenshots go to `ARTIFACTS_DIR`
-(default `test-artifacts/`). Under CI a missing browser or Playwright fails the tests (.ci/run
-installs both); elsewhere they skip and say why.
+(default `test-artifacts/`). Playwright is a dev dependency; under CI a missing browser fails
+the tests (.ci/run installs it), elsewhere they skip and say why.
 """
 
 from __future__ import annotations
@@ -13,22 +13,21 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+from playwright.async_api import (
+    Browser,
+    BrowserContext,
+    Page,
+    Request,
+    ViewportSize,
+    async_playwright,
+    expect,
+)
 
 from tests.conftest import ROOT, in_ci
-
-if TYPE_CHECKING:
-    from playwright.async_api import Browser, BrowserContext, Page, Request
-
-expect: Any
-try:
-    from playwright.async_api import async_playwright, expect
-except ImportError:  # told apart in chromium(): a skip here, a failure under CI
-    async_playwright = None
-    expect = None
 
 CHROMIUM = Path(os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
@@ -46,8 +45,6 @@ WAIT_MS = 10_000
 
 def missing() -> str | None:
     """Why the browser cannot run here, or None."""
-    if async_playwright is None:
-        return "Playwright for Python is not installed (uv sync installs the dev group)"
     if not CHROMIUM.exists():
         return f"no Chromium at {CHROMIUM} (apt-get install chromium; .ci/run does)"
     return None
@@ -61,7 +58,6 @@ async def chromium() -> AsyncIterator[Browser]:
         if in_ci():
             pytest.fail(f"{why}; CI runs the console in a browser")
         pytest.skip(why)
-    assert async_playwright is not None
     expect.set_options(timeout=WAIT_MS)
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(
@@ -94,10 +90,10 @@ class Browsing:
             await context.close()
         assert found.errors == []
 
-    async def open(self, url: str, *, viewport: dict[str, int] | None = None) -> Page:
+    async def open(self, url: str, *, viewport: ViewportSize | None = None) -> Page:
         page = await self.context.new_page()
         if viewport is not None:
-            await page.set_viewport_size(viewport)  # type: ignore[arg-type]
+            await page.set_viewport_size(viewport)
         page.on("pageerror", lambda error: self.errors.append(f"uncaught: {error}"))
         page.on("console", self._console)
         page.on("request", lambda request: self.requests.append(request))

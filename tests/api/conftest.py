@@ -15,7 +15,7 @@ from contextlib import (
 )
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import anyio.to_thread
 import httpx
@@ -31,8 +31,20 @@ from app.testing.server import ThreadedServer
 from tests.api import agents as test_agents
 from tests.conftest import ROOT, is_postgres
 
-Client = httpx.AsyncClient
-ClientFactory = Callable[..., AbstractAsyncContextManager[Client]]
+
+class Client(httpx.AsyncClient):
+    """An httpx client talking to the app in-process, with the app at hand for its state."""
+
+    def __init__(self, app: FastAPI) -> None:
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        super().__init__(transport=transport, base_url="http://agent-runs")
+        self.app = app
+
+
+class ClientFactory(Protocol):
+    def __call__(
+        self, *, with_executor: bool = True, **overrides: Any
+    ) -> AbstractAsyncContextManager[Client]: ...
 
 
 @pytest.fixture
@@ -52,15 +64,12 @@ def settings(db_url: str, fake_server: FakeModelServer) -> Settings:
 @asynccontextmanager
 async def serving(app: FastAPI) -> AsyncIterator[Client]:
     """Run the app's lifespan and talk to it in-process."""
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://agent-runs") as client:
-            client.app = app  # type: ignore[attr-defined]
-            yield client
+    async with app.router.lifespan_context(app), Client(app) as client:
+        yield client
 
 
 def services_of(client: Client) -> Services:
-    services: Services = client.app.state.services  # type: ignore[attr-defined]
+    services: Services = client.app.state.services
     return services
 
 

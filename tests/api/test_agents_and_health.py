@@ -68,13 +68,13 @@ async def test_health_and_readiness(client: Client) -> None:
     assert (await client.get("/readyz")).json() == {"status": "ready"}
 
 
-async def test_readiness_is_503_when_the_database_does_not_answer(client: Client) -> None:
-    db = services_of(client).db
-
+async def test_readiness_is_503_when_the_database_does_not_answer(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
     async def no_answer() -> None:
         raise ConnectionRefusedError("database down")
 
-    db.check_writable = no_answer  # type: ignore[assignment]
+    monkeypatch.setattr(services_of(client).db, "check_writable", no_answer)
     response = await client.get("/readyz")
 
     assert response.status_code == 503

@@ -29,11 +29,10 @@ SECRETS = (UI_KEY, BARE_KEY, LEAD_KEY)
 
 @pytest.fixture
 async def secured(make_client: ClientFactory) -> AsyncIterator[Client]:
-    keys = {
-        "api_keys": SecretStr(f"ui:{UI_KEY}, {BARE_KEY}"),
-        "approver_api_keys": SecretStr(f"lead:{LEAD_KEY}"),
-    }
-    async with make_client(**keys) as client:
+    async with make_client(
+        api_keys=SecretStr(f"ui:{UI_KEY}, {BARE_KEY}"),
+        approver_api_keys=SecretStr(f"lead:{LEAD_KEY}"),
+    ) as client:
         yield client
 
 
@@ -43,7 +42,7 @@ def bearer(key: str) -> dict[str, str]:
 
 def every_operation(client: Client) -> list[tuple[str, str]]:
     """Each route of the OpenAPI document, its path ids filled with an unknown id."""
-    document = client.app.openapi()  # type: ignore[attr-defined]
+    document = client.app.openapi()
     documented = [
         (method.upper(), re.sub(r"\{[^}]+\}", "nope", path))
         for path, operations in document["paths"].items()
@@ -60,7 +59,7 @@ async def test_every_route_but_the_probes_needs_a_valid_key(secured: Client) -> 
     assert len(operations) > 10
     with structlog.testing.capture_logs() as logs:
         for method, path in operations:
-            body = {} if method == "POST" else None
+            body: dict[str, object] | None = {} if method == "POST" else None
             anonymous = await secured.request(method, path, json=body)
             wrong = await secured.request(method, path, json=body, headers=bearer("guess"))
             if (method, path) in PUBLIC:

@@ -10,25 +10,23 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from playwright.async_api import Browser, Page, Route, ViewportSize, expect
 from pydantic import SecretStr
 
 from app.testing import FakeModel, call, text
-from tests.api.browser import Browsing, chromium, expect, screenshot
+from tests.api.browser import Browsing, chromium, screenshot
 from tests.api.conftest import Live, LiveFactory
-
-if TYPE_CHECKING:
-    from playwright.async_api import Browser, Page, Route
 
 pytestmark = pytest.mark.anyio
 
 ARGUMENTS = "Arguments (JSON, editable before approving)"
 REASON = "Reason (told to the model when you reject)"
-PHONE = {"width": 390, "height": 844}
+PHONE = ViewportSize(width=390, height=844)
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ import sqlite3
 from collections.abc import AsyncIterator
 
 import asyncpg
+import httpx
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
@@ -20,11 +21,11 @@ pytestmark = pytest.mark.anyio
 PROBLEM = "application/problem+json"
 
 
-def assert_unavailable(response: object, cause: str) -> None:
-    assert response.status_code == 503, response.text  # type: ignore[attr-defined]
-    assert response.headers["content-type"] == PROBLEM  # type: ignore[attr-defined]
-    assert response.headers["retry-after"] == "1"  # type: ignore[attr-defined]
-    problem = response.json()  # type: ignore[attr-defined]
+def assert_unavailable(response: httpx.Response, cause: str) -> None:
+    assert response.status_code == 503, response.text
+    assert response.headers["content-type"] == PROBLEM
+    assert response.headers["retry-after"] == "1"
+    problem = response.json()
     assert problem["type"] == "/problems/unavailable"
     assert cause in problem["detail"]
 
@@ -34,6 +35,7 @@ async def sqlite_pragma(db: Database, pragma: str) -> None:
     # Set on the driver's connection: the service's own BEGIN IMMEDIATE fails when read-only.
     async with db.engine.connect() as connection:
         raw = await connection.get_raw_connection()
+        assert raw.driver_connection is not None  # a connection just checked out is open
         await raw.driver_connection.execute(f"PRAGMA {pragma}")
 
 

@@ -12,7 +12,6 @@ import importlib
 import os
 import shutil
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -100,17 +99,10 @@ def generated_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[
         del sys.modules[name]
 
 
-async def wait_for_status(get_run: ModuleType, client: Any, run_id: str, status: Any) -> Any:
-    """The run once it has `status`, polled through the generated client (bounded)."""
-    deadline = time.monotonic() + REST_LIMIT_SECONDS
-    while True:
-        response = await get_run.asyncio_detailed(run_id, client=client)
-        assert response.status_code == 200, response.content
-        run = response.parsed
-        if run.status == status or time.monotonic() > deadline:
-            assert run.status == status, run.to_dict()
-            return run
-        await anyio.sleep(0.05)
+async def fetched(get_run: ModuleType, client: Any, run_id: str) -> Any:
+    response = await get_run.asyncio_detailed(run_id, client=client)
+    assert response.status_code == 200, response.content
+    return response.parsed
 
 
 async def test_a_generated_client_creates_lists_decides_and_sees_the_run_complete(
@@ -132,15 +124,18 @@ async def test_a_generated_client_creates_lists_decides_and_sees_the_run_complet
             raise_on_unexpected_status=True,  # an undocumented status is an error
             timeout=httpx.Timeout(REST_LIMIT_SECONDS),
         ) as client:
+            # `wait` answers once the run rests: here, parked for approval.
             created = await create_run.asyncio_detailed(
-                client=client, body=models.CreateRun(agent="calc", input_="please delete r1")
+                client=client,
+                body=models.CreateRun(agent="calc", input_="please delete r1"),
+                wait=REST_LIMIT_SECONDS,
             )
             assert created.status_code == 201, created.content
             run = created.parsed
             assert isinstance(run, models.RunOut)
             assert created.headers["location"] == f"/runs/{run.id}"
 
-            run = await wait_for_status(get_run, client, run.id, pending)
+            assert run.status == pending, run.to_dict()
             [asked] = run.pending_approvals
             assert (asked.tool, asked.arguments.to_dict()) == ("delete_record", {"record_id": "r1"})
 
@@ -160,7 +155,13 @@ async def test_a_generated_client_creates_lists_decides_and_sees_the_run_complet
             assert decided.status_code == 200, decided.content
             assert [d.call_id for d in decided.parsed.decisions] == [card.call_id]
 
-            run = await wait_for_status(get_run, client, run.id, completed)
+            # The event stream of a run ends when the run does (read raw: a generated client
+            # cannot stream).
+            streamed = await run_events.asyncio_detailed(run.id, client=client)
+            assert streamed.status_code == 200, streamed.content
+            assert b"event: run.completed" in streamed.content
+            run = await fetched(get_run, client, run.id)
+            assert run.status == completed, run.to_dict()
             assert run.final_output == "done"
             assert run.pending_approvals == []
             [made] = run.decisions
@@ -170,10 +171,6 @@ async def test_a_generated_client_creates_lists_decides_and_sees_the_run_complet
 
             listed = await list_approvals.asyncio_detailed(client=client)
             assert [item.run_id for item in listed.parsed.items] == []
-            # The stream of an ended run closes; read raw (a generated client cannot stream).
-            streamed = await run_events.asyncio_detailed(run.id, client=client)
-            assert streamed.status_code == 200, streamed.content
-            assert b"event: run.completed" in streamed.content
 
         async with client_module.AuthenticatedClient(
             base_url=live.url, token="wrong", raise_on_unexpected_status=True

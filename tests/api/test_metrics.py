@@ -6,7 +6,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.testing import FakeModel, call, text
-from tests.api.conftest import Client
+from tests.api.conftest import Client, ClientFactory
 
 pytestmark = pytest.mark.anyio
 
@@ -53,8 +53,10 @@ async def test_metrics_move_with_runs(client: Client, fake: FakeModel) -> None:
     assert grew("agent_runs_turn_duration_seconds_count", outcome="paused") == 1
 
 
-async def test_queued_runs_show_in_the_queue_gauges(make_client: object, fake: FakeModel) -> None:
-    async with make_client(with_executor=False) as client:  # type: ignore[operator]
+async def test_queued_runs_show_in_the_queue_gauges(
+    make_client: ClientFactory, fake: FakeModel
+) -> None:
+    async with make_client(with_executor=False) as client:
         await client.post("/runs", json={"agent": "calc", "input": "waits"})
         await client.post("/runs", json={"agent": "calc", "input": "waits too"})
         samples = await scrape(client)

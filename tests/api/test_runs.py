@@ -365,13 +365,13 @@ async def test_cancel_a_run_during_a_slow_model_call(client: Client, fake: FakeM
     assert cancelled["messages"] == [{"role": "user", "content": "go"}]
 
 
-async def test_an_unexpected_failure_is_a_500_problem_with_an_id(client: Client) -> None:
-    runs = services_of(client).runs
-
+async def test_an_unexpected_failure_is_a_500_problem_with_an_id(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
     async def broken(run_id: str) -> None:
         raise RuntimeError("database on fire")
 
-    runs.get = broken  # type: ignore[method-assign,assignment]
+    monkeypatch.setattr(services_of(client).runs, "get", broken)
     with capture_logs() as logs:
         response = await client.get("/runs/run_x")
 

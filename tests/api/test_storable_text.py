@@ -182,7 +182,7 @@ async def poisoned_row(client: Client) -> str:
     wrote it, straight into the table."""
     services = services_of(client)
     created = await client.post("/runs", json={"agent": "calc", "input": "x"})
-    run_id = created.json()["id"]
+    run_id: str = created.json()["id"]
     await rested(client, run_id)
     async with services.db.session_scope() as session:
         await session.execute(

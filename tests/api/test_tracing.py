@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
@@ -30,6 +30,11 @@ def spans() -> Iterator[InMemorySpanExporter]:
     _exporter.clear()
 
 
+def attribute(span: ReadableSpan, name: str) -> object:
+    assert span.attributes is not None, span.name
+    return span.attributes[name]
+
+
 async def test_a_run_is_traced_with_its_turns_model_and_tool_calls(
     make_client: ClientFactory, fake: FakeModel, spans: InMemorySpanExporter
 ) -> None:
@@ -50,12 +55,12 @@ async def test_a_run_is_traced_with_its_turns_model_and_tool_calls(
         "agent_runs.turn",
         "agent_runs.turn",
     ]
-    assert {s.attributes["agent_runs.run_id"] for s in finished} == {run["id"]}
+    assert {attribute(s, "agent_runs.run_id") for s in finished} == {run["id"]}
     by_id = {s.context.span_id: s for s in finished}
     [run_span] = [s for s in finished if s.name == "agent_runs.run"]
     [tool_span] = [s for s in finished if s.name == "agent_runs.tool_call"]
-    assert tool_span.attributes["agent_runs.tool"] == "add"
-    assert tool_span.attributes["agent_runs.outcome"] == "completed"
+    assert attribute(tool_span, "agent_runs.tool") == "add"
+    assert attribute(tool_span, "agent_runs.outcome") == "completed"
     for span in finished:
         if span.name in ("agent_runs.model_call", "agent_runs.tool_call"):
             assert span.parent is not None

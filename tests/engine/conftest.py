@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Any
 
+import anyio
 import pytest
 
 from app.engine import Agent, Engine, ModelProvider, ModelRouter, OpenAIProvider
@@ -22,12 +24,17 @@ class Recorder:
     def __init__(self) -> None:
         self.deltas: list[TextDelta] = []
         self.checkpoints: list[tuple[dict[str, Any], list[RunEvent]]] = []
+        # Set once a call of the named tool has completed: a concurrent tool can wait for it.
+        self.completed: defaultdict[str, anyio.Event] = defaultdict(anyio.Event)
 
     async def on_delta(self, delta: TextDelta) -> None:
         self.deltas.append(delta)
 
     async def checkpoint(self, state: RunState, events: list[RunEvent]) -> None:
         self.checkpoints.append((json.loads(json.dumps(state.to_json())), list(events)))
+        for event in events:
+            if event.name == "tool_call.completed":
+                self.completed[event.data["name"]].set()
 
     @property
     def events(self) -> list[RunEvent]:

@@ -226,7 +226,9 @@ async def test_tool_calls_run_one_after_another_when_parallel_is_off(
     async def slow() -> str:
         """Slow."""
         order.append("slow start")
-        await anyio.sleep(0.05)
+        # Every other task runs as far as it can first: a quick call running beside this one
+        # would be in the order before "slow end".
+        await anyio.wait_all_tasks_blocked()
         order.append("slow end")
         return "slow"
 
@@ -253,15 +255,19 @@ async def test_tool_calls_run_one_after_another_when_parallel_is_off(
 async def test_concurrent_results_enter_history_in_call_order(
     make_engine: EngineFactory, fake: FakeModel
 ) -> None:
+    early_done = anyio.Event()
+
     @tool
     async def late() -> str:
         """Late."""
-        await anyio.sleep(0.05)
+        with anyio.fail_after(10):  # bounded: were the calls not concurrent, nothing would set it
+            await early_done.wait()
         return "late"
 
     @tool
     async def early() -> str:
         """Early."""
+        early_done.set()
         return "early"
 
     fake.script("m", [calls(("late", {}), ("early", {})), text("ok")])
@@ -386,11 +392,14 @@ async def test_of_two_handoffs_the_first_in_call_order_wins(
 ) -> None:
     sales = Agent(name="sales", model="m")
     support = Agent(name="support", model="m")
+    recorder = Recorder()
 
     @tool
     async def escalate() -> Agent:
         """Escalate."""
-        await anyio.sleep(0.02)  # finishes after the transfer below, yet comes first in order
+        # Finishes after the transfer below, yet comes first in call order.
+        with anyio.fail_after(10):  # bounded: were the calls not concurrent, nothing would set it
+            await recorder.completed["transfer_to_sales"].wait()
         return support
 
     triage = Agent(name="triage", model="m", tools=[escalate], handoffs=[sales])
@@ -398,7 +407,7 @@ async def test_of_two_handoffs_the_first_in_call_order_wins(
     engine = make_engine([triage, support])
     state = engine.start("triage", "help")
 
-    await engine.run(state)
+    await engine.run(state, recorder)
 
     assert state.current_agent == "support"
     assert tool_messages(state.messages) == [

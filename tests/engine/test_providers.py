@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from app import Agent, AnthropicProvider, ModelProvider, ModelRequest, ModelResponse, Usage, tool
 from app.engine import Completed, Failed, ModelError, ModelRouter, OpenAIProvider
@@ -85,17 +86,20 @@ async def test_streamed_message_equals_the_non_streamed_one(
         tool_calls=calls(("add", {"a": 1, "b": 2}), ("add", {"a": 10, "b": 20})).tool_calls,
     )
     fake.script("m", [reply])
-    messages = [{"role": "user", "content": "sum"}]
+    messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": "sum"}]
     client = openai.AsyncOpenAI(base_url=fake_server.base_url, api_key="x")
-    whole = await client.chat.completions.create(model="m", messages=messages)  # type: ignore[arg-type]
+    whole = await client.chat.completions.create(model="m", messages=messages)
     await client.close()
     provider = OpenAIProvider(base_url=fake_server.base_url)
 
-    streamed = await provider.complete(ModelRequest(model="m", messages=messages))
+    streamed = await provider.complete(
+        ModelRequest(model="m", messages=[dict(m) for m in messages])
+    )
     await provider.aclose()
 
     expected = whole.choices[0].message.model_dump(exclude_none=True, exclude={"refusal"})
     assert streamed.message == {**expected, "role": "assistant"}
+    assert whole.usage is not None
     assert streamed.usage == Usage(
         1, whole.usage.prompt_tokens, whole.usage.completion_tokens, whole.usage.total_tokens
     )

@@ -38,7 +38,8 @@ async def finish_in_another_process(states_json: str, base_url: str) -> list[dic
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
-    return json.loads(result.stdout)  # type: ignore[no-any-return]
+    finished: list[dict[str, Any]] = json.loads(result.stdout)
+    return finished
 
 
 async def test_a_state_saved_after_any_turn_finishes_the_same_elsewhere(

@@ -68,6 +68,7 @@ def test_bad_options_are_refused(options: dict[str, object], error: type[Excepti
         """Do f."""
 
     with pytest.raises(error):
+        # Ill-typed on purpose: what is under test is the check at run time.
         tool(**options)(f)  # type: ignore[call-overload]
 
 

@@ -151,13 +151,17 @@ class Cluster:
         process.url = f"http://127.0.0.1:{port}"  # its metrics
         return process
 
-    def api(self, *, executor: bool = False, **env: str) -> Process:
-        """`serve --no-executor` (or `serve`) on a free port, once it answers /readyz."""
+    def api(self, **env: str) -> Process:
+        """`serve --no-executor` on a free port, once it answers /readyz."""
+        return self._serve(["--no-executor"], env)
+
+    def api_with_executor(self, **env: str) -> Process:
+        """`serve` (the API with its embedded executor), once it answers /readyz."""
+        return self._serve([], env)
+
+    def _serve(self, options: list[str], env: dict[str, str]) -> Process:
         port = free_port()
-        args = ["serve", "--port", str(port)]
-        if not executor:
-            args.append("--no-executor")
-        process = self._start("api", args, env)
+        process = self._start("api", ["serve", "--port", str(port), *options], env)
         process.url = f"http://127.0.0.1:{port}"
 
         def ready() -> bool:

@@ -134,7 +134,7 @@ def test_a_process_stopped_by_sigterm_hands_its_runs_over_at_once(
     if first_kind == "worker":
         first = cluster.worker(SHUTDOWN_GRACE_SECONDS="0.2", **slow)
     else:  # an API process with its embedded executor: uvicorn's shutdown, then the hand-back
-        first = cluster.api(executor=True, SHUTDOWN_GRACE_SECONDS="0.2", **slow)
+        first = cluster.api_with_executor(SHUTDOWN_GRACE_SECONDS="0.2", **slow)
     run_ids = [api.create(f"think-{i}")["id"] for i in range(4)]
     assert fake.wait_for_requests(4)
     second = cluster.worker(**slow)
@@ -230,12 +230,12 @@ def test_a_killed_sqlite_service_takes_its_runs_over_when_it_starts_again(
     cluster = Cluster(database, fake_server.base_url, tmp_path, env=lease)
     try:
         script_ops(fake, think=text("thought", delay=600))
-        first = cluster.api(executor=True)
+        first = cluster.api_with_executor()
         run = Api(str(first.url)).create("think-1")
         assert fake.wait_for_requests(1, "m")  # the model call is in flight
         first.kill()
         script_ops(fake)
-        second = cluster.api(executor=True)
+        second = cluster.api_with_executor()
 
         finished = Api(str(second.url)).rested(run["id"], timeout=30)  # not the 300 s lease
 

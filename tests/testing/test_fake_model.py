@@ -8,6 +8,8 @@ from pathlib import Path
 
 import openai
 import pytest
+from openai.types import CompletionUsage
+from openai.types.chat import ChatCompletionMessageFunctionToolCall, ChatCompletionMessageParam
 
 from app.testing import (
     FakeModel,
@@ -31,13 +33,15 @@ async def client(fake_server: FakeModelServer) -> AsyncIterator[openai.AsyncOpen
     await client.close()
 
 
-async def ask(client: openai.AsyncOpenAI, model: str, *messages: dict[str, str]) -> str | None:
-    response = await client.chat.completions.create(model=model, messages=list(messages))  # type: ignore[arg-type]
+async def ask(
+    client: openai.AsyncOpenAI, model: str, *messages: ChatCompletionMessageParam
+) -> str | None:
+    response = await client.chat.completions.create(model=model, messages=list(messages))
     return response.choices[0].message.content
 
 
-USER = {"role": "user", "content": "hello"}
-ASSISTANT = {"role": "assistant", "content": "earlier"}
+USER: ChatCompletionMessageParam = {"role": "user", "content": "hello"}
+ASSISTANT: ChatCompletionMessageParam = {"role": "assistant", "content": "earlier"}
 
 
 async def test_position_counts_assistant_messages_after_the_last_user_message(
@@ -104,15 +108,16 @@ async def test_tool_calls_have_ids_stable_for_the_same_conversation(
 ) -> None:
     fake.script("m", [call("add", {"a": 1})])
 
-    first = await client.chat.completions.create(model="m", messages=[USER])  # type: ignore[list-item]
-    again = await client.chat.completions.create(model="m", messages=[USER])  # type: ignore[list-item]
+    first = await client.chat.completions.create(model="m", messages=[USER])
+    again = await client.chat.completions.create(model="m", messages=[USER])
     other = await client.chat.completions.create(
         model="m", messages=[{"role": "user", "content": "other"}]
     )
 
     [first_call] = first.choices[0].message.tool_calls or []
-    assert first_call.function.name == "add"  # type: ignore[union-attr]
-    assert json.loads(first_call.function.arguments) == {"a": 1}  # type: ignore[union-attr]
+    assert isinstance(first_call, ChatCompletionMessageFunctionToolCall)
+    assert first_call.function.name == "add"
+    assert json.loads(first_call.function.arguments) == {"a": 1}
     assert first.choices[0].finish_reason == "tool_calls"
     assert (again.choices[0].message.tool_calls or [])[0].id == first_call.id
     assert (other.choices[0].message.tool_calls or [])[0].id != first_call.id
@@ -127,9 +132,10 @@ async def test_streaming_sends_chunks_and_usage(
         model="m",
         messages=[USER],
         stream=True,
-        stream_options={"include_usage": True},  # type: ignore[list-item]
+        stream_options={"include_usage": True},
     )
-    pieces, usage = [], None
+    pieces: list[str] = []
+    usage: CompletionUsage | None = None
     async for chunk in stream:
         if chunk.choices and chunk.choices[0].delta.content:
             pieces.append(chunk.choices[0].delta.content)
