@@ -123,6 +123,7 @@ async def test_a_generated_typescript_client_streams_a_run_decides_and_sees_it_c
     assert events[parked + 1 : parked + 3] == ["approval.decided", "run.queued"]
     assert events[-1] == "run.completed"
     assert (summary["status"], summary["final_output"]) == ("completed", "done")
+    assert (summary["model_requests"], summary["max_turns"]) == (2, 30)
     [decision] = summary["decisions"]
     assert (decision["approved"], decision["source"]) == (True, "human")
     assert test_agents.calls_seen == [("delete_record", "r1")]

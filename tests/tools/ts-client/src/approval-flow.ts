@@ -29,6 +29,9 @@ interface Summary {
   events: { id: number; event: string }[];
   status: RunStatus;
   final_output: string | null;
+  // Typed as always sent: the document lists them as required.
+  model_requests: number;
+  max_turns: number;
   decisions: { call_id: string; approved: boolean; source: string }[];
   unauthorized: string | null;
 }
@@ -191,6 +194,8 @@ async function main(): Promise<Summary> {
     events,
     status: ended.data.status,
     final_output: ended.data.final_output,
+    model_requests: ended.data.usage.requests,
+    max_turns: ended.data.config.max_turns,
     decisions: ended.data.decisions.map((made) => ({
       call_id: made.call_id,
       approved: made.approved,
