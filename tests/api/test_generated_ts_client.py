@@ -79,8 +79,16 @@ async def run_tool(project: Path, command: list[str], limit: float, **env: str) 
     return result.stdout.decode()
 
 
+def readme_example() -> str:
+    """The TypeScript example of the README's Clients section."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("\n## Clients\n", 1)[1].split("\n## ", 1)[0]
+    return section.split("```ts\n", 1)[1].split("```", 1)[0]
+
+
 async def build(project: Path) -> None:
-    """Generate the types from the committed document, then type-check and compile the script.
+    """Generate the types from the committed document, then type-check and compile the script,
+    and the README's example beside it (it imports the types as `./agent-runs.js`).
 
     `--default-non-nullable false`: the document's request bodies have fields with defaults
     (`if_busy`, `remember`, the run's `config`), which the generator would otherwise make
@@ -90,6 +98,8 @@ async def build(project: Path) -> None:
     generator = [str(bin_dir / "openapi-typescript"), str(ROOT / "openapi.yaml")]
     options = ["--default-non-nullable", "false", "--output", "generated/openapi.d.ts"]
     await run_tool(project, [*generator, *options], CHECK_LIMIT_SECONDS)
+    shutil.copy2(project / "generated" / "openapi.d.ts", project / "src" / "agent-runs.d.ts")
+    (project / "src" / "readme-example.ts").write_text(readme_example())
     await run_tool(project, [str(bin_dir / "tsc"), "--project", "."], CHECK_LIMIT_SECONDS)
 
 
