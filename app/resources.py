@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, WithJsonSchema
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 from app.engine import RunConfig, RunState
 from app.engine.state import CallStatus, DecisionSource, ErrorCode, RunStatus, ToolCall, Usage
@@ -26,7 +26,14 @@ ToolCallStatus = Literal[
 ]
 
 
-class ToolCallOut(BaseModel):
+class Shown(BaseModel):
+    """A resource the service sends: its document lists every field as required, those with
+    defaults too, since every answer carries them (generated clients then need no checks)."""
+
+    model_config = ConfigDict(json_schema_serialization_defaults_required=True)
+
+
+class ToolCallOut(Shown):
     call_id: str
     name: str
     arguments: dict[str, Any] | None = Field(description="Null when the model's JSON was invalid.")
@@ -79,6 +86,11 @@ class WebhookDeliveryOut(BaseModel):
     delivered_at: datetime | None
 
 
+# A schema apart from the request's `RunConfig`, whose defaults rightly make its fields optional.
+class RunConfigOut(RunConfig, Shown):
+    """How the run executes, every value shown as stored."""
+
+
 class RunOut(BaseModel):
     """A run, whole."""
 
@@ -87,7 +99,7 @@ class RunOut(BaseModel):
     agent: str
     current_agent: str
     session_id: str | None
-    config: RunConfig
+    config: RunConfigOut
     metadata: dict[str, Any]
     final_output: str | None
     messages: list[dict[str, Any]]
@@ -111,7 +123,7 @@ class RunOut(BaseModel):
             agent=run.agent,
             current_agent=run.current_agent,
             session_id=run.session_id,
-            config=RunConfig.model_validate(run.config),
+            config=RunConfigOut.model_validate(run.config),
             metadata=run.run_metadata,
             final_output=run.final_output,
             messages=state.messages if state else list(run.input),

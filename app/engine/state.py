@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, TypeAdapter
+from pydantic import ConfigDict, Field, TypeAdapter, with_config
 
 from app.engine.config import RunConfig
 from app.engine.text import storable_text
@@ -57,6 +57,8 @@ _FINAL_CALL_STATUSES = frozenset(
 )
 
 
+# The API shows this very type and always sends every count: its document says so (required).
+@with_config(ConfigDict(json_schema_serialization_defaults_required=True))
 @dataclass(slots=True)
 class Usage:
     """Tokens and requests summed over every model call of the run."""
@@ -65,7 +67,7 @@ class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
-    # Described for the API too, which shows this very type.
+    # Described for the API too.
     cached_tokens: Annotated[
         int, Field(description="Of prompt_tokens: read from the prompt cache.")
     ] = 0
