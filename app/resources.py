@@ -87,6 +87,10 @@ class RunOut(BaseModel):
     agent: str
     current_agent: str
     session_id: str | None
+    input: list[dict[str, Any]] = Field(
+        description="The input as posted, as messages (a string is one user message)."
+    )
+    context: dict[str, Any] = Field(description="The context variables as posted.")
     config: RunConfig
     metadata: dict[str, Any]
     final_output: str | None
@@ -111,6 +115,8 @@ class RunOut(BaseModel):
             agent=run.agent,
             current_agent=run.current_agent,
             session_id=run.session_id,
+            input=list(run.input),
+            context=run.context,
             config=RunConfig.model_validate(run.config),
             metadata=run.run_metadata,
             final_output=run.final_output,
