@@ -215,6 +215,8 @@ async def test_with_api_keys_the_console_asks_for_one_and_sends_it_only_as_a_bea
 
         dialog = page.get_by_role("dialog")
         await expect(dialog).to_contain_text("This service needs an API key")
+        # Said once, though the inbox's request was refused with the same words.
+        assert (await dialog.inner_text()).count("needs an API key") == 1
         # Closed, the prompt stays closed while the inbox's polls are refused.
         await page.keyboard.press("Escape")
         async with page.expect_response(lambda response: "/approvals?" in response.url) as polled:

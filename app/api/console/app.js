@@ -94,8 +94,12 @@ function askForKey(reason, { asked = false } = {}) {
 }
 
 onUnauthorized((error) => {
-  const why = getKey() ? "The key this tab holds was refused" : "This service needs an API key";
-  askForKey(`${why}: ${error.detail || error.title}`);
+  // The service's own words say it needs a key; the prompt says so once, in its own.
+  askForKey(
+    getKey()
+      ? `The key this tab holds was refused (${error.detail || error.title}).`
+      : "This service needs an API key.",
+  );
 });
 
 keyForm.addEventListener("submit", (event) => {
