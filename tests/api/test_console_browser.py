@@ -17,7 +17,7 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from app.testing import FakeModel, call, text
+from app.testing import FakeModel, Rule, Script, call, error, text
 from tests.api.browser import Browsing, chromium, expect, screenshot
 from tests.api.conftest import Live, LiveFactory
 
@@ -381,3 +381,47 @@ async def test_at_phone_width_with_the_keyboard_only(
         await expect(second.locator(".decision")).to_contain_text("earlier approval")
         assert await page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
         await screenshot(page, "console-run-phone.png")
+
+
+async def test_the_runs_list_shows_each_input_error_and_age_and_keeps_itself_current(
+    serve_live: LiveFactory, fake: FakeModel, browsing: Browsing
+) -> None:
+    fake.script(
+        "m",
+        Script(
+            rules=[
+                Rule(match="broken", replies=[error(400, message="the model refused")]),
+                Rule(replies=[call("delete_record", {"record_id": "r_10"}), text("Done.")]),
+            ]
+        ),
+    )
+    with serve_live() as live:
+        with api(live) as client:
+            failed = client.post(
+                "/runs", params={"wait": 10}, json={"agent": "calc", "input": "a broken ask"}
+            ).json()
+        assert failed["status"] == "failed", failed
+        page = await browsing.open(f"{live.url}/console#/runs")
+        entry = page.locator(f"li.run[data-run-id='{failed['id']}']")
+        await expect(entry.locator(".input")).to_have_text("Input: a broken ask")
+        await expect(entry.locator(".run-error")).to_contain_text("Error: model_error:")
+        await expect(entry.locator(".run-error")).to_contain_text("the model refused")
+        age = entry.locator("time.age")
+        await expect(age).to_have_text(re.compile(r"^\d+ s ago$"))
+        assert await age.get_attribute("datetime") == failed["created_at"]
+
+        # A run started elsewhere appears, and its change of status shows, with no reload.
+        parked = pending_run(live, "delete r_10")
+        entry = page.locator(f"li.run[data-run-id='{parked['id']}']")
+        await expect(entry.locator(".status")).to_have_text("pending approval")
+        await expect(page.locator("li.run").first).to_have_attribute("data-run-id", parked["id"])
+        await expect(entry.locator(".input")).to_have_text("Input: delete r_10")
+        call_id = parked["pending_approvals"][0]["call_id"]
+        with api(live) as client:
+            client.post(
+                f"/runs/{parked['id']}/approvals",
+                json={"decisions": [{"call_id": call_id, "approved": True}]},
+            )
+        await expect(entry.locator(".status")).to_have_text("completed")
+        await expect(entry.locator(".excerpt")).to_have_text("Done.")
+        await expect(page.locator("li.run")).to_have_count(2)
