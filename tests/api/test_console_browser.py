@@ -17,7 +17,7 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from app.testing import FakeModel, Rule, Script, call, error, text
+from app.testing import FakeModel, Rule, Script, call, calls, error, text
 from tests.api.browser import Browsing, chromium, expect, screenshot
 from tests.api.conftest import Live, LiveFactory
 
@@ -298,7 +298,9 @@ async def test_runs_are_listed_by_filter_and_cancelled_from_their_page(
         await page.get_by_role("button", name="Cancel run").click()
         await expect(run_status(page)).to_have_text("cancelled")
         await expect(waiting).to_have_count(0)
-        await expect(page.get_by_role("button", name="Cancel run")).to_be_disabled()
+        # An ended run offers nothing it cannot do: no Cancel, no empty "Pending approvals".
+        await expect(page.get_by_role("button", name="Cancel run")).to_have_count(0)
+        await expect(page.get_by_role("heading", name="Pending approvals")).to_have_count(0)
         await expect(page.locator(".conversation")).to_contain_text("Run cancelled")
 
 
@@ -425,3 +427,83 @@ async def test_the_runs_list_shows_each_input_error_and_age_and_keeps_itself_cur
         await expect(entry.locator(".status")).to_have_text("completed")
         await expect(entry.locator(".excerpt")).to_have_text("Done.")
         await expect(page.locator("li.run")).to_have_count(2)
+
+
+async def keyed(browsing: Browsing, key: str) -> None:
+    """Every page of this context starts holding `key`, as if a person had entered it."""
+    script = f"sessionStorage.setItem('agent-runs.api-key', {json.dumps(key)})"
+    await browsing.context.add_init_script(script)
+
+
+async def test_the_run_page_shows_when_each_thing_happened_who_decided_what_and_the_context(
+    serve_live: LiveFactory, fake: FakeModel, browsing: Browsing
+) -> None:
+    fake.script(
+        "m",
+        [
+            calls(("delete_record", {"record_id": "r_1"}), ("delete_record", {"record_id": "r_2"})),
+            text("Deleted one, kept one."),
+        ],
+    )
+    keys = {
+        "api_keys": SecretStr("ui:ui-secret"),
+        "approver_api_keys": SecretStr("lead:lead-secret"),
+    }
+    with serve_live(**keys) as live:
+        with api(live, "ui-secret") as client:
+            run = client.post(
+                "/runs",
+                params={"wait": 10},
+                json={"agent": "calc", "input": "tidy up", "context": {"user_id": "u_7"}},
+            ).json()
+        assert run["status"] == "pending_approval", run
+        first, second = (item["call_id"] for item in run["pending_approvals"])
+        await keyed(browsing, "lead-secret")
+        page = await browsing.open(f"{live.url}/console#/runs/{run['id']}")
+
+        summary = page.locator(".summary")
+        await expect(summary.locator(".input")).to_have_text("tidy up")
+        await expect(summary.locator(".context-variables")).to_contain_text('"user_id": "u_7"')
+        cards = page.locator("article.approval")
+        await expect(cards).to_have_count(2)
+
+        # One call of the turn approved, its arguments edited: decided, though the run still
+        # waits for the other.
+        card = page.locator(f"article.approval[data-call-id='{first}']")
+        await card.get_by_label(ARGUMENTS).fill('{"record_id": "r_9"}')
+        await card.get_by_role("button", name="Approve").click()
+        await expect(card.locator(".outcome")).to_contain_text("Approved")
+        decided = page.locator(f".tool-call[data-call-id='{first}']")
+        waiting = page.locator(f".tool-call[data-call-id='{second}']")
+        await expect(decided.locator(".status")).to_have_text("approved")
+        await expect(waiting.locator(".status")).to_have_text("pending approval")
+        await expect(run_status(page)).to_have_text("pending approval")
+        verdict = decided.locator(".decision .verdict")
+        await expect(verdict).to_have_text(
+            re.compile(r"^Approved by a person \(lead\) at .+, after waiting \d+ s$")
+        )
+        diff = decided.locator(".diff")
+        await expect(diff.locator(".removed")).to_have_text('- "record_id": "r_1"')
+        await expect(diff.locator(".added")).to_have_text('+ "record_id": "r_9"')
+
+        other = page.locator(f"article.approval[data-call-id='{second}']")
+        await other.get_by_label(REASON).fill("keep r_2")
+        await other.get_by_role("button", name="Reject").click()
+        await expect(run_status(page)).to_have_text("completed")
+
+        # Each entry has its time; the call's parts theirs, so a person's wait shows.
+        entries = page.locator(".conversation > li")
+        await expect(page.locator(".stream-state")).to_have_text(re.compile("has ended"))
+        count = await entries.count()
+        await expect(page.locator(".conversation > li > time.clock")).to_have_count(count)
+        await expect(decided.locator(".times")).to_have_text(
+            re.compile(r"^asked for approval .+ · started .+ · finished .+$")
+        )
+        await expect(waiting.locator(".decision .verdict")).to_have_text(
+            re.compile(r"^Rejected by a person \(lead\) at .+, after waiting \d+ s: keep r_2$")
+        )
+        await expect(waiting.locator(".diff")).to_have_count(0)
+        # Ended: nothing to cancel, nothing pending.
+        await expect(page.get_by_role("button", name="Cancel run")).to_have_count(0)
+        await expect(page.get_by_role("heading", name="Pending approvals")).to_have_count(0)
+        await expect(page.get_by_text("None.")).to_have_count(0)
