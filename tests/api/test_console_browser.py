@@ -215,7 +215,7 @@ async def test_with_api_keys_the_console_asks_for_one_and_sends_it_only_as_a_bea
 
         dialog = page.get_by_role("dialog")
         await expect(dialog).to_contain_text("This service needs an API key")
-        # Said once, though the inbox's request was refused with the same words.
+        # Said once, though the inbox, the navigation's count and the agents were all refused.
         assert (await dialog.inner_text()).count("needs an API key") == 1
         # Closed, the prompt stays closed while the inbox's polls are refused.
         await page.keyboard.press("Escape")
@@ -385,6 +385,12 @@ async def test_at_phone_width_with_the_keyboard_only(
         await screenshot(page, "console-run-phone.png")
 
 
+async def keyed(browsing: Browsing, key: str) -> None:
+    """Every page of this context starts holding `key`, as if a person had entered it."""
+    script = f"sessionStorage.setItem('agent-runs.api-key', {json.dumps(key)})"
+    await browsing.context.add_init_script(script)
+
+
 async def test_the_runs_list_shows_each_input_error_and_age_and_keeps_itself_current(
     serve_live: LiveFactory, fake: FakeModel, browsing: Browsing
 ) -> None:
@@ -427,12 +433,6 @@ async def test_the_runs_list_shows_each_input_error_and_age_and_keeps_itself_cur
         await expect(entry.locator(".status")).to_have_text("completed")
         await expect(entry.locator(".excerpt")).to_have_text("Done.")
         await expect(page.locator("li.run")).to_have_count(2)
-
-
-async def keyed(browsing: Browsing, key: str) -> None:
-    """Every page of this context starts holding `key`, as if a person had entered it."""
-    script = f"sessionStorage.setItem('agent-runs.api-key', {json.dumps(key)})"
-    await browsing.context.add_init_script(script)
 
 
 async def test_the_run_page_shows_when_each_thing_happened_who_decided_what_and_the_context(
@@ -507,3 +507,73 @@ async def test_the_run_page_shows_when_each_thing_happened_who_decided_what_and_
         await expect(page.get_by_role("button", name="Cancel run")).to_have_count(0)
         await expect(page.get_by_role("heading", name="Pending approvals")).to_have_count(0)
         await expect(page.get_by_text("None.")).to_have_count(0)
+
+
+async def test_an_inbox_card_says_what_the_tool_does_why_it_asks_and_how_long_it_waited(
+    serve_live: LiveFactory, fake: FakeModel, browsing: Browsing
+) -> None:
+    fake.script(
+        "m",
+        Script(
+            rules=[
+                Rule(match="refund", replies=[call("refund", {"amount": 250}), text("Refunded.")]),
+                Rule(replies=[call("delete_record", {"record_id": "r_11"}), text("Done.")]),
+            ]
+        ),
+    )
+    with serve_live() as live:
+        page = await browsing.open(f"{live.url}/console")
+        approvals_link = page.get_by_role("navigation").get_by_role("link", name=re.compile("Appr"))
+        await expect(approvals_link).to_have_accessible_name("Approvals")
+        deleting = pending_run(live, "delete r_11")
+        with api(live) as client:
+            refunding = client.post(
+                "/runs", params={"wait": 10}, json={"agent": "careful", "input": "refund 250"}
+            ).json()
+        assert refunding["status"] == "pending_approval", refunding
+
+        # The count in the navigation follows what waits, on every page.
+        await expect(approvals_link).to_have_accessible_name("Approvals 2 pending")
+        delete_card = card_of(page, deleting["id"])
+        await expect(delete_card.locator(".tool-description")).to_have_text("Delete a record.")
+        await expect(delete_card.locator(".effect")).to_have_text(
+            "Effect: unsafe: it changes something; running it twice may do it twice"
+        )
+        await expect(delete_card.locator(".why")).to_have_text(
+            "Why approval is needed: every call of this tool needs a person's approval."
+        )
+        await expect(delete_card.locator(".waited")).to_have_text(
+            re.compile(r"^Waiting for a decision for \d+ s\.$")
+        )
+        refund_card = card_of(page, refunding["id"])
+        await expect(refund_card.locator(".effect")).to_contain_text("idempotent")
+        await expect(refund_card.locator(".why")).to_have_text(
+            "Why approval is needed: "
+            "the tool's approval rule asked for a person for these arguments."
+        )
+
+        # Filters: by tool, then by agent, in the address so they can be shared.
+        await page.get_by_label("Tool").select_option("refund")
+        await page.get_by_role("button", name="Apply filters").click()
+        await expect(page).to_have_url(re.compile(r"#/approvals\?tool=refund$"))
+        await expect(page.locator("article.approval")).to_have_count(1)
+        await expect(card_of(page, refunding["id"])).to_be_visible()
+        await expect(page.locator("p.summary")).to_have_text(
+            "1 approval waits for a decision among those filtered."
+        )
+        await page.goto(f"{live.url}/console#/approvals?agent=calc")
+        await expect(page.locator("article.approval")).to_have_count(1)
+        await expect(card_of(page, deleting["id"])).to_be_visible()
+        await expect(page.get_by_label("Agent", exact=True)).to_have_value("calc")
+
+        await card_of(page, deleting["id"]).get_by_role("button", name="Approve").click()
+        await expect(approvals_link).to_have_accessible_name("Approvals 1 pending")
+        await page.goto(f"{live.url}/console#/runs")
+        await expect(approvals_link).to_have_accessible_name("Approvals 1 pending")
+        with api(live) as client:
+            call_id = refunding["pending_approvals"][0]["call_id"]
+            client.post(
+                f"/runs/{refunding['id']}/approvals",
+                json={"decisions": [{"call_id": call_id, "approved": False}]},
+            )
+        await expect(approvals_link).to_have_accessible_name("Approvals")
