@@ -105,7 +105,7 @@ async def test_start_a_run_approve_it_edited_in_the_inbox_and_watch_it_stream_to
         card = card_of(inbox, run_id)
         await expect(card.get_by_role("heading", name=re.compile("delete_record"))).to_be_visible()
         await expect(card.locator(".context")).to_contain_text("Please delete r_1")
-        await screenshot(inbox, "console-inbox.png")
+        await screenshot(inbox, "console.png", readme=True)
 
         arguments = card.get_by_label(ARGUMENTS)
         await arguments.fill('{"record_id": ')
@@ -133,7 +133,7 @@ async def test_start_a_run_approve_it_edited_in_the_inbox_and_watch_it_stream_to
         await expect(runs.locator(".summary")).to_contain_text("2 model requests")
         await expect(runs.locator(".steps li")).to_have_count(2)
         await expect(runs.locator(".stream-state")).to_have_text(re.compile("has ended"))
-        await screenshot(runs, "console-run.png")
+        await screenshot(runs, "console-run.png", readme=True)
 
         with api(live) as client:
             run = client.get(f"/runs/{run_id}").json()
@@ -431,8 +431,9 @@ async def test_the_runs_list_shows_each_input_error_and_age_and_keeps_itself_cur
                 json={"decisions": [{"call_id": call_id, "approved": True}]},
             )
         await expect(entry.locator(".status")).to_have_text("completed")
-        await expect(entry.locator(".excerpt")).to_have_text("Done.")
+        await expect(entry.locator(".excerpt")).to_have_text("Output: Done.")
         await expect(page.locator("li.run")).to_have_count(2)
+        await screenshot(page, "console-runs.png", readme=True)
 
 
 async def test_the_run_page_shows_when_each_thing_happened_who_decided_what_and_the_context(

@@ -126,7 +126,9 @@ function runItem(run) {
           excerpt(`${run.error.code}: ${run.error.message}`),
         )
       : null,
-    output ? h("p", { class: "excerpt" }, excerpt(output)) : null,
+    output
+      ? h("p", { class: "excerpt" }, h("span", { class: "label" }, "Output: "), excerpt(output))
+      : null,
   );
 }
 
