@@ -467,6 +467,11 @@ async def test_the_run_page_shows_when_each_thing_happened_who_decided_what_and_
         await expect(summary.locator(".context-variables")).to_contain_text('"user_id": "u_7"')
         cards = page.locator("article.approval")
         await expect(cards).to_have_count(2)
+        # Its cards, as the inbox's, say why a person is asked and since when.
+        await expect(cards.locator(".why")).to_have_count(2)
+        await expect(cards.first.locator(".waited")).to_have_text(
+            re.compile(r"^Waiting for a decision for \d+ s\.$")
+        )
 
         # One call of the turn approved, its arguments edited: decided, though the run still
         # waits for the other.
@@ -578,3 +583,31 @@ async def test_an_inbox_card_says_what_the_tool_does_why_it_asks_and_how_long_it
                 json={"decisions": [{"call_id": call_id, "approved": False}]},
             )
         await expect(approvals_link).to_have_accessible_name("Approvals")
+
+
+async def test_a_call_in_doubt_says_so_as_the_reason_a_person_is_asked(
+    serve_live: LiveFactory, fake: FakeModel, browsing: Browsing
+) -> None:
+    fake.script("m", [call("delete_record", {"record_id": "r_12"}), text("Done.")])
+    with serve_live() as live:
+        run = pending_run(live, "delete r_12")
+
+        # A crash in the middle of a call is the durability tests' subject; here the service's
+        # answer is marked in doubt, as it is after one, to see what the card makes of it.
+        async def in_doubt(route: Route) -> None:
+            response = await route.fetch()
+            page = await response.json()
+            for item in page["items"]:
+                item["in_doubt"] = True
+            await route.fulfill(response=response, json=page)
+
+        await browsing.context.route(re.compile(r"/approvals\?status=pending&limit=100$"), in_doubt)
+        page = await browsing.open(f"{live.url}/console")
+        card = card_of(page, run["id"])
+        await expect(card.locator(".why")).to_have_text(
+            "Why approval is needed: the call started before a crash and left no result: "
+            "it may or may not have taken effect."
+        )
+        await expect(card.locator(".warning")).to_have_text(
+            "In doubt: approving runs it again; rejecting tells the model it was not done."
+        )
