@@ -125,7 +125,6 @@ class ToolCallView {
   mark(what, at) {
     const when = clock(at);
     if (!when) return;
-    if (what === "asked for approval") this.requestedAt = at;
     this.times.hidden = false;
     if (this.times.childNodes.length) this.times.append(" · ");
     this.times.append(`${what} `, when);
@@ -209,6 +208,7 @@ export class Timeline {
         const call = this.call(data.call_id, data.tool, at);
         call.setArguments(data.arguments);
         call.setAgent(data.agent);
+        call.requestedAt = at; // a person's wait is counted from here
         call.mark("asked for approval", at);
         return call.setStatus(data.in_doubt ? "in_doubt" : "pending_approval");
       }
