@@ -99,6 +99,10 @@ class RunOut(BaseModel):
     agent: str
     current_agent: str
     session_id: str | None
+    input: list[dict[str, Any]] = Field(
+        description="The input as posted, as messages (a string is one user message)."
+    )
+    context: dict[str, Any] = Field(description="The context variables as posted.")
     config: RunConfigOut
     metadata: dict[str, Any]
     final_output: str | None
@@ -123,6 +127,8 @@ class RunOut(BaseModel):
             agent=run.agent,
             current_agent=run.current_agent,
             session_id=run.session_id,
+            input=list(run.input),
+            context=run.context,
             config=RunConfigOut.model_validate(run.config),
             metadata=run.run_metadata,
             final_output=run.final_output,

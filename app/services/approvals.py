@@ -73,10 +73,16 @@ class ApprovalService:
         statuses: Sequence[str],
         agent: str | None,
         tool: str | None,
+        run_id: str | None,
         before_seq: int | None,
         limit: int,
     ) -> list[Approval]:
         async with self.db.read_scope() as session:
             return await ApprovalRepository(session).page(
-                statuses=statuses, agent=agent, tool=tool, before_seq=before_seq, limit=limit
+                statuses=statuses,
+                agent=agent,
+                tool=tool,
+                run_id=run_id,
+                before_seq=before_seq,
+                limit=limit,
             )

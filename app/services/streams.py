@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from app.services.errors import RunNotFound
@@ -22,11 +23,13 @@ PAGE_BYTES = 1024 * 1024
 
 @dataclass(frozen=True, slots=True)
 class StreamItem:
-    """One server-sent event; deltas have no id (they are never stored nor replayed)."""
+    """One server-sent event; deltas have no id and no time (they are never stored nor
+    replayed)."""
 
     id: int | None
     event: str
     data: dict[str, Any]
+    stored_at: datetime | None = None
 
 
 class RunEventStream:
@@ -51,7 +54,7 @@ class RunEventStream:
                 read = await self._read(run_id, cursor, up_to)
                 for event in read.events:
                     cursor = event.seq
-                    yield StreamItem(event.seq, event.name, event.data)
+                    yield StreamItem(event.seq, event.name, event.data, event.created_at)
                 if read.finished:
                     return
                 if read.complete:

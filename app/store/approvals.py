@@ -78,6 +78,7 @@ class ApprovalRepository:
         statuses: Sequence[str],
         agent: str | None,
         tool: str | None,
+        run_id: str | None,
         before_seq: int | None,
         limit: int,
     ) -> list[Approval]:
@@ -88,6 +89,8 @@ class ApprovalRepository:
             query = query.where(Approval.agent == agent)
         if tool is not None:
             query = query.where(Approval.tool == tool)
+        if run_id is not None:
+            query = query.where(Approval.run_id == run_id)
         if before_seq is not None:
             query = query.where(Approval.seq < before_seq)
         return list(await self.session.scalars(query))

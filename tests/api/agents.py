@@ -54,6 +54,12 @@ def delete_record(record_id: str) -> str:
     return f"deleted {record_id}"
 
 
+@tool(needs_approval=lambda arguments, ctx: arguments["amount"] > 100, effect="idempotent")
+def refund(amount: int) -> str:
+    """Refund an amount in euros; above 100 a person approves it."""
+    return f"refunded {amount}"
+
+
 def no_deletes_on_friday(request: ApprovalRequest, ctx: RunContext) -> tuple[bool, str] | None:
     """Rejects deleting record "friday"; asks a human for the others."""
     if request.arguments.get("record_id") == "friday":
@@ -64,7 +70,7 @@ def no_deletes_on_friday(request: ApprovalRequest, ctx: RunContext) -> tuple[boo
 careful = Agent(
     name="careful",
     description="Deletes with an approval handler.",
-    tools=[delete_record],
+    tools=[delete_record, refund],
     approval_handler=no_deletes_on_friday,
 )
 billing = Agent(name="billing", description="Billing.", instructions="Bill.", tools=[add])

@@ -2,8 +2,9 @@
 browser download needs the internet), driven by Playwright for Python.
 
 The browser is `CHROMIUM_PATH` (default `/usr/bin/chromium`); screenshots go to `ARTIFACTS_DIR`
-(default `test-artifacts/`). Playwright is a dev dependency; under CI a missing browser fails
-the tests (.ci/run installs it), elsewhere they skip and say why.
+(default `test-artifacts/`), and with `UPDATE_DOCS_SCREENSHOTS=1` the README's into `docs/` too.
+Playwright is a dev dependency; under CI a missing browser fails the tests (.ci/run installs
+it), elsewhere they skip and say why.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 ARTIFACTS = Path(os.environ.get("ARTIFACTS_DIR") or ROOT / "test-artifacts")
+DOCS = ROOT / "docs"
 WAIT_MS = 10_000
 
 
@@ -88,7 +90,7 @@ class Browsing:
             yield found
         finally:
             await context.close()
-        assert found.errors == []
+        assert found.errors == [], found.errors
 
     async def open(self, url: str, *, viewport: ViewportSize | None = None) -> Page:
         page = await self.context.new_page()
@@ -115,5 +117,8 @@ def artifact(name: str) -> Path:
     return ARTIFACTS / name
 
 
-async def screenshot(page: Page, name: str) -> None:
+async def screenshot(page: Page, name: str, *, readme: bool = False) -> None:
+    """A test artifact; with `readme`, one of the README's pictures, refreshed on request."""
     await page.screenshot(path=artifact(name), full_page=True)
+    if readme and os.environ.get("UPDATE_DOCS_SCREENSHOTS"):
+        await page.screenshot(path=DOCS / name, full_page=True)

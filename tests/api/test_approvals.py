@@ -319,6 +319,8 @@ async def test_approvals_are_filtered_and_paged(client: Client, fake: FakeModel)
     assert len(by_tool) == 6
     assert (await client.get("/approvals", params={"tool": "add"})).json()["items"] == []
     assert (await client.get("/approvals", params={"agent": "billing"})).json()["items"] == []
+    one_run = await client.get("/approvals", params={"run_id": runs[1]["id"]})
+    assert [item["run_id"] for item in one_run.json()["items"]] == [runs[1]["id"]] * 2
     seen: list[str] = []
     params: dict[str, Any] = {"limit": 4}
     for _ in range(5):

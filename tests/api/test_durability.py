@@ -123,7 +123,7 @@ async def test_a_call_asked_again_in_doubt_is_pending_again(client: Any) -> None
         again = {**request, "in_doubt": True, "arguments": {"record_id": "a"}}
         await approvals.add_pending(run_id, [again], [{"role": "user", "content": "x"}], now())
         [row] = await approvals.page(
-            statuses=["pending"], agent=None, tool=None, before_seq=None, limit=5
+            statuses=["pending"], agent=None, tool=None, run_id=run_id, before_seq=None, limit=5
         )
 
     assert (row.call_id, row.in_doubt, row.decision) == ("c1", True, None)

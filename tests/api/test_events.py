@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Any
 
 import anyio
@@ -100,6 +101,11 @@ async def test_the_events_of_a_run_with_tools_a_handoff_and_an_approval(
     ids = [int(event.id) for event in stored(events)]
     assert ids == list(range(1, len(ids) + 1))
     data = [json.loads(event.data) for event in stored(events)]
+    # Each stored event says when it happened, in order.
+    times = [datetime.fromisoformat(item.pop("stored_at")) for item in data]
+    assert times == sorted(times)
+    assert all(moment.tzinfo is not None for moment in times)
+    assert "stored_at" not in run["pending_approvals"][0]
     assert data[-1] | {"usage": None} == {
         "run_id": run["id"],
         "status": "completed",

@@ -43,6 +43,8 @@ async def test_create_with_wait_completes(client: Client, fake: FakeModel) -> No
     assert run["final_output"] == "5"
     assert run["agent"] == run["current_agent"] == "calc"
     assert run["metadata"] == {"k": "v"}
+    assert run["input"] == [{"role": "user", "content": "2+3?"}]
+    assert run["context"] == {"u": 1}
     assert run["config"]["max_turns"] == 30
     assert [m["role"] for m in run["messages"]] == ["user", "assistant", "tool", "assistant"]
     assert run["steps"][0]["tool_calls"][0] | {"call_id": None} == {
@@ -66,7 +68,8 @@ async def test_create_without_wait_is_queued(make_client: ClientFactory, fake: F
         run = await create(client, {"agent": "calc", "input": [{"role": "user", "content": "hi"}]})
 
     assert run["status"] == "queued"
-    assert run["messages"] == [{"role": "user", "content": "hi"}]
+    assert run["messages"] == run["input"] == [{"role": "user", "content": "hi"}]
+    assert run["context"] == {}
     assert run["steps"] == []
     assert run["started_at"] is None
 

@@ -1,6 +1,7 @@
-// The console's shell: hash routes to views, the API key prompt, and spoken announcements.
+// The console's shell: hash routes to views, the API key prompt, the count of pending approvals
+// in the navigation, and spoken announcements.
 
-import { forgetKey, getKey, onUnauthorized, setKey } from "./api.js";
+import { forgetKey, getKey, onUnauthorized, request, setKey } from "./api.js";
 import { h, replace } from "./dom.js";
 import { showInbox } from "./inbox.js";
 import { showRun } from "./run.js";
@@ -15,6 +16,11 @@ const keyInput = document.getElementById("key-input");
 const keyReason = document.getElementById("key-reason");
 const keyButton = document.getElementById("key-button");
 const forgetButton = document.getElementById("forget-key");
+const pendingCount = document.getElementById("pending-count");
+
+// As the inbox: one small query every 2 s while the tab is shown, and at once after a decision.
+const COUNT_POLL_MS = 2000;
+const COUNT_PAGE = 100;
 
 let leave = () => {};
 // Once the person closes the prompt, a refused call (the inbox polls) must not reopen it: the
@@ -94,8 +100,46 @@ function askForKey(reason, { asked = false } = {}) {
 }
 
 onUnauthorized((error) => {
-  const why = getKey() ? "The key this tab holds was refused" : "This service needs an API key";
-  askForKey(`${why}: ${error.detail || error.title}`);
+  // The service's own words say it needs a key; the prompt says so once, in its own.
+  askForKey(
+    getKey()
+      ? `The key this tab holds was refused (${error.detail || error.title}).`
+      : "This service needs an API key.",
+  );
+});
+
+let countTimer = null;
+let counting = false;
+
+/** "Approvals 3" in the navigation: every pending request, whatever page is shown. */
+async function countPending() {
+  clearTimeout(countTimer);
+  countTimer = null;
+  if (counting) return;
+  counting = true;
+  try {
+    const page = await request("GET", "/approvals", {
+      params: { status: "pending", limit: COUNT_PAGE },
+    });
+    const n = page.items.length;
+    pendingCount.hidden = n === 0;
+    // Read as "Approvals 3 pending"; seen as a badge.
+    replace(
+      pendingCount,
+      ` ${n}${page.next_cursor ? "+" : ""}`,
+      h("span", { class: "visually-hidden" }, " pending"),
+    );
+  } catch {
+    pendingCount.hidden = true; // the page shows why the service refused
+  } finally {
+    counting = false;
+  }
+  if (!document.hidden) countTimer = setTimeout(countPending, COUNT_POLL_MS);
+}
+
+document.addEventListener("approvals-changed", countPending);
+document.addEventListener("visibilitychange", () => {
+  if (!document.hidden && countTimer === null && !counting) countPending();
 });
 
 keyForm.addEventListener("submit", (event) => {
@@ -108,6 +152,7 @@ keyForm.addEventListener("submit", (event) => {
   keyDialog.close();
   showKeyState();
   render({ focus: true });
+  countPending();
 });
 
 document.getElementById("key-cancel").addEventListener("click", () => {
@@ -130,3 +175,4 @@ forgetButton.addEventListener("click", () => {
 window.addEventListener("hashchange", () => render({ focus: true }));
 showKeyState();
 render({ focus: false });
+countPending();

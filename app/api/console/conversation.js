@@ -1,7 +1,8 @@
 // A run's conversation, built from its events as they arrive: messages, text as the model
-// writes it, tool calls with their arguments, decisions, outputs and status, and handoffs.
+// writes it, tool calls with their arguments, decisions (who, when, after how long, what they
+// changed), outputs and status, and handoffs; each entry with the time it happened.
 
-import { contentText, h, pretty, replace, statusBadge } from "./dom.js";
+import { clock, contentText, h, pretty, replace, span, statusBadge } from "./dom.js";
 
 const ROLES = {
   user: "User",
@@ -53,13 +54,38 @@ function parsed(text) {
   }
 }
 
+/** The lines of `before` and `after` (JSON objects) by key: kept, removed and added. */
+function argumentsDiff(before, after) {
+  const keys = [...new Set([...Object.keys(before), ...Object.keys(after)])];
+  const line = (sign, key, value, kind) =>
+    h("span", { class: kind }, `${sign} ${JSON.stringify(key)}: ${JSON.stringify(value)}\n`);
+  return keys.flatMap((key) => {
+    const had = Object.hasOwn(before, key);
+    const has = Object.hasOwn(after, key);
+    if (had && has && JSON.stringify(before[key]) === JSON.stringify(after[key])) {
+      return [line(" ", key, after[key], "kept")];
+    }
+    return [
+      had ? line("-", key, before[key], "removed") : null,
+      has ? line("+", key, after[key], "added") : null,
+    ].filter(Boolean);
+  });
+}
+
+function isObject(value) {
+  return value !== null && typeof value === "object" && !Array.isArray(value);
+}
+
 /** A tool call's entry, filled in as its events arrive. */
 class ToolCallView {
   constructor(callId, name) {
     this.status = h("span", {}, statusBadge("requested"));
     this.agent = h("span", { class: "muted" });
     this.args = h("pre", { class: "json" });
-    this.decision = h("p", { class: "decision", hidden: true });
+    this.asked = null; // the arguments the model asked with, before any person edited them
+    this.requestedAt = null;
+    this.times = h("p", { class: "times", hidden: true });
+    this.decision = h("div", { class: "decision", hidden: true });
     this.output = h("pre", { class: "output", hidden: true });
     this.outputLabel = h("p", { class: "label", hidden: true }, "Output");
     this.element = h(
@@ -73,6 +99,7 @@ class ToolCallView {
         this.status,
         this.agent,
       ),
+      this.times,
       h("p", { class: "label" }, "Arguments"),
       this.args,
       this.decision,
@@ -82,6 +109,7 @@ class ToolCallView {
   }
 
   setArguments(value) {
+    if (this.asked === null && isObject(value)) this.asked = value;
     this.args.textContent = typeof value === "string" ? value : pretty(value ?? {});
   }
 
@@ -93,6 +121,15 @@ class ToolCallView {
     if (agent) this.agent.textContent = ` · agent ${agent}`;
   }
 
+  /** "asked 10:02:03 · started 10:05:08 · finished 10:05:09": when each part happened. */
+  mark(what, at) {
+    const when = clock(at);
+    if (!when) return;
+    this.times.hidden = false;
+    if (this.times.childNodes.length) this.times.append(" · ");
+    this.times.append(`${what} `, when);
+  }
+
   setOutput(output) {
     this.outputLabel.hidden = false;
     this.output.hidden = false;
@@ -102,12 +139,40 @@ class ToolCallView {
   setDecision(decision) {
     const verb = decision.approved ? "Approved" : "Rejected";
     const why = decision.reason ? `: ${decision.reason}` : "";
-    this.decision.hidden = false;
-    this.decision.textContent = `${verb} ${DECIDERS[decision.source] ?? "by a person"}${
+    const who = `${DECIDERS[decision.source] ?? "by a person"}${
       decision.decided_by ? ` (${decision.decided_by})` : ""
-    }${why}`;
-    if (decision.approved && decision.arguments && Object.keys(decision.arguments).length) {
-      this.setArguments(decision.arguments);
+    }`;
+    const waited =
+      this.requestedAt && decision.decided_at
+        ? new Date(decision.decided_at) - new Date(this.requestedAt)
+        : Number.NaN;
+    const edited =
+      decision.approved &&
+      isObject(this.asked) &&
+      isObject(decision.arguments) &&
+      JSON.stringify(this.asked) !== JSON.stringify(decision.arguments);
+    replace(
+      this.decision,
+      h(
+        "p",
+        { class: "verdict" },
+        `${verb} ${who}`,
+        decision.decided_at ? [" at ", clock(decision.decided_at)] : null,
+        Number.isFinite(waited) ? `, after waiting ${span(waited)}` : null,
+        why,
+      ),
+      edited
+        ? [
+            h("p", { class: "label" }, "Arguments edited before approving"),
+            h("pre", { class: "diff" }, argumentsDiff(this.asked, decision.arguments)),
+          ]
+        : null,
+    );
+    this.decision.hidden = false;
+    // Decided, though the turn may still wait for its other calls: no longer this call's wait.
+    this.setStatus(decision.approved ? "approved" : "rejected");
+    if (decision.approved && isObject(decision.arguments) && Object.keys(decision.arguments).length) {
+      this.args.textContent = pretty(decision.arguments);
     }
   }
 }
@@ -120,57 +185,68 @@ export class Timeline {
   }
 
   handle({ event, data }) {
+    const at = data.stored_at;
     switch (event) {
       case "message":
-        return this.message(data.message ?? {});
+        return this.message(data.message ?? {}, at);
       case "message.delta":
         return this.delta(data);
       case "tool_call.started": {
-        const call = this.call(data.call_id, data.name);
+        const call = this.call(data.call_id, data.name, at);
         call.setArguments(data.arguments);
         call.setAgent(data.agent);
+        call.mark("started", at);
         return call.setStatus("running");
       }
       case "tool_call.completed": {
-        const call = this.call(data.call_id, data.name);
+        const call = this.call(data.call_id, data.name, at);
         call.setOutput(data.output);
+        call.mark("finished", at);
         return call.setStatus(data.status);
       }
       case "approval.requested": {
-        const call = this.call(data.call_id, data.tool);
+        const call = this.call(data.call_id, data.tool, at);
         call.setArguments(data.arguments);
         call.setAgent(data.agent);
+        call.requestedAt = at; // a person's wait is counted from here
+        call.mark("asked for approval", at);
         return call.setStatus(data.in_doubt ? "in_doubt" : "pending_approval");
       }
       case "approval.decided":
-        return this.call(data.call_id, "?").setDecision(data);
+        return this.call(data.call_id, "?", at).setDecision(data);
       case "agent.changed":
-        return this.add(h("li", { class: "event handoff" }, `Handoff: ${data.from} → ${data.to}`));
+        return this.add(
+          h("li", { class: "event handoff" }, `Handoff: ${data.from} → ${data.to}`),
+          at,
+        );
       default:
-        if (event in LIFECYCLE) return this.lifecycle(event, data);
+        if (event in LIFECYCLE) return this.lifecycle(event, data, at);
     }
     return undefined;
   }
 
-  add(entry) {
+  add(entry, at) {
+    const when = clock(at);
+    if (when) entry.prepend(when);
     this.list.append(entry);
   }
 
-  call(callId, name) {
+  call(callId, name, at) {
     let call = this.calls.get(callId);
     if (!call) {
       call = new ToolCallView(callId, name);
       this.calls.set(callId, call);
-      this.add(call.element);
+      this.add(call.element, at);
     }
     return call;
   }
 
-  lifecycle(event, data) {
+  lifecycle(event, data, at) {
     if (event !== "run.started" && event !== "run.resumed") this.interrupt();
     const error = data.error ? `: ${data.error.code}: ${data.error.message}` : "";
     this.add(
       h("li", { class: "event lifecycle" }, `Run ${LIFECYCLE[event].toLowerCase()}${error}`),
+      at,
     );
   }
 
@@ -203,7 +279,7 @@ export class Timeline {
     this.writing.body.append(text ?? "");
   }
 
-  message(message) {
+  message(message, at) {
     const writing = this.writing;
     if (message.role === "assistant") this.writing = null;
     if (message.role === "tool" && this.calls.has(message.tool_call_id)) {
@@ -212,13 +288,17 @@ export class Timeline {
     const hasText = Boolean(contentText(message.content));
     const entry = hasText || !message.tool_calls?.length ? messageView(message) : null;
     if (writing && message.role === "assistant") {
-      if (entry) writing.entry.replaceWith(entry);
-      else writing.entry.remove();
+      if (entry) {
+        const when = clock(at);
+        if (when) entry.prepend(when);
+        writing.entry.replaceWith(entry);
+      } else writing.entry.remove();
     } else if (entry) {
-      this.add(entry);
+      this.add(entry, at);
     }
     for (const call of message.tool_calls ?? []) {
-      this.call(call.id, call.function?.name ?? "?").setArguments(parsed(call.function?.arguments));
+      const view = this.call(call.id, call.function?.name ?? "?", at);
+      view.setArguments(parsed(call.function?.arguments));
     }
     return undefined;
   }

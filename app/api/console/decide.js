@@ -1,8 +1,41 @@
-// A decision card: one pending tool call, its arguments editable, Approve and Reject.
-// Used by the inbox (with the run's last messages) and by the run page.
+// A decision card: one pending tool call (what the tool does, why it asks, how long it has
+// waited), its arguments editable, Approve and Reject. Used by the inbox (with the run's last
+// messages) and by the run page.
 
 import { request } from "./api.js";
-import { append, h, pretty, problemView, replace, time, uid } from "./dom.js";
+import { age, append, h, pretty, problemView, replace, time, uid } from "./dom.js";
+
+const EFFECTS = {
+  read: "read: it only reads",
+  idempotent: "idempotent: it changes something; running it twice does no more harm",
+  unsafe: "unsafe: it changes something; running it twice may do it twice",
+};
+
+const RULES = {
+  always: "every call of this tool needs a person's approval.",
+  conditional: "the tool's approval rule asked for a person for these arguments.",
+};
+
+/** Why a person is asked: the call is in doubt, or the tool's approval rule. */
+function whyAsked(item, tool) {
+  if (item.in_doubt) {
+    return "the call started before a crash and left no result: it may or may not have taken effect.";
+  }
+  return RULES[tool?.needs_approval] ?? null;
+}
+
+function toolFacts(item, tool) {
+  const why = whyAsked(item, tool);
+  return h(
+    "div",
+    { class: "tool-facts" },
+    tool?.description ? h("p", { class: "tool-description" }, tool.description) : null,
+    tool?.effect
+      ? h("p", { class: "effect" }, h("strong", {}, "Effect: "), EFFECTS[tool.effect] ?? tool.effect)
+      : null,
+    why ? h("p", { class: "why" }, h("strong", {}, "Why approval is needed: "), why) : null,
+  );
+}
 
 const CONFLICT_HINT =
   "This call was decided elsewhere, or its run moved on (resumed or cancelled): " +
@@ -24,14 +57,20 @@ function argumentsProblem(text) {
 }
 
 /**
- * `item`: a `GET /approvals` item (or a run's `pending_approvals` entry with `run_id` added).
+ * `item`: a `GET /approvals` item; `tool`: the tool as `GET /agents` shows it, or null.
  * Returns {element, settled(), touched(), markGone(), append(...nodes)}.
  * `onDecided(item, approved, run)` hears a success; `onSettled()` hears that nothing is left
  * to decide here (decided here, or a conflict).
  */
 export function decisionCard(
   item,
-  { context = null, onDecided = () => {}, onSettled = () => {}, heading = "h3" } = {},
+  {
+    context = null,
+    tool = null,
+    onDecided = () => {},
+    onSettled = () => {},
+    heading = "h3",
+  } = {},
 ) {
   const ids = { title: uid("approval"), args: uid("arguments"), error: uid("arguments-error") };
   const reasonId = uid("reason");
@@ -74,13 +113,16 @@ export function decisionCard(
       item.requested_at ? [" · requested ", time(item.requested_at)] : null,
       ` · call ${item.call_id}`,
     ),
+    item.requested_at
+      ? h("p", { class: "waited" }, age(item.requested_at, "Waiting for a decision for {}."))
+      : null,
+    toolFacts(item, tool),
     item.in_doubt
       ? h(
           "p",
           { class: "warning" },
           h("strong", {}, "In doubt: "),
-          "this call started before a crash and left no result, so it may or may not have " +
-            "taken effect. Approving runs it again; rejecting tells the model it was not done.",
+          "approving runs it again; rejecting tells the model it was not done.",
         )
       : null,
     context,
@@ -154,6 +196,8 @@ export function decisionCard(
         h("p", { class: "done" }, `${verb}. The run is now `, statusText(run.status), "."),
       );
       onDecided(item, approved, run);
+      // The navigation's count need not wait for its next poll.
+      document.dispatchEvent(new Event("approvals-changed"));
     } catch (error) {
       const conflict = error.status === 409;
       const hint = conflict ? CONFLICT_HINT : error.status === 403 ? FORBIDDEN_HINT : null;

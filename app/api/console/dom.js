@@ -98,3 +98,61 @@ export function facts(rows) {
     rows.filter(Boolean).map(([term, value]) => [h("dt", {}, term), h("dd", {}, value)]),
   );
 }
+
+/** A span of time as a person says it: "45 s", "3 min 5 s", "2 h 10 min", "3 d 4 h". */
+export function span(ms) {
+  const s = Math.max(0, Math.round(ms / 1000));
+  if (s < 60) return `${s} s`;
+  const m = Math.floor(s / 60);
+  if (m < 60) return s % 60 ? `${m} min ${s % 60} s` : `${m} min`;
+  const hours = Math.floor(m / 60);
+  if (hours < 24) return m % 60 ? `${hours} h ${m % 60} min` : `${hours} h`;
+  const days = Math.floor(hours / 24);
+  return hours % 24 ? `${days} d ${hours % 24} h` : `${days} d`;
+}
+
+function ageText(element) {
+  const since = new Date(element.getAttribute("datetime"));
+  const words = element.dataset.words;
+  return Number.isNaN(since.getTime())
+    ? ""
+    : words.replace("{}", span(Date.now() - since.getTime()));
+}
+
+/**
+ * How long ago `iso` was, said with `words` ("{} ago", "waiting {}"), the exact time in its
+ * title; `refreshAges` brings every such element of a page up to date.
+ */
+export function age(iso, words = "{} ago") {
+  if (!iso) return "—";
+  const element = h("time", { class: "age", datetime: String(iso), "data-words": words });
+  const date = new Date(iso);
+  if (!Number.isNaN(date.getTime())) element.title = date.toLocaleString();
+  element.textContent = ageText(element);
+  return element;
+}
+
+export function refreshAges(root) {
+  for (const element of root.querySelectorAll("time.age")) {
+    const text = ageText(element);
+    if (element.textContent !== text) element.textContent = text;
+  }
+}
+
+/** The clock time of an event, to the second. */
+export function clock(iso) {
+  if (!iso) return null;
+  const date = new Date(iso);
+  if (Number.isNaN(date.getTime())) return null;
+  return h(
+    "time",
+    { class: "clock", datetime: String(iso), title: date.toLocaleString() },
+    date.toLocaleTimeString(),
+  );
+}
+
+/** What a run was asked: its input's last user message (a posted conversation ends with it). */
+export function inputText(messages) {
+  const users = (messages ?? []).filter((message) => message?.role === "user");
+  return users.length ? contentText(users[users.length - 1].content) : "";
+}

@@ -1,9 +1,11 @@
-// The approvals inbox: every pending tool call across runs, newest first, kept current.
+// The approvals inbox: every pending tool call across runs, newest first, kept current,
+// filtered by agent and tool.
 
 import { request } from "./api.js";
 import { messageView } from "./conversation.js";
 import { decisionCard } from "./decide.js";
-import { h, problemView, replace } from "./dom.js";
+import { h, problemView, refreshAges, replace, uid } from "./dom.js";
+import { toolTable } from "./runs.js";
 
 // The contract streams events per run only, so `GET /approvals` is the one feed across runs.
 // Asking every 2 s shows a new request to the person waiting on it almost at once, for one
@@ -22,12 +24,55 @@ function context(item) {
   );
 }
 
-export function showInbox(main, { announce }) {
+function choices(name, label, chosen, values, any) {
+  const id = uid(name);
+  const options = [...new Set([...values, chosen].filter(Boolean))].sort();
+  return [
+    h("label", { for: id }, label),
+    h(
+      "select",
+      { id, name },
+      h("option", { value: "" }, any),
+      options.map((value) => h("option", { value, selected: value === chosen }, value)),
+    ),
+  ];
+}
+
+function filtersForm(query, tools) {
+  const agents = [...tools.keys()].map((key) => key.split(" ")[0]);
+  const names = [...tools.values()].map((tool) => tool.name);
+  const form = h(
+    "form",
+    { class: "filters", role: "search", "aria-label": "Filter approvals" },
+    choices("agent", "Agent", query.get("agent"), agents, "any agent"),
+    choices("tool", "Tool", query.get("tool"), names, "any tool"),
+    h(
+      "div",
+      { class: "actions" },
+      h("button", { type: "submit" }, "Apply filters"),
+      h("a", { href: "#/approvals" }, "Clear"),
+    ),
+  );
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const chosen = new URLSearchParams();
+    for (const [name, value] of new FormData(form)) if (value) chosen.append(name, value);
+    const search = chosen.toString();
+    location.hash = `#/approvals${search ? `?${search}` : ""}`;
+  });
+  return form;
+}
+
+export function showInbox(main, { announce, query }) {
   const controller = new AbortController();
   const cards = new Map(); // "run_id call_id" -> a decision card
   const list = h("div", { class: "cards" });
   const summary = h("p", { class: "summary" }, "Loading…");
   const problems = h("div");
+  const filters = h("div");
+  const filter = { agent: query.get("agent"), tool: query.get("tool") };
+  const filtered = Boolean(filter.agent || filter.tool);
+  let tools = new Map();
   let first = true;
   let lastProblem = null;
   let timer = null;
@@ -40,6 +85,7 @@ export function showInbox(main, { announce }) {
       { class: "muted" },
       "Tool calls waiting for a person, newest first. New ones appear by themselves.",
     ),
+    filters,
     summary,
     problems,
     list,
@@ -64,6 +110,7 @@ export function showInbox(main, { announce }) {
     };
     const card = decisionCard(item, {
       context: context(item),
+      tool: tools.get(`${item.agent} ${item.tool}`) ?? null,
       heading: "h2",
       onDecided: (decided, approved) =>
         announce(
@@ -83,15 +130,16 @@ export function showInbox(main, { announce }) {
   function count() {
     const n = pendingNow;
     document.title = n ? `(${n}) Approvals · agent-runs` : "Approvals · agent-runs";
+    const among = filtered ? " among those filtered" : "";
     summary.textContent = n
-      ? `${n} approval${n === 1 ? "" : "s"} wait${n === 1 ? "s" : ""} for a decision.`
-      : "Nothing waits for a decision.";
+      ? `${n} approval${n === 1 ? "" : "s"} wait${n === 1 ? "s" : ""} for a decision${among}.`
+      : `Nothing waits for a decision${among}.`;
   }
 
   async function refresh() {
     let page;
     try {
-      const params = { status: "pending", limit: PAGE };
+      const params = { status: "pending", limit: PAGE, ...filter };
       page = await request("GET", "/approvals", { params, signal: controller.signal });
     } catch (error) {
       if (controller.signal.aborted) return;
@@ -127,6 +175,7 @@ export function showInbox(main, { announce }) {
     }
     pendingNow = page.items.length;
     count();
+    refreshAges(list);
     if (page.next_cursor) summary.append(` More wait: only the newest ${PAGE} are shown.`);
     if (first && fresh.length) {
       announce(`${fresh.length} approval${fresh.length === 1 ? "" : "s"} pending.`);
@@ -152,7 +201,13 @@ export function showInbox(main, { announce }) {
   }
 
   document.addEventListener("visibilitychange", onVisibility);
-  poll();
+  // The tools' descriptions and rules go in every card: read once, before the first poll.
+  toolTable(controller.signal).then((table) => {
+    if (controller.signal.aborted) return;
+    tools = table;
+    replace(filters, filtersForm(query, tools));
+    poll();
+  });
   return () => {
     controller.abort();
     clearTimeout(timer);

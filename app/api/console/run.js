@@ -1,12 +1,25 @@
-// A run's page: its summary (status, usage, timings, steps), its pending approvals, a Cancel
-// button, and its conversation streamed live from `GET /runs/{id}/events`.
+// A run's page: its summary (status, input, context, usage, timings, steps), its pending
+// approvals and a Cancel button while it has not ended, and its conversation streamed live from
+// `GET /runs/{id}/events`, each entry with its time.
 
 import { followEvents, request } from "./api.js";
 import { Timeline } from "./conversation.js";
 import { decisionCard } from "./decide.js";
-import { facts, h, pretty, problemView, replace, statusBadge, time } from "./dom.js";
+import {
+  facts,
+  h,
+  inputText,
+  pretty,
+  problemView,
+  refreshAges,
+  replace,
+  statusBadge,
+  time,
+} from "./dom.js";
+import { toolTable } from "./runs.js";
 
 const ENDED = new Set(["completed", "failed", "cancelled"]);
+const AGE_TICK_MS = 5000;
 
 function usageText(usage) {
   if (!usage) return "—";
@@ -53,11 +66,25 @@ function summaryView(run) {
     ? h("a", { href: `#/runs?session_id=${encodeURIComponent(run.session_id)}` }, run.session_id)
     : "—";
   const metadata = run.metadata && Object.keys(run.metadata).length;
+  const context = run.context && Object.keys(run.context).length;
+  const asked = inputText(run.input);
+  // A posted conversation (more than its one user message) is shown whole.
+  const input =
+    run.input?.length === 1 && asked
+      ? h("div", { class: "text input" }, asked)
+      : h("pre", { class: "json input" }, pretty(run.input ?? []));
   return [
     facts([
       ["Status", statusBadge(run.status)],
       ["Agent", agent],
       ["Session", session],
+      ["Input", input],
+      [
+        "Context",
+        context
+          ? h("pre", { class: "json context-variables" }, pretty(run.context))
+          : h("span", { class: "muted" }, "none"),
+      ],
       ["Created", time(run.created_at)],
       ["Started", time(run.started_at)],
       ["Finished", time(run.finished_at)],
@@ -79,14 +106,23 @@ export function showRun(main, { id, announce }) {
   const path = `/runs/${encodeURIComponent(id)}`;
   const summary = h("div", { class: "summary" }, "Loading…");
   const stream = h("p", { class: "stream-state", role: "status" }, "Connecting…");
-  const cancel = h("button", { type: "button", class: "danger", disabled: true }, "Cancel run");
+  const cancel = h("button", { type: "button", class: "danger", hidden: true }, "Cancel run");
   const actionResult = h("div", { tabindex: "-1" });
   const approvals = h("div", { class: "cards" });
   const conversation = h("ol", { class: "conversation" });
   const timeline = new Timeline(conversation);
   const approvalsHeading = h("h2", { id: "run-approvals", tabindex: "-1" }, "Pending approvals");
+  const approvalsSection = h(
+    "section",
+    { "aria-labelledby": "run-approvals", hidden: true },
+    approvalsHeading,
+    approvals,
+  );
+  const summaryHeading = h("h2", { id: "run-summary", tabindex: "-1" }, "Summary");
   document.title = `Run ${id} · agent-runs`;
-  let pendingKeys = null;
+  let pendingKeys = "";
+  const cards = new Map(); // call id -> its decision card
+  let tools = null; // read once the run first waits for a person
 
   replace(
     main,
@@ -94,12 +130,12 @@ export function showRun(main, { id, announce }) {
     h(
       "section",
       { "aria-labelledby": "run-summary" },
-      h("h2", { id: "run-summary" }, "Summary"),
+      summaryHeading,
       summary,
       h("div", { class: "actions" }, cancel),
       actionResult,
     ),
-    h("section", { "aria-labelledby": "run-approvals" }, approvalsHeading, approvals),
+    approvalsSection,
     h(
       "section",
       { "aria-labelledby": "run-conversation" },
@@ -109,25 +145,53 @@ export function showRun(main, { id, announce }) {
     ),
   );
 
-  function showApprovals(run) {
+  // The run's requests as `GET /approvals` has them: with when each was asked, so a card says
+  // how long it has waited.
+  async function requested(run) {
+    try {
+      const params = { run_id: run.id, status: "pending", limit: 100 };
+      const page = await request("GET", "/approvals", { params, signal: controller.signal });
+      return page.items;
+    } catch {
+      return []; // the cards go without their waiting time
+    }
+  }
+
+  async function showApprovals(run) {
     const pending = run.pending_approvals ?? [];
     const keys = pending.map((item) => item.call_id).join(" ");
     if (keys === pendingKeys) return; // keep cards someone may be editing
     pendingKeys = keys;
     const hadFocus = approvals.contains(document.activeElement);
-    if (!pending.length) {
-      replace(approvals, h("p", { class: "muted" }, "None."));
-    } else {
-      const cards = pending.map((item) =>
-        decisionCard({ ...item, run_id: run.id }, { heading: "h3" }),
-      );
-      replace(
-        approvals,
-        cards.map((card) => card.element),
-      );
+    const waiting = new Set(pending.map((item) => item.call_id));
+    // A card decided here keeps its outcome while the turn waits for its other calls.
+    for (const [callId, card] of cards) {
+      if (!waiting.has(callId) && (!pending.length || !card.settled())) {
+        card.element.remove();
+        cards.delete(callId);
+      }
     }
-    // The card a keyboard user was in is gone: keep them in this section, not at the page top.
-    if (hadFocus) approvalsHeading.focus();
+    // Nothing to decide (and never on a run that has ended): no section saying "none".
+    approvalsSection.hidden = !pending.length;
+    const fresh = pending.filter((item) => !cards.has(item.call_id));
+    if (fresh.length) {
+      tools ??= await toolTable(controller.signal);
+      const asked = new Map((await requested(run)).map((item) => [item.call_id, item]));
+      if (controller.signal.aborted) return;
+      for (const item of fresh) {
+        const found = asked.get(item.call_id) ?? { ...item, run_id: run.id };
+        const card = decisionCard(found, {
+          heading: "h3",
+          tool: tools.get(`${found.agent} ${found.tool}`) ?? null,
+        });
+        cards.set(item.call_id, card);
+        approvals.append(card.element);
+      }
+    }
+    // The card a keyboard user was in is gone: keep them near, not at the page top.
+    if (hadFocus && !approvals.contains(document.activeElement)) {
+      (approvalsSection.hidden ? summaryHeading : approvalsHeading).focus();
+    }
   }
 
   let loading = false;
@@ -146,8 +210,10 @@ export function showRun(main, { id, announce }) {
         try {
           const run = await request("GET", path, { signal: controller.signal });
           replace(summary, summaryView(run));
-          cancel.disabled = ENDED.has(run.status);
-          showApprovals(run);
+          // An ended run cannot be cancelled: no button, rather than a disabled one.
+          cancel.hidden = ENDED.has(run.status);
+          await showApprovals(run);
+          refreshAges(approvals);
         } catch (error) {
           if (!controller.signal.aborted) replace(summary, problemView(error));
         }
@@ -203,5 +269,10 @@ export function showRun(main, { id, announce }) {
     if (!controller.signal.aborted) replace(stream, problemView(error));
   });
 
-  return () => controller.abort();
+  // A parked run sends no events while it waits: its cards' "waiting for" still move on.
+  const ticker = setInterval(() => refreshAges(approvals), AGE_TICK_MS);
+  return () => {
+    controller.abort();
+    clearInterval(ticker);
+  };
 }

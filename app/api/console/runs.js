@@ -1,7 +1,13 @@
-// The runs list, filtered as `GET /runs` allows (status, agent, session), newest first, paged.
+// The runs list, filtered as `GET /runs` allows (status, agent, session), newest first, paged,
+// kept current: each run's input, its error when it failed, and its age.
 
 import { request } from "./api.js";
-import { append, h, problemView, replace, statusBadge, time, uid } from "./dom.js";
+import { age, h, inputText, problemView, refreshAges, replace, statusBadge, uid } from "./dom.js";
+
+// As the inbox: the list has no stream of its own, so it asks again every 2 s while shown.
+const POLL_MS = 2000;
+const PAGE = 20;
+const EXCERPT = 200;
 
 export const STATUSES = [
   "queued",
@@ -12,18 +18,32 @@ export const STATUSES = [
   "cancelled",
 ];
 
-/** The agents' names for a select, or [] when they cannot be listed (the error shows elsewhere). */
-export async function agentNames(signal) {
-  const names = [];
+/** The registered agents, or [] when they cannot be listed (the error shows elsewhere). */
+export async function agentList(signal) {
+  const agents = [];
   let cursor = null;
   // Bounded: 10 pages of 100 agents is more than any registry here holds.
   for (let page = 0; page < 10; page += 1) {
     const found = await request("GET", "/agents", { params: { limit: 100, cursor }, signal });
-    names.push(...found.items.map((agent) => agent.name));
+    agents.push(...found.items);
     cursor = found.next_cursor;
     if (!cursor) break;
   }
-  return names;
+  return agents;
+}
+
+/** The agents' names for a select. */
+export async function agentNames(signal) {
+  return (await agentList(signal)).map((agent) => agent.name);
+}
+
+/** Each agent's tools, by "agent tool": their description, effect and approval rule. */
+export async function toolTable(signal) {
+  const table = new Map();
+  for (const agent of await agentList(signal).catch(() => [])) {
+    for (const tool of agent.tools ?? []) table.set(`${agent.name} ${tool.name}`, tool);
+  }
+  return table;
 }
 
 function filtersForm(query, agents) {
@@ -76,10 +96,16 @@ function filtersForm(query, agents) {
   );
 }
 
+function excerpt(text) {
+  return text.length > EXCERPT ? `${text.slice(0, EXCERPT)}…` : text;
+}
+
 function runItem(run) {
+  const asked = inputText(run.input);
+  const output = typeof run.final_output === "string" ? run.final_output : null;
   return h(
     "li",
-    { class: "run" },
+    { class: "run", "data-run-id": run.id },
     h("a", { href: `#/runs/${encodeURIComponent(run.id)}` }, h("code", {}, run.id)),
     " ",
     statusBadge(run.status),
@@ -89,16 +115,33 @@ function runItem(run) {
       `agent ${run.agent}`,
       run.session_id ? ` · session ${run.session_id}` : "",
       " · created ",
-      time(run.created_at),
+      age(run.created_at),
     ),
-    run.final_output ? h("p", { class: "excerpt" }, run.final_output.slice(0, 200)) : null,
+    asked ? h("p", { class: "input" }, h("span", { class: "label" }, "Input: "), excerpt(asked)) : null,
+    run.error
+      ? h(
+          "p",
+          { class: "run-error" },
+          h("span", { class: "label" }, "Error: "),
+          excerpt(`${run.error.code}: ${run.error.message}`),
+        )
+      : null,
+    output
+      ? h("p", { class: "excerpt" }, h("span", { class: "label" }, "Output: "), excerpt(output))
+      : null,
   );
+}
+
+/** What a run's entry shows, but its age: an entry that would look the same is kept. */
+function shown(run) {
+  return JSON.stringify([run.status, run.input, run.error, run.final_output, run.session_id]);
 }
 
 export function showRuns(main, { query }) {
   const controller = new AbortController();
   const signal = controller.signal;
   const list = h("ol", { class: "runs" });
+  const older = h("ol", { class: "runs" }); // pages past the newest 100: as they were read
   const more = h("button", { type: "button", hidden: true }, "Older runs");
   const problems = h("div");
   const filters = h("div");
@@ -106,43 +149,96 @@ export function showRuns(main, { query }) {
     status: query.getAll("status"),
     agent: query.get("agent"),
     session_id: query.get("session_id"),
-    limit: 20,
   };
-  let cursor = null;
+  const entries = new Map(); // run id -> {element, shown}
+  let wanted = PAGE; // runs kept current: the newest page, and older ones asked for, up to 100
+  let cursor = null; // past those, the next older page
+  let timer = null;
   document.title = "Runs · agent-runs";
 
   replace(
     main,
     h("h1", { tabindex: "-1" }, "Runs"),
     filters,
-    h(
-      "div",
-      { class: "actions" },
-      h("button", { type: "button", onclick: () => load(true) }, "Refresh"),
-    ),
+    h("p", { class: "muted" }, "Newest first. New runs and changes appear by themselves."),
     problems,
     list,
+    older,
     more,
   );
 
-  async function load(fromStart) {
+  // The newest `wanted` runs (at most 100, the API's page), in place: an unchanged entry is
+  // kept, so a reader's focus or selection in it survives the refresh.
+  async function load() {
+    let page;
     try {
-      const page = await request("GET", "/runs", {
-        params: { ...params, cursor: fromStart ? null : cursor },
-        signal,
-      });
-      if (fromStart) replace(list);
-      append(list, page.items.map(runItem));
-      if (!list.children.length) append(list, h("li", { class: "muted" }, "No run matches."));
+      page = await request("GET", "/runs", { params: { ...params, limit: wanted }, signal });
+    } catch (error) {
+      if (!signal.aborted) replace(problems, problemView(error));
+      return;
+    }
+    replace(problems);
+    const seen = new Set();
+    const order = page.items.map((run) => {
+      seen.add(run.id);
+      let entry = entries.get(run.id);
+      if (!entry || entry.shown !== shown(run)) {
+        const element = runItem(run);
+        entry?.element.replaceWith(element);
+        entry = { element, shown: shown(run) };
+        entries.set(run.id, entry);
+      }
+      return entry.element;
+    });
+    for (const [id, entry] of entries) {
+      if (!seen.has(id)) {
+        entry.element.remove();
+        entries.delete(id);
+      }
+    }
+    list.querySelector(".none")?.remove();
+    order.forEach((element, index) => {
+      const there = list.children[index] ?? null;
+      if (there !== element) list.insertBefore(element, there);
+    });
+    if (!order.length) list.append(h("li", { class: "muted none" }, "No run matches."));
+    refreshAges(list);
+    refreshAges(older);
+    if (!older.children.length) cursor = page.next_cursor;
+    more.hidden = !cursor;
+  }
+
+  async function loadOlder() {
+    try {
+      const page = await request("GET", "/runs", { params: { ...params, cursor }, signal });
+      older.append(...page.items.filter((run) => !entries.has(run.id)).map(runItem));
       cursor = page.next_cursor;
       more.hidden = !cursor;
-      replace(problems);
     } catch (error) {
       if (!signal.aborted) replace(problems, problemView(error));
     }
   }
 
-  more.addEventListener("click", () => load(false));
+  let polling = false;
+
+  async function poll() {
+    timer = null;
+    polling = true;
+    await load();
+    polling = false;
+    if (!signal.aborted && !document.hidden) timer = setTimeout(poll, POLL_MS);
+  }
+
+  function onVisibility() {
+    if (!document.hidden && timer === null && !polling) poll();
+  }
+
+  more.addEventListener("click", () => {
+    if (wanted >= 100) return loadOlder();
+    wanted = Math.min(100, wanted + PAGE);
+    clearTimeout(timer);
+    if (!polling) poll();
+  });
 
   agentNames(signal)
     .catch(() => [])
@@ -155,11 +251,15 @@ export function showRuns(main, { query }) {
         for (const [name, value] of new FormData(form)) if (value) chosen.append(name, value);
         const search = chosen.toString();
         const hash = `#/runs${search ? `?${search}` : ""}`;
-        if (hash === location.hash) load(true);
-        else location.hash = hash;
+        if (hash !== location.hash) location.hash = hash;
       });
       replace(filters, form);
     });
-  load(true);
-  return () => controller.abort();
+  document.addEventListener("visibilitychange", onVisibility);
+  poll();
+  return () => {
+    controller.abort();
+    clearTimeout(timer);
+    document.removeEventListener("visibilitychange", onVisibility);
+  };
 }

@@ -52,6 +52,7 @@ async def list_approvals(
     status: Literal["pending", "decided", "all"] = "pending",
     agent: str | None = None,
     tool: str | None = None,
+    run_id: Annotated[str | None, Query(description="One run's requests only.")] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page.")] = None,
 ) -> ApprovalPage:
@@ -60,6 +61,7 @@ async def list_approvals(
         statuses=[] if status == "all" else [status],
         agent=agent,
         tool=tool,
+        run_id=run_id,
         before_seq=pagination.decode(cursor, "seq", int),
         limit=limit + 1,
     )

@@ -18,7 +18,8 @@ router = APIRouter(tags=["events"])
 MAX_EVENT_ID = 2**31 - 1  # event ids are 32-bit integers in the store
 
 STREAM_DESCRIPTION = """Server-sent events: each stored event has an `id` (increasing within
-the run), an `event` name and JSON `data`; `message.delta` events (text as the model generates it)
+the run), an `event` name and JSON `data`, which also carries `stored_at` (when the event
+happened); `message.delta` events (text as the model generates it)
 have no id and are never replayed. The stream closes once the run has ended and all is sent."""
 
 
@@ -86,8 +87,13 @@ async def run_events(
 
 async def _sse(items: AsyncIterator[StreamItem]) -> AsyncIterator[ServerSentEvent]:
     async for item in items:
+        data = item.data
+        if item.stored_at is not None:
+            # Beside the event's own fields, so a client can show when each thing happened
+            # (how long a person took to decide, say) without another call.
+            data = {**data, "stored_at": item.stored_at.isoformat().replace("+00:00", "Z")}
         yield ServerSentEvent(
-            data=json.dumps(item.data, separators=(",", ":")),
+            data=json.dumps(data, separators=(",", ":")),
             event=item.event,
             id=str(item.id) if item.id is not None else None,
         )
