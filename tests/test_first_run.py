@@ -44,6 +44,7 @@ def test_serve_alone_plays_the_readme_walkthrough_on_the_demo_model(tmp_path: Pa
             env=first_run_env(),
             stdout=out,
             stderr=subprocess.DEVNULL,
+            text=True,
         )
     try:
         wait_until_listening(process, port)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import socket
+from pathlib import Path
 
 from sqlalchemy import text
 from sqlalchemy.engine import URL
@@ -38,21 +39,19 @@ def database_url(url: str) -> URL:
         raise StartupError(
             f"DATABASE_URL: {parsed.get_backend_name()} is not supported; use SQLite or PostgreSQL"
         )
+    file = parsed.database if parsed.get_backend_name() == "sqlite" else None
+    if file and file != ":memory:" and not (folder := Path(file).resolve().parent).is_dir():
+        raise StartupError(f"DATABASE_URL: the folder of the SQLite file does not exist: {folder}")
     return parsed
 
 
 async def check_database(url: str) -> None:
-    """The database answers: its file's folder exists (SQLite), the server and the database do
-    (PostgreSQL)."""
+    """The database answers: the server and the database exist (PostgreSQL), the file can be
+    opened (SQLite)."""
     parsed = database_url(url)
     shown = parsed.render_as_string(hide_password=True)
     db = Database(url, pool_size=1)
     try:
-        path = db.sqlite_path
-        if path is not None and not path.parent.is_dir():
-            raise StartupError(
-                f"DATABASE_URL: the folder of the SQLite file does not exist: {path.parent}"
-            )
         try:
             async with db.engine.connect() as connection:
                 await connection.execute(text("SELECT 1"))
