@@ -105,3 +105,22 @@ async def test_it_reports_what_edited_arguments_did() -> None:
     )
 
     assert done["content"] == "Done: record r_99 deleted."
+
+
+async def test_a_provider_entry_with_no_key_for_openai_names_itself(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    _, named = build_providers(
+        settings(
+            openai_base_url="http://127.0.0.1:1/v1",
+            model_providers={
+                "hosted": ProviderSettings(),
+                "local": ProviderSettings(base_url="http://x/v1"),
+            },
+        )
+    )
+
+    assert not isinstance(named["local"], MissingKey)
+    with pytest.raises(ModelError, match="MODEL_PROVIDERS entry 'hosted' has no api_key"):
+        await named["hosted"].complete(ModelRequest("gpt-4o-mini", []))

@@ -80,9 +80,21 @@ def build_providers(
     else:
         default = build_provider(default_provider_settings(settings), settings)
     named = {
-        name: build_provider(entry, settings) for name, entry in settings.model_providers.items()
+        name: _keyless(name, entry) or build_provider(entry, settings)
+        for name, entry in settings.model_providers.items()
     }
     return default, named
+
+
+def _keyless(name: str, entry: ProviderSettings) -> MissingKey | None:
+    """An entry aimed at OpenAI's own API with no key (a local server may need none; the
+    `anthropic` SDK says itself that it found no key, ANTHROPIC_API_KEY included)."""
+    if entry.kind != "openai" or entry.api_key or entry.base_url or entry.headers:
+        return None
+    return MissingKey(
+        f"the MODEL_PROVIDERS entry {name!r} has no api_key, so OpenAI's API cannot be called: "
+        "set its api_key, or its base_url to a server that needs none"
+    )
 
 
 def endpoints(settings: Settings, *, demo: bool) -> list[tuple[str, str, bool]]:
