@@ -3,6 +3,7 @@ conversation. A default provider with no key says which setting to set."""
 
 from __future__ import annotations
 
+import io
 import json
 from typing import Any
 
@@ -11,6 +12,8 @@ from pydantic import SecretStr
 
 from app.engine import ModelError, ModelRequest
 from app.examples.demo_model import DemoModel
+from app.runtime import banner
+from app.runtime.agents import AgentsModule
 from app.runtime.providers import MissingKey, build_providers
 from app.settings import ProviderSettings, Settings
 
@@ -124,3 +127,19 @@ async def test_a_provider_entry_with_no_key_for_openai_names_itself(
     assert not isinstance(named["local"], MissingKey)
     with pytest.raises(ModelError, match="MODEL_PROVIDERS entry 'hosted' has no api_key"):
         await named["hosted"].complete(ModelRequest("gpt-4o-mini", []))
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_the_banner_on_a_terminal_says_whether_a_key_is_set_never_the_key() -> None:
+    configured = settings(openai_api_key=SecretStr("sk-secret-1"))
+    shown = Terminal()
+
+    banner.show(banner.facts(configured, AgentsModule([], bundled=True), executor=True), shown)
+
+    assert "OpenAI's API, key set" in shown.getvalue()
+    assert "sk-secret-1" not in shown.getvalue()
+    assert "demo model" not in shown.getvalue()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+import textwrap
 from typing import Any, TextIO
 
 from app.engine import Agent
@@ -49,7 +50,7 @@ def show(facts: dict[str, Any], out: TextIO = sys.stdout) -> None:
     lines = [f"agent-runs on {facts['api']}"]
     lines.append(f"  agents    {', '.join(facts['agents'])}  ({facts['agents_module']})")
     for model in facts["models"]:
-        key = "key set" if model["key_set"] else "no key"
+        key = "needs no key" if facts["demo_model"] else "key set" if model["key_set"] else "no key"
         lines.append(f"  model     {model['provider']}: {model['endpoint']}, {key}")
     lines.append(f"  database  {facts['database']}")
     lines.append(f"  executor  {'embedded' if facts['executor'] else 'none (workers run runs)'}")
@@ -57,7 +58,8 @@ def show(facts: dict[str, Any], out: TextIO = sys.stdout) -> None:
         lines.append(f"  console   {facts['console']}")
     lines.append(f"  docs      {facts['docs']}")
     if facts["demo_model"]:
-        lines.append(f"  {DEMO_NOTE}")
+        lines.append("")
+        lines.extend(f"  {line}" for line in textwrap.wrap(DEMO_NOTE, 90))
     out.write("\n".join(lines) + "\n\n")
     out.flush()
 
