@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Annotated
@@ -15,6 +18,8 @@ from pydantic import ValidationError
 from app.settings import Settings
 
 if TYPE_CHECKING:
+    from fastapi import FastAPI
+
     from app.engine.providers.probe import Finding
 
 cli = typer.Typer(
@@ -30,6 +35,9 @@ Host = Annotated[str | None, typer.Option(help="Address to bind [env: HOST; defa
 Port = Annotated[int | None, typer.Option(help="Port to bind [env: PORT; default 8000].")]
 Concurrency = Annotated[
     int | None, typer.Option(help="Runs driven at once [env: CONCURRENCY; default 16].")
+]
+Debug = Annotated[
+    bool, typer.Option("--debug", help="Show the traceback of an error that stops the start.")
 ]
 
 
@@ -54,6 +62,34 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(code=2)
 
 
+@contextmanager
+def _refusals(debug: bool) -> Iterator[None]:
+    """A start that cannot go on says why in one line; `--debug` shows the traceback too."""
+    from app.runtime.startup import StartupError
+
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except StartupError as exc:
+        if debug:
+            raise
+        raise _fail(str(exc)) from None
+    except Exception as exc:
+        if debug:
+            raise
+        cause = " ".join(f"{type(exc).__name__}: {exc}".split())
+        raise _fail(f"{cause} (--debug shows the traceback)") from None
+
+
+async def _check_database(settings: Settings, *, schema: bool) -> None:
+    from app.runtime.startup import check_database, check_schema
+
+    await check_database(settings.database_url)
+    if schema:
+        await check_schema(settings.database_url)
+
+
 @cli.command()
 def serve(
     host: Host = None,
@@ -62,21 +98,37 @@ def serve(
     executor: Annotated[
         bool, typer.Option(help="Run the embedded executor in this process.")
     ] = True,
+    reload: Annotated[
+        bool, typer.Option(help="Restart when a .py file under the working directory changes.")
+    ] = False,
+    debug: Debug = False,
 ) -> None:
-    """The API, with an embedded executor (SQLite: migrated on start)."""
+    """The API, with an embedded executor (SQLite: migrated on start).
+
+    With no model settings and the example agents, they play on an embedded demo model.
+    """
     from app.api.app import begin_shutdown, create_app
-    from app.store.database import Database, DatabaseInUse
+    from app.runtime import banner, startup
+    from app.store.database import Database
 
     settings = _settings(host=host, port=port, concurrency=concurrency)
-    # Say plainly why a second process on one SQLite file cannot start, before uvicorn does.
-    probe = Database(settings.database_url)
-    try:
-        probe.claim_sqlite_file()
-    except DatabaseInUse as exc:
-        raise _fail(str(exc)) from exc
-    finally:
-        probe.release_sqlite_file()
-    app = create_app(settings, with_executor=executor)
+    with _refusals(debug):
+        module = startup.agents(settings.agents_module)
+        startup.database_url(settings.database_url)
+        # Say plainly why a second process on one SQLite file cannot start, before uvicorn does.
+        probe = Database(settings.database_url)
+        try:
+            probe.claim_sqlite_file()
+        finally:
+            probe.release_sqlite_file()
+        # Before anything is migrated or driven: a second `serve` on a taken port stops here.
+        startup.check_port(settings.host, settings.port)
+        anyio.run(partial(_check_database, settings, schema=not probe.is_sqlite))
+    banner.show(banner.facts(settings, module, executor=executor))
+    if reload:
+        _serve_reloading(settings, executor)
+        return
+    app = create_app(settings, agents_module=module, with_executor=executor)
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
@@ -99,26 +151,59 @@ def _exit_cleanly(_signum: int, _frame: object) -> None:
     raise SystemExit(0)
 
 
+def _serve_reloading(settings: Settings, executor: bool) -> None:
+    """uvicorn's reloader: a child process builds the app afresh (`reloading_app`) after each
+    change of a .py file under the working directory."""
+    import os
+
+    os.environ["AGENT_RUNS_EXECUTOR"] = "true" if executor else "false"
+    uvicorn.run(
+        "app.cli:reloading_app",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        reload=True,
+        reload_dirs=[str(Path.cwd())],
+        log_config=None,
+        access_log=False,
+    )
+
+
+def reloading_app() -> FastAPI:
+    """The app of `serve --reload`'s child process: settings and agents read anew each time."""
+    import os
+
+    from app.api.app import create_app
+    from app.runtime import startup
+
+    settings = _settings()
+    executor = os.environ.get("AGENT_RUNS_EXECUTOR", "true") == "true"
+    return create_app(
+        settings, agents_module=startup.agents(settings.agents_module), with_executor=executor
+    )
+
+
 @cli.command()
-def worker(concurrency: Concurrency = None) -> None:
+def worker(concurrency: Concurrency = None, debug: Debug = False) -> None:
     """Only the executor: takes queued runs from PostgreSQL until SIGTERM or SIGINT."""
+    from app.runtime import startup
     from app.runtime.worker import run_worker
-    from app.store.database import normalize_url
 
     settings = _settings(concurrency=concurrency)
-    if normalize_url(settings.database_url).get_backend_name() == "sqlite":
-        raise _fail(
-            "`worker` needs PostgreSQL: SQLite serves one process, and `agent-runs serve` "
-            "already runs the executor. Set DATABASE_URL=postgresql://..."
-        )
-    try:
-        anyio.run(run_worker, settings, (signal.SIGTERM, signal.SIGINT))
-    except Exception as exc:
-        raise _fail(str(exc)) from exc
+    with _refusals(debug):
+        url = startup.database_url(settings.database_url)
+        if url.get_backend_name() == "sqlite":
+            raise startup.StartupError(
+                "DATABASE_URL: `worker` needs PostgreSQL: SQLite serves one process, and "
+                "`agent-runs serve` already runs the executor. Set DATABASE_URL=postgresql://..."
+            )
+        module = startup.agents(settings.agents_module)
+        anyio.run(partial(_check_database, settings, schema=True))
+        anyio.run(run_worker, settings, (signal.SIGTERM, signal.SIGINT), module)
 
 
 @cli.command()
-def migrate() -> None:
+def migrate(debug: Debug = False) -> None:
     """Apply the database migrations (run once before starting PostgreSQL processes)."""
     from app.store.database import Database
     from app.store.migrations import upgrade
@@ -126,13 +211,15 @@ def migrate() -> None:
     settings = _settings()
 
     async def apply() -> None:
+        await _check_database(settings, schema=False)
         db = Database(settings.database_url)
         try:
             await upgrade(db.engine)
         finally:
             await db.dispose()
 
-    anyio.run(apply)
+    with _refusals(debug):
+        anyio.run(apply)
     typer.echo("migrations applied")
 
 

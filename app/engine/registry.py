@@ -30,7 +30,8 @@ class AgentRegistry:
         try:
             return self._agents[name]
         except KeyError:
-            raise UnknownAgent(f"no agent is named {name!r}") from None
+            known = ", ".join(sorted(self._agents)) or "none"
+            raise UnknownAgent(f"no agent is named {name!r} (known: {known})") from None
 
     def of_open_step(self, state: RunState) -> Agent:
         """The agent whose turn the open step is (a handoff in it changes `current_agent`, not

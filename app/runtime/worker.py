@@ -10,16 +10,23 @@ import anyio
 import structlog
 from prometheus_client import start_http_server
 
+from app.runtime.agents import AgentsModule
 from app.runtime.runtime import Runtime
 from app.settings import Settings
 
 log = structlog.get_logger("app.runtime")
 
 
-async def run_worker(settings: Settings, stop_signals: tuple[signal.Signals, ...]) -> None:
+async def run_worker(
+    settings: Settings,
+    stop_signals: tuple[signal.Signals, ...],
+    agents_module: AgentsModule | None = None,
+) -> None:
     metrics_server: WSGIServer | None = None
     try:
-        async with Runtime.running(settings, serves_api=False) as runtime:
+        async with Runtime.running(
+            settings, agents_module=agents_module, serves_api=False
+        ) as runtime:
             if settings.metrics_port is not None:
                 # A thread of prometheus-client's own: a scrape never waits on the event loop.
                 metrics_server, _ = start_http_server(settings.metrics_port, addr=settings.host)

@@ -80,3 +80,12 @@ async def test_readiness_is_503_when_the_database_does_not_answer(
     assert response.status_code == 503
     assert response.headers["content-type"] == "application/problem+json"
     assert (await client.get("/healthz")).status_code == 200
+
+
+async def test_a_run_of_an_unknown_agent_names_the_known_ones(client: Client) -> None:
+    response = await client.post("/runs", json={"agent": "nosuch", "input": "hi"})
+
+    assert response.status_code == 422
+    assert response.json()["detail"] == (
+        "no agent is named 'nosuch' (known: billing, calc, careful)"
+    )

@@ -332,3 +332,40 @@ async def test_approvals_are_filtered_and_paged(client: Client, fake: FakeModel)
     assert seen == [run["id"] for run in reversed(runs) for _ in range(2)]
     bad = await client.get("/approvals", params={"status": "maybe"})
     assert bad.status_code == 422
+
+
+async def test_a_decision_with_wait_answers_once_the_run_rests_again(
+    client: Client, fake: FakeModel
+) -> None:
+    fake.script("m", [call("delete_record", {"record_id": "r1"}), text("deleted")])
+    run = await park(client, {"input": "delete r1"})
+    call_id = run["pending_approvals"][0]["call_id"]
+
+    response = await client.post(
+        f"/runs/{run['id']}/approvals",
+        params={"wait": 10},
+        json={"decisions": [{"call_id": call_id, "approved": True}]},
+    )
+
+    assert response.status_code == 200
+    assert response.json()["status"] == "completed"
+    assert response.json()["final_output"] == "deleted"
+
+
+@pytest.mark.parametrize("wait", ["-1", "61", "soon"])
+async def test_a_decision_wait_outside_0_to_60_is_422(
+    client: Client, fake: FakeModel, wait: str
+) -> None:
+    fake.script("m", [call("delete_record", {"record_id": "r1"}), text("deleted")])
+    run = await park(client, {"input": "delete r1"})
+    call_id = run["pending_approvals"][0]["call_id"]
+
+    response = await client.post(
+        f"/runs/{run['id']}/approvals",
+        params={"wait": wait},
+        json={"decisions": [{"call_id": call_id, "approved": True}]},
+    )
+
+    assert response.status_code == 422
+    assert response.json()["type"] == "/problems/validation-error"
+    assert (await client.get(f"/runs/{run['id']}")).json()["status"] == "pending_approval"

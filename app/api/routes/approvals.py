@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, Request
 from app.api import pagination
 from app.api.auth import Approver
 from app.api.deps import ApprovalsDep, RunsDep, caller_name, problems
-from app.api.routes.runs import IdempotencyKey, fingerprint
+from app.api.routes.runs import IdempotencyKey, Wait, fingerprint
 from app.api.schemas import ApprovalOut, ApprovalPage, Decide, RunOut
 from app.engine import DecisionInput
 from app.services.idempotency import Idempotency
@@ -28,9 +28,12 @@ async def decide(
     request: Request,
     approvals: ApprovalsDep,
     runs: RunsDep,
+    wait: Wait = 0,
     idempotency_key: IdempotencyKey = None,
 ) -> RunOut:
-    """Decide pending tool calls; the run resumes once every pending call has a decision."""
+    """Decide pending tool calls; the run resumes once every pending call has a decision.
+    With `wait`, the answer is held until the run rests again (ended, or waiting for more
+    decisions)."""
     decisions = [
         DecisionInput(d.call_id, d.approved, d.reason, d.arguments, d.remember)
         for d in body.decisions
@@ -43,6 +46,7 @@ async def decide(
     run, _ = await approvals.decide(
         run_id, decisions, decided_by=caller_name(request), idempotency=idempotency
     )
+    run = await runs.wait_until_resting(run, wait)
     return await runs.show(run)
 
 

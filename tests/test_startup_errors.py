@@ -1,0 +1,102 @@
+"""A wrong setting stops `serve`, `migrate` and `worker` with one line naming it and the cause;
+the traceback only with `--debug`."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import free_port
+from tests.test_cli import agent_runs
+
+NO_SERVER = "postgresql://nobody@127.0.0.1:1/nothing"  # agents are checked before connecting
+
+
+def one_line_refusal(result: subprocess.CompletedProcess[str], *words: str) -> str:
+    stderr = result.stderr
+    assert result.returncode == 2, stderr
+    assert "Traceback" not in stderr
+    lines = [line for line in stderr.splitlines() if line.startswith("agent-runs: ")]
+    assert len(lines) == 1, stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.mark.parametrize("command", ["serve", "migrate", "worker"])
+def test_an_unknown_database_scheme(command: str) -> None:
+    result = agent_runs(command, DATABASE_URL="mysqlx://u@h/db", PORT=str(free_port()))
+
+    one_line_refusal(result, "DATABASE_URL", "unknown scheme 'mysqlx'")
+
+
+@pytest.mark.parametrize("command", ["serve", "migrate"])
+def test_a_sqlite_file_in_a_missing_folder(command: str, tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'missing' / 'x.db'}"
+    result = agent_runs(command, DATABASE_URL=url, PORT=str(free_port()))
+
+    one_line_refusal(result, "DATABASE_URL", "folder", str(tmp_path / "missing"))
+
+
+@pytest.mark.parametrize("command", ["serve", "worker"])
+def test_an_agents_module_that_fails_names_its_file_and_line(command: str, tmp_path: Path) -> None:
+    broken = tmp_path / "broken_agents.py"
+    broken.write_text("from app import Agent\n\nagents = [Agent(name='a', model=undefined)]\n")
+    database = NO_SERVER if command == "worker" else f"sqlite:///{tmp_path / 'x.db'}"
+    result = agent_runs(
+        command, DATABASE_URL=database, AGENTS_MODULE=str(broken), PORT=str(free_port())
+    )
+
+    one_line_refusal(result, "AGENTS_MODULE", "NameError", f"{broken}, line 3")
+
+
+def test_a_missing_agents_module(tmp_path: Path) -> None:
+    result = agent_runs(
+        "serve", DATABASE_URL=f"sqlite:///{tmp_path / 'x.db'}", AGENTS_MODULE="no_such_agents"
+    )
+
+    one_line_refusal(result, "AGENTS_MODULE='no_such_agents'", "No module named")
+
+
+def test_two_agents_of_one_name(tmp_path: Path) -> None:
+    twins = tmp_path / "twins.py"
+    twins.write_text("from app import Agent\n\nagents = [Agent(name='a'), Agent(name='a')]\n")
+    result = agent_runs(
+        "serve", DATABASE_URL=f"sqlite:///{tmp_path / 'x.db'}", AGENTS_MODULE=str(twins)
+    )
+
+    one_line_refusal(result, "AGENTS_MODULE", "two different agents are named 'a'")
+
+
+def test_a_port_in_use_is_refused_before_anything_is_migrated(tmp_path: Path) -> None:
+    database = tmp_path / "x.db"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = agent_runs("serve", "--port", str(port), DATABASE_URL=f"sqlite:///{database}")
+
+    one_line_refusal(result, "PORT", f"127.0.0.1:{port} is in use")
+    assert not database.exists()
+
+
+def test_debug_shows_the_traceback(tmp_path: Path) -> None:
+    result = agent_runs(
+        "serve", "--debug", DATABASE_URL=f"sqlite:///{tmp_path / 'missing' / 'x.db'}"
+    )
+
+    assert result.returncode != 0
+    assert "Traceback" in result.stderr
+    assert "StartupError" in result.stderr
+
+
+def test_a_missing_postgresql_database(database_url: str) -> None:
+    if not database_url.startswith("postgres"):
+        pytest.skip("needs PostgreSQL (TEST_DATABASE_URL)")
+    missing = database_url.rsplit("/", 1)[0] + "/no_such_database"
+    result = agent_runs("migrate", DATABASE_URL=missing)
+
+    one_line_refusal(result, "DATABASE_URL", "cannot connect", "no_such_database")
