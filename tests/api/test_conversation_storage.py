@@ -24,6 +24,7 @@ async def stored_row(client: Client, run_id: str) -> tuple[dict[str, Any], list[
     """The run's state as its row holds it, and its message rows (position, message)."""
     async with services_of(client).db.read_scope() as session:
         state = await session.scalar(select(Run.state).where(Run.id == run_id))
+        assert state is not None
         rows = await session.execute(
             select(RunMessage.position, RunMessage.message)
             .where(RunMessage.run_id == run_id)
@@ -197,6 +198,7 @@ async def test_migration_moves_stored_runs_and_back(migrated_url: str) -> None:
         await upgrade(db.engine, "head")
         async with db.read_scope() as session:
             raw = await session.scalar(select(Run.state).where(Run.id == "run_m"))
+            assert raw is not None
             assert "messages" not in raw
             run = await RunRepository(session).get("run_m")
             assert run is not None
