@@ -35,10 +35,12 @@ _RUN_MESSAGES = cast(Table, RunMessage.__table__)
 
 @dataclass(frozen=True, slots=True)
 class StoredState:
-    """A state split for a write: the row's part, and the messages no earlier write stored."""
+    """A state split for a write: the row's part, the messages no earlier write stored, and
+    the whole state as the run carries it afterwards."""
 
     compact: dict[str, Any]
     new_messages: list[tuple[int, dict[str, Any]]]  # (position, message)
+    carried: dict[str, Any]
 
 
 def stored_form(
@@ -54,19 +56,13 @@ def stored_form(
     compact = {key: value for key, value in state.items() if key != "messages"}
     compact["message_count"] = len(messages)
     through = history_through if stored is None else stored.get("history_through")
+    carried = state
     if through is not None:
         compact["history_through"] = through
+        carried = {**state, "history_through": through}
     compact["steps"] = _outputs_referenced(state, messages, history)
     new = [(position, messages[position]) for position in range(already, len(messages))]
-    return StoredState(compact, new)
-
-
-def as_carried(
-    state: dict[str, Any], stored: dict[str, Any] | None, history_through: int | None
-) -> dict[str, Any]:
-    """The whole state as a run carries it after a write of `state` (see `stored_form`)."""
-    through = history_through if stored is None else stored.get("history_through")
-    return state if through is None else {**state, "history_through": through}
+    return StoredState(compact, new, carried)
 
 
 def _outputs_referenced(
@@ -88,7 +84,7 @@ def _outputs_referenced(
             if (
                 position is not None
                 and output is not None
-                and _content(messages[position]) == output
+                and messages[position].get("content") == output
             ):
                 call = {key: value for key, value in call.items() if key != "output"}
                 call["output_at"] = position
@@ -104,10 +100,6 @@ def _tool_message(messages: list[dict[str, Any]], start: int, call_id: Any) -> i
         if message.get("role") == "tool" and message.get("tool_call_id") == call_id:
             return position
     return None
-
-
-def _content(message: dict[str, Any]) -> Any:
-    return message.get("content")
 
 
 async def write_messages(
@@ -196,7 +188,7 @@ def _whole(
             if "output_at" in call:
                 message = own.get(call["output_at"], {})
                 call = {key: value for key, value in call.items() if key != "output_at"}
-                call["output"] = _content(message)
+                call["output"] = message.get("content")
             calls.append(call)
         steps.append({**step, "tool_calls": calls})
     restored = {key: value for key, value in state.items() if key != "message_count"}

@@ -34,7 +34,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from app.engine.state import RunStatus
 from app.store import signals
-from app.store.conversation import as_carried, history_through, stored_form, write_messages
+from app.store.conversation import history_through, stored_form, write_messages
 from app.store.events import EventRecord, insert_events, status_event
 from app.store.leases import Claim
 from app.store.models import Run
@@ -240,16 +240,16 @@ class RunLifecycle:
         state = values.get("state")
         if state is None:
             return values, values, []
-        previous = None if run.state is None or "messages" not in run.state else run.state
-        if run.state is not None and previous is None:
+        previous = run.state
+        if previous is not None and "messages" not in previous:
             raise ValueError(f"run {run.id} was read without its messages")
         through = None
         if previous is None:
             history = state.get("history_length", 0)
             through = await history_through(self.session, run.session_id, history)
         split = stored_form(state, previous, through)
-        carried = {**values, "state": as_carried(state, previous, through)}
-        return {**values, "state": split.compact}, carried, split.new_messages
+        stored = {**values, "state": split.compact}
+        return stored, {**values, "state": split.carried}, split.new_messages
 
     @staticmethod
     def _fence_out(run: Run) -> dict[str, Any]:
