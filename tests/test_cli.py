@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -111,15 +112,16 @@ def fake_model_process() -> Iterator[str]:
         stop(process, signal.SIGINT)
 
 
-def test_serve_runs_an_example_agent_against_the_fake_model(
-    fake_model_process: str, tmp_path: Path
-) -> None:
+def serve_one_run(
+    environment: dict[str, str], run: dict[str, Any], cwd: Path | None = None
+) -> tuple[httpx.Response, int | None]:
+    """Start `serve`, post `run` and wait for it, stop the process gracefully: the answer and
+    the exit code."""
     port = free_port()
     process = subprocess.Popen(
         [AGENT_RUNS, "serve", "--port", str(port)],
-        env=env(
-            DATABASE_URL=f"sqlite:///{tmp_path / 'serve.db'}", OPENAI_BASE_URL=fake_model_process
-        ),
+        cwd=cwd,
+        env=environment,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -127,18 +129,25 @@ def test_serve_runs_an_example_agent_against_the_fake_model(
     try:
         wait_until_listening(process, port)
         response = httpx.post(
-            f"http://127.0.0.1:{port}/runs",
-            params={"wait": 20},
-            json={"agent": "triage", "input": "please add 2 and 3", "context": {"user_id": "u1"}},
-            timeout=30,
+            f"http://127.0.0.1:{port}/runs", params={"wait": 20}, json=run, timeout=30
         )
     finally:
         stop(process, signal.SIGTERM)
+    return response, process.returncode
+
+
+def test_serve_runs_an_example_agent_against_the_fake_model(
+    fake_model_process: str, tmp_path: Path
+) -> None:
+    response, returncode = serve_one_run(
+        env(DATABASE_URL=f"sqlite:///{tmp_path / 'serve.db'}", OPENAI_BASE_URL=fake_model_process),
+        {"agent": "triage", "input": "please add 2 and 3", "context": {"user_id": "u1"}},
+    )
 
     assert response.status_code == 201, response.text
     assert response.json()["status"] == "completed"
     assert response.json()["final_output"] == "2 + 3 = 5."
-    assert process.returncode == 0  # a graceful stop
+    assert returncode == 0  # a graceful stop
 
 
 def test_a_stopping_serve_answers_a_held_wait_at_once(

@@ -3,16 +3,12 @@ served with its approval handler deciding the calls that need approval."""
 
 from __future__ import annotations
 
-import signal
-import subprocess
 from pathlib import Path
-
-import httpx
 
 from app.runtime.agents import load_agents_module
 from app.testing import FakeModel, FakeModelServer, call, text
-from tests.conftest import ROOT, free_port
-from tests.test_cli import AGENT_RUNS, env, stop, wait_until_listening
+from tests.conftest import ROOT
+from tests.test_cli import env, serve_one_run
 
 
 def readme_agents_file(folder: Path) -> Path:
@@ -36,30 +32,16 @@ def test_serve_finds_a_module_in_the_working_directory_and_its_handler_decides(
 ) -> None:
     readme_agents_file(tmp_path)
     fake.script("*", [call("refund", {"amount": 250}), text("Refunded.")])
-    port = free_port()
-    process = subprocess.Popen(
-        [AGENT_RUNS, "serve", "--port", str(port)],
-        cwd=tmp_path,
-        env={
+    response, _ = serve_one_run(
+        {
             **{k: v for k, v in env().items() if k != "PYTHONPATH"},
             "AGENTS_MODULE": "my_agents",
             "OPENAI_BASE_URL": fake_server.base_url,
             "DATABASE_URL": f"sqlite:///{tmp_path / 'own.db'}",
         },
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        text=True,
+        {"agent": "support", "input": "refund 250 euros", "context": {"user_id": "u1"}},
+        cwd=tmp_path,
     )
-    try:
-        wait_until_listening(process, port)
-        response = httpx.post(
-            f"http://127.0.0.1:{port}/runs",
-            params={"wait": 20},
-            json={"agent": "support", "input": "refund 250 euros", "context": {"user_id": "u1"}},
-            timeout=30,
-        )
-    finally:
-        stop(process, signal.SIGTERM)
 
     run = response.json()
     assert run["status"] == "completed", run
