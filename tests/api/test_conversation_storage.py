@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import event, select, text
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.store.database import Database
 from app.store.migrations import downgrade, upgrade
@@ -42,6 +43,27 @@ async def stored_steps(client: Client, run_id: str) -> list[dict[str, Any]]:
             select(RunStep.step).where(RunStep.run_id == run_id).order_by(RunStep.position)
         )
         return list(rows)
+
+
+async def run_watching(client: Client, statement: str) -> tuple[dict[str, Any], list[Any]]:
+    """A run of agent `calc` to its rest, and the parameters of each of the store's statements
+    that begin with `statement` meanwhile."""
+    seen: list[Any] = []
+    engine = services_of(client).db.engine.sync_engine
+
+    def watch(conn: Any, cursor: Any, sent: str, parameters: Any, *_: Any) -> None:
+        if sent.lstrip().upper().startswith(statement):
+            seen.append(parameters)
+
+    event.listen(engine, "before_cursor_execute", watch)
+    try:
+        created = await client.post(
+            "/runs", params={"wait": 10}, json={"agent": "calc", "input": "x"}
+        )
+    finally:
+        event.remove(engine, "before_cursor_execute", watch)
+    run: dict[str, Any] = created.json()
+    return run, seen
 
 
 async def run_with_large_outputs(client: Client, fake: FakeModel) -> dict[str, Any]:
@@ -122,44 +144,19 @@ async def test_each_message_and_output_is_stored_once_and_read_whole(
 async def test_a_checkpoint_stores_as_much_at_turn_ten_as_at_turn_two(
     client: Client, fake: FakeModel
 ) -> None:
-    written: list[int] = []
     fake.script("m", [*(call("add", {"a": i, "b": 1}) for i in range(10)), answer("done")])
-    db = services_of(client).db
-
-    def measure(conn: Any, cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
-        if statement.lstrip().upper().startswith("UPDATE RUNS SET"):
-            written.append(len(json.dumps(parameters, default=str)))
-
-    event.listen(db.engine.sync_engine, "before_cursor_execute", measure)
-    try:
-        created = await client.post(
-            "/runs", params={"wait": 10}, json={"agent": "calc", "input": "x"}
-        )
-    finally:
-        event.remove(db.engine.sync_engine, "before_cursor_execute", measure)
-    assert created.json()["status"] == "completed"
+    run, updates = await run_watching(client, "UPDATE RUNS SET")
+    assert run["status"] == "completed"
+    written = [len(json.dumps(parameters, default=str)) for parameters in updates]
     # Three writes a turn; the last turns' are no longer than the first turns'.
     assert len(written) > 20
     assert max(written[-6:-1]) <= max(written[1:6]) + 50
 
 
 async def test_a_checkpoint_adds_only_the_new_messages(client: Client, fake: FakeModel) -> None:
-    inserted: list[int] = []
     fake.script("m", [call("add", {"a": 1, "b": 2}), call("add", {"a": 3, "b": 4}), answer("7")])
-    db = services_of(client).db
-
-    def count(conn: Any, cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
-        if statement.lstrip().upper().startswith("INSERT INTO RUN_MESSAGES"):
-            inserted.append(len(parameters) if isinstance(parameters, list) else 1)
-
-    event.listen(db.engine.sync_engine, "before_cursor_execute", count)
-    try:
-        created = await client.post(
-            "/runs", params={"wait": 10}, json={"agent": "calc", "input": "x"}
-        )
-    finally:
-        event.remove(db.engine.sync_engine, "before_cursor_execute", count)
-    run = created.json()
+    run, inserts = await run_watching(client, "INSERT INTO RUN_MESSAGES")
+    inserted = [len(p) if isinstance(p, list) else 1 for p in inserts]
 
     assert run["status"] == "completed"
     # Every message is inserted once (the primary key would refuse a second time), in the
@@ -213,6 +210,22 @@ async def test_a_forgotten_session_leaves_its_runs_their_own_messages(
     shown = (await client.get(f"/runs/{second['id']}")).json()
     assert second["messages"][0]["content"] == "a"
     assert shown["messages"] == second["messages"][2:]
+
+
+async def insert_run(
+    session: AsyncSession, run_id: str, status: str, state: dict[str, Any], *, event_seq: int
+) -> None:
+    """A run row as SQL writes it, whatever the models say: a migration test's own."""
+    await session.execute(
+        text(
+            "INSERT INTO runs (id, status, agent, current_agent, input, config, context,"
+            " metadata, state, cancel_requested, event_seq, turns, lease_token, takeovers,"
+            " created_at, updated_at) VALUES (:id, :status, 'calc', 'calc', '\"add\"', '{}',"
+            " '{}', '{}', :state, false, :event_seq, 2, 0, 0, CURRENT_TIMESTAMP,"
+            " CURRENT_TIMESTAMP)"
+        ),
+        {"id": run_id, "status": status, "state": json.dumps(state), "event_seq": event_seq},
+    )
 
 
 async def test_migration_moves_stored_runs_and_back(migrated_url: str, tmp_path: Path) -> None:
@@ -276,16 +289,7 @@ async def test_migration_moves_stored_runs_and_back(migrated_url: str, tmp_path:
             await upgrade(db.engine, "0006")
         await downgrade(db.engine, "0006")
         async with db.session_scope() as session:
-            await session.execute(
-                text(
-                    "INSERT INTO runs (id, status, agent, current_agent, input, config, context,"
-                    " metadata, state, cancel_requested, event_seq, turns, lease_token,"
-                    " takeovers, created_at, updated_at) VALUES ('run_m', 'completed', 'calc',"
-                    " 'calc', '\"add\"', '{}', '{}', '{}', :state, false, 0, 2, 0, 0,"
-                    " CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
-                ),
-                {"state": json.dumps(state)},
-            )
+            await insert_run(session, "run_m", "completed", state, event_seq=0)
         await upgrade(db.engine, "head")
         async with db.read_scope() as session:
             raw = await session.scalar(select(Run.state).where(Run.id == "run_m"))
@@ -359,16 +363,7 @@ async def test_a_downgrade_puts_back_what_is_stored_once(migrated_url: str, tmp_
     try:
         await upgrade(db.engine, "head")
         async with db.session_scope() as session:
-            await session.execute(
-                text(
-                    "INSERT INTO runs (id, status, agent, current_agent, input, config, context,"
-                    " metadata, state, cancel_requested, event_seq, turns, lease_token,"
-                    " takeovers, created_at, updated_at) VALUES ('run_d', 'running', 'calc',"
-                    " 'calc', '\"add\"', '{}', '{}', '{}', :state, false, 4, 2, 0, 0,"
-                    " CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
-                ),
-                {"state": json.dumps(compact)},
-            )
+            await insert_run(session, "run_d", "running", compact, event_seq=4)
             for position, message in enumerate(messages):
                 await session.execute(
                     text(

@@ -8,27 +8,16 @@ from typing import Any
 
 import pytest
 
-from app import Agent, tool
+from app import Agent
 from app.engine import RunConfig
 from app.engine.events import RunEvent, TextDelta
 from app.engine.state import RunState
 from app.store.snapshot import state_json
 from app.testing import FakeModel, call, calls, error, text
 from tests.engine.conftest import EngineFactory
+from tests.engine.test_loop import add, explode
 
 pytestmark = pytest.mark.anyio
-
-
-@tool
-def add(a: int, b: int) -> int:
-    """Add two integers."""
-    return a + b
-
-
-@tool
-def explode() -> str:
-    """Always fails."""
-    raise RuntimeError("kaboom")
 
 
 class Comparing:
