@@ -34,7 +34,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from app.engine.state import RunStatus
 from app.store import signals
-from app.store.conversation import history_through, stored_form, write_messages
+from app.store.conversation import StoredState, history_through, stored_form, write_rows
 from app.store.events import EventRecord, insert_events, status_event
 from app.store.leases import Claim
 from app.store.models import Run
@@ -89,13 +89,12 @@ class RunLifecycle:
         run.event_seq = 1
         run.cancel_requested, run.lease_token, run.takeovers = False, 0, 0
         given = dict(inspect(run).dict)  # the attributes set; the columns' defaults fill the rest
-        stored, carried, messages = await self._state_written(run, given)
+        stored, carried, split = await self._state_written(run, given, [event], 1)
         values = {_RUN_COLUMNS[key]: value for key, value in stored.items() if key in _RUN_COLUMNS}
         run.seq = await self.session.scalar(insert(_RUNS).values(values).returning(_RUNS.c.seq))
         if "state" in carried:
             set_committed_value(run, "state", carried["state"])
-        await write_messages(self.session, run.id, messages)
-        await insert_events(self.session, run.id, 1, [event], now)
+        await self._write(run.id, split, 1, [event], now)
         signals.record(self.session, signals.WorkQueued())
 
     async def start(
@@ -233,13 +232,18 @@ class RunLifecycle:
         return values
 
     async def _state_written(
-        self, run: Run, values: dict[str, Any]
-    ) -> tuple[dict[str, Any], dict[str, Any], list[tuple[int, dict[str, Any]]]]:
-        """`values` as the row stores them, as the caller's copy carries them, and the
-        messages to add: a state is stored without the conversation the store already has."""
+        self,
+        run: Run,
+        values: dict[str, Any],
+        events: Sequence[EventRecord],
+        last_seq: int,
+    ) -> tuple[dict[str, Any], dict[str, Any], StoredState | None]:
+        """`values` as the row stores them, as the caller's copy carries them, and the split
+        of their state: a state is stored without what the store has already, and `events`
+        (the run's up to `last_seq`) without the messages it stores."""
         state = values.get("state")
         if state is None:
-            return values, values, []
+            return values, values, None
         previous = run.state
         if previous is not None and "messages" not in previous:
             raise ValueError(f"run {run.id} was read without its messages")
@@ -247,9 +251,24 @@ class RunLifecycle:
         if previous is None:
             history = state.get("history_length", 0)
             through = await history_through(self.session, run.session_id, history)
-        split = stored_form(state, previous, through)
+        split = stored_form(state, previous, through, events, last_seq - len(events) + 1)
         stored = {**values, "state": split.compact}
-        return stored, {**values, "state": split.carried}, split.new_messages
+        return stored, {**values, "state": split.carried}, split
+
+    async def _write(
+        self,
+        run_id: str,
+        split: StoredState | None,
+        last_seq: int,
+        events: Sequence[EventRecord],
+        now: datetime,
+    ) -> None:
+        """The rows beside the run's: its new messages and steps, and its events."""
+        places = None
+        if split is not None:
+            await write_rows(self.session, run_id, split.new_messages, split.new_steps)
+            places = split.message_events
+        await insert_events(self.session, run_id, last_seq, events, now, places)
 
     @staticmethod
     def _fence_out(run: Run) -> dict[str, Any]:
@@ -268,7 +287,8 @@ class RunLifecycle:
         run as this executor last stored it. Repeating a write whose commit was in doubt is
         safe: it finds the first attempt's events and says so."""
         after_seq = run.event_seq
-        stored, carried, messages = await self._state_written(run, values)
+        expected = after_seq + len(events)
+        stored, carried, split = await self._state_written(run, values, events, expected)
         result = await self.session.execute(
             update(_RUNS)
             .where(
@@ -285,13 +305,12 @@ class RunLifecycle:
         )
         row = result.one_or_none()
         if row is None:
-            saved = await self._stored_earlier(claim, after_seq + len(events))
+            saved = await self._stored_earlier(claim, expected)
             if saved is None:
                 return None
         else:
             saved = Saved(event_seq=row.event_seq, cancel_requested=bool(row.cancel_requested))
-            await write_messages(self.session, run.id, messages)
-            await insert_events(self.session, run.id, saved.event_seq, events, now)
+            await self._write(run.id, split, saved.event_seq, events, now)
         _apply(run, {**carried, "event_seq": saved.event_seq, "updated_at": now})
         signals.record(self.session, signals.RunChanged(run.id, saved.event_seq, run.status))
         return saved
@@ -313,13 +332,12 @@ class RunLifecycle:
         self, run: Run, values: dict[str, Any], events: Sequence[EventRecord], now: datetime
     ) -> None:
         last_seq = run.event_seq + len(events)
-        stored, carried, messages = await self._state_written(run, values)
+        stored, carried, split = await self._state_written(run, values, events, last_seq)
         written = {"event_seq": last_seq, "updated_at": now}
         await self.session.execute(
             update(_RUNS).where(_RUNS.c.id == run.id).values(**_columns({**stored, **written}))
         )
-        await write_messages(self.session, run.id, messages)
-        await insert_events(self.session, run.id, last_seq, events, now)
+        await self._write(run.id, split, last_seq, events, now)
         _apply(run, {**carried, **written})
         signals.record(self.session, signals.RunChanged(run.id, last_seq, run.status))
 

@@ -62,8 +62,9 @@ class Base(DeclarativeBase):
 
 class Run(Base):
     """A run: its request, where it is, and the engine state stored after every turn. The
-    state is kept without its conversation: the run's messages are `RunMessage` rows, and a
-    session's history is read from the session (`app.store.conversation`)."""
+    state is kept without its conversation and with its last step only: the run's messages are
+    `RunMessage` rows, its earlier steps `RunStep` rows, and a session's history is read from
+    the session (`app.store.conversation`)."""
 
     __tablename__ = "runs"
 
@@ -115,6 +116,22 @@ class RunMessage(Base):
     )
     position: Mapped[int] = mapped_column(Integer, primary_key=True)
     message: Mapped[dict[str, Any]]
+    # The run's event whose data holds this message's content (a tool output its
+    # `tool_call.completed` event carried first); `message` then has its content as null.
+    content_event: Mapped[int | None] = mapped_column(Integer)
+
+
+class RunStep(Base):
+    """One step of a run (a model call and its tool calls) that is no longer its last: the
+    engine changes only its last step, so each earlier one is written once."""
+
+    __tablename__ = "run_steps"
+
+    run_id: Mapped[str] = mapped_column(
+        String(40), ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True
+    )
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    step: Mapped[dict[str, Any]]
 
 
 class StoredEvent(Base):
@@ -127,8 +144,11 @@ class StoredEvent(Base):
     seq: Mapped[int] = mapped_column(Integer)
     name: Mapped[str] = mapped_column(String(40))
     data: Mapped[dict[str, Any]]
-    # The length of `data` as JSON: a stream pages the log by it without reading any data.
+    # The length of the event's data as JSON, as read (a referenced message included): a
+    # stream pages the log by it without reading any data.
     size: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # A `message` event's message is the run's message at this place, not repeated in `data`.
+    message_at: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime]
 
     __table_args__ = (UniqueConstraint("run_id", "seq"),)

@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    Select,
     case,
     exists,
     func,
@@ -22,6 +23,7 @@ from sqlalchemy.orm import InstrumentedAttribute, aliased
 
 from app.engine.state import RunStatus
 from app.store.conversation import expand
+from app.store.events import expand_events
 from app.store.models import Run, StoredEvent
 from app.store.status import UNFINISHED
 
@@ -160,7 +162,7 @@ class RunRepository:
             .limit(limit)
         )
         if max_bytes is None:
-            return list(await self.session.scalars(query))
+            return await self._expanded(query)
         sized = (
             select(
                 StoredEvent.id,
@@ -175,7 +177,12 @@ class RunRepository:
         first = select(func.min(sized.c.through)).scalar_subquery()
         kept = select(sized.c.id).where(or_(sized.c.through <= max_bytes, sized.c.through == first))
         query = select(StoredEvent).where(StoredEvent.id.in_(kept)).order_by(StoredEvent.seq)
-        return list(await self.session.scalars(query))
+        return await self._expanded(query)
+
+    async def _expanded(self, query: Select[StoredEvent]) -> list[StoredEvent]:
+        events = list(await self.session.scalars(query))
+        await expand_events(self.session, events)
+        return events
 
     async def progress(self, run_id: str) -> tuple[int, str, int] | None:
         """The run's last event id, status and turns: what a watcher needs after a change,

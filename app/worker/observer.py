@@ -19,6 +19,7 @@ from app.store.lifecycle import Progress, Rest, RunLifecycle, Saved
 from app.store.models import Run
 from app.store.runs import RunRepository
 from app.store.sessions import SessionRepository
+from app.store.snapshot import state_json
 from app.store.wakeups import Wakeups
 from app.webhooks import outbox
 from app.worker.retry import Retrier
@@ -69,7 +70,7 @@ class StoreObserver:
         """One transaction of `store`; None when a cancelled run was not parked."""
         run = self.run
         progress = Progress(
-            state.to_json(),
+            state_json(state, run.state),
             state.current_agent,
             state.turns,
             moved_on=any(name in PROGRESS for name, _ in records),

@@ -30,6 +30,7 @@ BATCH = 50_000
 TABLES = (
     ("runs", "id", "seq"),
     ("run_messages", "run_id", None),
+    ("run_steps", "run_id", None),
     ("run_events", "run_id", "id"),
     ("approvals", "run_id", "seq"),
 )

@@ -1,5 +1,7 @@
-"""A run's conversation is stored once: its messages as rows added by each checkpoint, the
-state beside the run without them, and a session's history referenced, not copied."""
+"""A run's conversation is stored once: its messages and its earlier steps as rows added by
+each checkpoint, the state beside the run without them, each tool output once (in the event
+that carried it), `message` events naming their message, and a session's history referenced,
+not copied."""
 
 from __future__ import annotations
 
@@ -9,10 +11,11 @@ from typing import Any
 
 import pytest
 from sqlalchemy import event, select, text
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.store.database import Database
 from app.store.migrations import downgrade, upgrade
-from app.store.models import Run, RunMessage
+from app.store.models import Run, RunMessage, RunStep, StoredEvent
 from app.store.runs import RunRepository
 from app.testing import FakeModel, call, calls
 from app.testing import text as answer
@@ -34,47 +37,126 @@ async def stored_row(client: Client, run_id: str) -> tuple[dict[str, Any], list[
         return state, [(position, message) for position, message in rows.all()]
 
 
-async def test_the_state_beside_the_run_holds_no_conversation(
-    client: Client, fake: FakeModel
-) -> None:
+async def stored_steps(client: Client, run_id: str) -> list[dict[str, Any]]:
+    async with services_of(client).db.read_scope() as session:
+        rows = await session.scalars(
+            select(RunStep.step).where(RunStep.run_id == run_id).order_by(RunStep.position)
+        )
+        return list(rows)
+
+
+async def run_watching(client: Client, statement: str) -> tuple[dict[str, Any], list[Any]]:
+    """A run of agent `calc` to its rest, and the parameters of each of the store's statements
+    that begin with `statement` meanwhile."""
+    seen: list[Any] = []
+    engine = services_of(client).db.engine.sync_engine
+
+    def watch(conn: Any, cursor: Any, sent: str, parameters: Any, *_: Any) -> None:
+        if sent.lstrip().upper().startswith(statement):
+            seen.append(parameters)
+
+    event.listen(engine, "before_cursor_execute", watch)
+    try:
+        created = await client.post(
+            "/runs", params={"wait": 10}, json={"agent": "calc", "input": "x"}
+        )
+    finally:
+        event.remove(engine, "before_cursor_execute", watch)
+    run: dict[str, Any] = created.json()
+    return run, seen
+
+
+async def run_with_large_outputs(client: Client, fake: FakeModel) -> dict[str, Any]:
+    """A completed run whose first turn's three calls return 5 KiB each, its second one 3."""
     big = [("long_text", {"kilobytes": 5}) for _ in range(3)]
     fake.script("m", [calls(*big), call("add", {"a": 1, "b": 2}), answer("done")])
     created = await client.post("/runs", params={"wait": 10}, json={"agent": "calc", "input": "x"})
-    run = created.json()
+    run: dict[str, Any] = created.json()
     assert run["status"] == "completed"
+    return run
+
+
+async def test_the_state_beside_the_run_holds_no_conversation(
+    client: Client, fake: FakeModel
+) -> None:
+    run = await run_with_large_outputs(client, fake)
 
     state, rows = await stored_row(client, run["id"])
     assert "messages" not in state
     assert state["message_count"] == len(run["messages"]) == 8
     assert [position for position, _ in rows] == list(range(8))
-    assert [message for _, message in rows] == run["messages"]
-    # The outputs are in their tool messages; the steps point at them.
-    assert len(json.dumps(state)) < 5_000
-    stored_calls = [c for step in state["steps"] for c in step["tool_calls"]]
-    assert [c["output_at"] for c in stored_calls] == [2, 3, 4, 6]
+    # A tool message's content is its call's output, which its event holds.
+    tools = [2, 3, 4, 6]
+    assert [p for p, m in rows if m["role"] == "tool" and m["content"] is None] == tools
+    expected = [{**m, "content": None} if p in tools else m for p, m in enumerate(run["messages"])]
+    assert [message for _, message in rows] == expected
+    # The steps but the last are rows; the outputs are in their tool messages, the steps
+    # point at them.
+    assert len(json.dumps(state)) < 2_000
+    earlier = await stored_steps(client, run["id"])
+    assert len(earlier) == 2
+    assert [step["tool_calls"] for step in state["steps"]] == [[]]
+    stored_calls = [c for step in earlier for c in step["tool_calls"]]
+    assert [c["output_at"] for c in stored_calls] == tools
     assert all("output" not in c for c in stored_calls)
     shown = [c["output"] for step in run["steps"] for c in step["tool_calls"]]
     assert shown == ["x" * 5 * 1024] * 3 + ["3"]
     assert fake.requests_for("m")[2]["messages"][1:] == run["messages"][:-1]
 
 
+async def test_each_message_and_output_is_stored_once_and_read_whole(
+    client: Client, fake: FakeModel
+) -> None:
+    run = await run_with_large_outputs(client, fake)
+
+    async with services_of(client).db.read_scope() as session:
+        raw = (
+            await session.execute(
+                select(
+                    StoredEvent.seq,
+                    StoredEvent.name,
+                    StoredEvent.data,
+                    StoredEvent.message_at,
+                    StoredEvent.size,
+                )
+                .where(StoredEvent.run_id == run["id"])
+                .order_by(StoredEvent.seq)
+            )
+        ).all()
+        runs = RunRepository(session)
+        read = await runs.events_after(run["id"], 0, limit=100)
+        # Each alone too: the event holding a tool message's content is then on no page.
+        alone = [(await runs.events_after(run["id"], e.seq - 1, limit=1))[0] for e in read]
+
+    messages = [e.data["message"] for e in read if e.name == "message"]
+    assert messages == run["messages"]
+    assert [(e.name, e.data) for e in alone] == [(e.name, e.data) for e in read]
+    assert [e.size for e in read] == [len(json.dumps(e.data)) for e in read]
+    # Stored, a message event names its message; the outputs are only in their events.
+    assert [row.message_at for row in raw if row.name == "message"] == list(range(8))
+    assert all(row.data == {} for row in raw if row.name == "message")
+    stored = sum(len(json.dumps(row.data)) for row in raw)
+    _, rows = await stored_row(client, run["id"])
+    stored += sum(len(json.dumps(message)) for _, message in rows)
+    assert stored < len(json.dumps(run["messages"])) * 1.2
+
+
+async def test_a_checkpoint_stores_as_much_at_turn_ten_as_at_turn_two(
+    client: Client, fake: FakeModel
+) -> None:
+    fake.script("m", [*(call("add", {"a": i, "b": 1}) for i in range(10)), answer("done")])
+    run, updates = await run_watching(client, "UPDATE RUNS SET")
+    assert run["status"] == "completed"
+    written = [len(json.dumps(parameters, default=str)) for parameters in updates]
+    # Three writes a turn; the last turns' are no longer than the first turns'.
+    assert len(written) > 20
+    assert max(written[-6:-1]) <= max(written[1:6]) + 50
+
+
 async def test_a_checkpoint_adds_only_the_new_messages(client: Client, fake: FakeModel) -> None:
-    inserted: list[int] = []
     fake.script("m", [call("add", {"a": 1, "b": 2}), call("add", {"a": 3, "b": 4}), answer("7")])
-    db = services_of(client).db
-
-    def count(conn: Any, cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
-        if statement.lstrip().upper().startswith("INSERT INTO RUN_MESSAGES"):
-            inserted.append(len(parameters) if isinstance(parameters, list) else 1)
-
-    event.listen(db.engine.sync_engine, "before_cursor_execute", count)
-    try:
-        created = await client.post(
-            "/runs", params={"wait": 10}, json={"agent": "calc", "input": "x"}
-        )
-    finally:
-        event.remove(db.engine.sync_engine, "before_cursor_execute", count)
-    run = created.json()
+    run, inserts = await run_watching(client, "INSERT INTO RUN_MESSAGES")
+    inserted = [len(p) if isinstance(p, list) else 1 for p in inserts]
 
     assert run["status"] == "completed"
     # Every message is inserted once (the primary key would refuse a second time), in the
@@ -130,6 +212,22 @@ async def test_a_forgotten_session_leaves_its_runs_their_own_messages(
     assert shown["messages"] == second["messages"][2:]
 
 
+async def insert_run(
+    session: AsyncSession, run_id: str, status: str, state: dict[str, Any], *, event_seq: int
+) -> None:
+    """A run row as SQL writes it, whatever the models say: a migration test's own."""
+    await session.execute(
+        text(
+            "INSERT INTO runs (id, status, agent, current_agent, input, config, context,"
+            " metadata, state, cancel_requested, event_seq, turns, lease_token, takeovers,"
+            " created_at, updated_at) VALUES (:id, :status, 'calc', 'calc', '\"add\"', '{}',"
+            " '{}', '{}', :state, false, :event_seq, 2, 0, 0, CURRENT_TIMESTAMP,"
+            " CURRENT_TIMESTAMP)"
+        ),
+        {"id": run_id, "status": status, "state": json.dumps(state), "event_seq": event_seq},
+    )
+
+
 async def test_migration_moves_stored_runs_and_back(migrated_url: str, tmp_path: Path) -> None:
     history = [{"role": "user", "content": "old"}, {"role": "assistant", "content": "reply"}]
     own = [
@@ -173,7 +271,7 @@ async def test_migration_moves_stored_runs_and_back(migrated_url: str, tmp_path:
         "session_id": "gone",
         "status": "completed",
         "turns": 2,
-        "steps": [step],
+        "steps": [step, {"agent": "calc", "duration_ms": 1.0, "tool_calls": []}],
         "open_step": False,
         "usage": {"requests": 2},
         "decisions": [],
@@ -191,16 +289,7 @@ async def test_migration_moves_stored_runs_and_back(migrated_url: str, tmp_path:
             await upgrade(db.engine, "0006")
         await downgrade(db.engine, "0006")
         async with db.session_scope() as session:
-            await session.execute(
-                text(
-                    "INSERT INTO runs (id, status, agent, current_agent, input, config, context,"
-                    " metadata, state, cancel_requested, event_seq, turns, lease_token,"
-                    " takeovers, created_at, updated_at) VALUES ('run_m', 'completed', 'calc',"
-                    " 'calc', '\"add\"', '{}', '{}', '{}', :state, false, 0, 2, 0, 0,"
-                    " CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
-                ),
-                {"state": json.dumps(state)},
-            )
+            await insert_run(session, "run_m", "completed", state, event_seq=0)
         await upgrade(db.engine, "head")
         async with db.read_scope() as session:
             raw = await session.scalar(select(Run.state).where(Run.id == "run_m"))
@@ -210,7 +299,8 @@ async def test_migration_moves_stored_runs_and_back(migrated_url: str, tmp_path:
             assert run is not None
             assert run.state is not None
             assert run.state["messages"] == [*history, *own]
-            assert run.state["steps"][0]["tool_calls"][0]["output"] == "3"
+            assert run.state["steps"] == state["steps"]
+            assert len(raw["steps"]) == 1
         await downgrade(db.engine, "0006")
         async with db.read_scope() as session:
             back = await session.scalar(text("SELECT state FROM runs WHERE id = 'run_m'"))
@@ -219,4 +309,113 @@ async def test_migration_moves_stored_runs_and_back(migrated_url: str, tmp_path:
         await upgrade(db.engine, "head")
         async with db.session_scope() as session:
             await session.execute(text("DELETE FROM runs WHERE id = 'run_m'"))
+        await db.dispose()
+
+
+async def test_a_downgrade_puts_back_what_is_stored_once(migrated_url: str, tmp_path: Path) -> None:
+    """A run written in this layout (an open step's output and a tool message's content in
+    their events, a message event naming its message, an earlier step in a row) reads the
+    same after a downgrade to the layout before it, and after the upgrade back."""
+    call_ = {
+        "call_id": "c2",
+        "name": "add",
+        "raw_arguments": "{}",
+        "arguments": {},
+        "status": "completed",
+        "in_doubt": False,
+        "handoff_to": None,
+        "tool_failed": False,
+        "truncated": False,
+    }
+    earlier_call = {**call_, "call_id": "c1", "output_at": 2}
+    first = {"agent": "calc", "duration_ms": 1.0, "tool_calls": [earlier_call]}
+    compact = {
+        "agent": "calc",
+        "current_agent": "calc",
+        "config": {},
+        "message_count": 4,
+        "history_length": 0,
+        "run_id": "run_d",
+        "status": "running",
+        "turns": 2,
+        "steps": [
+            {"agent": "calc", "duration_ms": 0.0, "tool_calls": [{**call_, "output_event": 4}]}
+        ],
+        "open_step": True,
+        "output_events": {"c2": 4},
+        "usage": {"requests": 2},
+    }
+    ask = {"id": "c1", "type": "function", "function": {"name": "add", "arguments": "{}"}}
+    messages: list[dict[str, Any]] = [
+        {"role": "user", "content": "add"},
+        {"role": "assistant", "content": None, "tool_calls": [ask]},
+        {"role": "tool", "tool_call_id": "c1", "content": None},
+        {"role": "assistant", "content": None, "tool_calls": [{**ask, "id": "c2"}]},
+    ]
+    events = [
+        (1, "tool_call.completed", {"call_id": "c1", "name": "add", "output": "3"}, None),
+        (2, "message", {}, 2),
+        (3, "message", {}, 3),
+        (4, "tool_call.completed", {"call_id": "c2", "name": "add", "output": "7"}, None),
+    ]
+    own_file = not migrated_url.startswith("postgresql")
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'd.db'}" if own_file else migrated_url)
+    try:
+        await upgrade(db.engine, "head")
+        async with db.session_scope() as session:
+            await insert_run(session, "run_d", "running", compact, event_seq=4)
+            for position, message in enumerate(messages):
+                await session.execute(
+                    text(
+                        "INSERT INTO run_messages (run_id, position, message, content_event)"
+                        " VALUES ('run_d', :position, :message, :event)"
+                    ),
+                    {"position": position, "message": json.dumps(message), "event": None},
+                )
+            await session.execute(
+                text("UPDATE run_messages SET content_event = 1 WHERE position = 2")
+            )
+            await session.execute(
+                text("INSERT INTO run_steps VALUES ('run_d', 0, :step)"),
+                {"step": json.dumps(first)},
+            )
+            for seq, name, data, at in events:
+                await session.execute(
+                    text(
+                        "INSERT INTO run_events (run_id, seq, name, data, size, message_at,"
+                        " created_at) VALUES ('run_d', :seq, :name, :data, 0, :at,"
+                        " CURRENT_TIMESTAMP)"
+                    ),
+                    {"seq": seq, "name": name, "data": json.dumps(data), "at": at},
+                )
+        whole = [*messages[:2], {**messages[2], "content": "3"}, messages[3]]
+
+        async def read() -> tuple[dict[str, Any], list[dict[str, Any]]]:
+            async with db.read_scope() as session:
+                runs = RunRepository(session)
+                run = await runs.get("run_d")
+                assert run is not None
+                assert run.state is not None
+                return run.state, [e.data for e in await runs.events_after("run_d", 0, limit=9)]
+
+        state, read_events = await read()
+        assert state["messages"] == whole
+        assert [c["output"] for step in state["steps"] for c in step["tool_calls"]] == ["3", "7"]
+        assert read_events[1:3] == [{"message": whole[2]}, {"message": whole[3]}]
+        await downgrade(db.engine, "0007")
+        async with db.read_scope() as session:
+            back = await session.scalar(text("SELECT state FROM runs WHERE id = 'run_d'"))
+            back = json.loads(back) if isinstance(back, str) else back
+            assert "output_events" not in back
+            assert [c["output"] for c in back["steps"][-1]["tool_calls"]] == ["7"]
+            assert [c["output_at"] for c in back["steps"][0]["tool_calls"]] == [2]
+        await upgrade(db.engine, "head")
+        again, data_again = await read()
+        assert again["messages"] == whole
+        assert again["steps"] == state["steps"]
+        assert data_again == read_events
+    finally:
+        await upgrade(db.engine, "head")
+        async with db.session_scope() as session:
+            await session.execute(text("DELETE FROM runs WHERE id = 'run_d'"))
         await db.dispose()
