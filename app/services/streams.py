@@ -43,8 +43,10 @@ class RunEventStream:
             if await RunRepository(session).progress(run_id) is None:
                 raise RunNotFound(f"no run has id {run_id!r}")
 
-    async def events(self, run_id: str, after: int) -> AsyncIterator[StreamItem]:
-        """Everything after event `after`; ends once the run has ended and all is sent."""
+    async def events(self, run_id: str, after: int) -> AsyncIterator[list[StreamItem]]:
+        """Everything after event `after`, in batches of what is there at once (a page of
+        stored events, the deltas queued meanwhile); ends once the run has ended and all is
+        sent."""
         cursor = after
         up_to: int | None = None
         turns_sent = 0  # turns whose whole message has been sent: their deltas are stale
@@ -52,9 +54,12 @@ class RunEventStream:
         with self.wakeups.watch(run_id) as watch:
             while True:
                 read = await self._read(run_id, cursor, up_to)
-                for event in read.events:
-                    cursor = event.seq
-                    yield StreamItem(event.seq, event.name, event.data, event.created_at)
+                if read.events:
+                    cursor = read.events[-1].seq
+                    yield [
+                        StreamItem(event.seq, event.name, event.data, event.created_at)
+                        for event in read.events
+                    ]
                 if read.finished:
                     return
                 if read.complete:
@@ -63,8 +68,13 @@ class RunEventStream:
                     continue  # more is stored already
                 change = await watch.next()
                 while isinstance(change, Delta):
-                    if change.data["turn"] > turns_sent:
-                        yield StreamItem(None, "message.delta", change.data)
+                    deltas = [
+                        StreamItem(None, "message.delta", delta.data)
+                        for delta in (change, *watch.deltas_queued())
+                        if delta.data["turn"] > turns_sent
+                    ]
+                    if deltas:
+                        yield deltas
                     change = await watch.next()
                 up_to = change.seq
 
