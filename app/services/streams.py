@@ -3,6 +3,7 @@ with no gap and no duplicate between the two, and the model's text deltas in bet
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -36,6 +37,7 @@ class RunEventStream:
     def __init__(self, db: Database, wakeups: Wakeups) -> None:
         self.db = db
         self.wakeups = wakeups
+        self._reads: dict[tuple[str, int, int], asyncio.Future[_Read]] = {}
 
     async def check(self, run_id: str) -> None:
         """Raise `RunNotFound` before a stream is opened for nothing."""
@@ -80,7 +82,24 @@ class RunEventStream:
 
     async def _read(self, run_id: str, cursor: int, up_to: int | None) -> _Read:
         """Stored events after `cursor`, none past `up_to` (a turn's deltas come before its
-        later events)."""
+        later events).
+
+        Watchers of one run wake on the same notice and ask for the same events: one query
+        answers them all. Only a read bounded by a notice's `up_to` is shared: it began after
+        that event was committed, so it holds what each of them was told of; an unbounded read
+        begun earlier might not. It runs as a task of its own, so a reader that leaves does
+        not cancel it for the others."""
+        if up_to is None:
+            return await self._read_store(run_id, cursor, up_to)
+        key = (run_id, cursor, up_to)
+        read = self._reads.get(key)
+        if read is None:
+            read = asyncio.ensure_future(self._read_store(run_id, cursor, up_to))
+            self._reads[key] = read
+            read.add_done_callback(lambda _: self._reads.pop(key, None))
+        return await asyncio.shield(read)
+
+    async def _read_store(self, run_id: str, cursor: int, up_to: int | None) -> _Read:
         async with self.db.read_scope() as session:
             runs = RunRepository(session)
             progress = await runs.progress(run_id)
