@@ -110,7 +110,9 @@ async def test_an_executor_woken_only_by_other_processes_hints_is_told_so() -> N
     assert await wakeups.wait_for_work() is False
 
 
-async def test_the_first_delta_after_a_quiet_spell_goes_out_at_once(migrated_url: str) -> None:
+async def test_the_first_delta_after_a_quiet_spell_of_the_process_or_the_run_goes_out_at_once(
+    migrated_url: str,
+) -> None:
     if not is_postgres(migrated_url):
         pytest.skip("LISTEN/NOTIFY is PostgreSQL's")
     db = Database(migrated_url)
@@ -133,5 +135,9 @@ async def test_the_first_delta_after_a_quiet_spell_goes_out_at_once(migrated_url
             assert deltas.statistics().current_buffer_used == 0
             await sender.flush()
             assert await deltas.receive() == ("run_1", "lo!")
+            # The process has just sent: only another run's text starting goes out at once.
+            sender.publish("run_2", {"turn": 1, "attempt": 1, "text": "Hi"})
+            with anyio.fail_after(10):
+                assert await deltas.receive() == ("run_2", "Hi")
     finally:
         await db.dispose()

@@ -25,7 +25,7 @@ from app.api.routes import (
     runs,
     sessions,
 )
-from app.api.streams import StreamSlots
+from app.api.streams import Frames, StreamSlots
 from app.runtime import Runtime
 from app.runtime.agents import AgentsModule
 from app.settings import Settings
@@ -75,6 +75,7 @@ def create_app(
                 runtime.executor,
                 runtime.webhook_policy,
                 StreamSlots(settings.max_streams_per_client),
+                Frames(),
             )
             yield
 

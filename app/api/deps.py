@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 
 from app.api.schemas import Problem
-from app.api.streams import StreamSlots
+from app.api.streams import Frames, StreamSlots
 from app.engine import Engine
 from app.services.approvals import ApprovalService
 from app.services.runs import RunService
@@ -34,6 +34,7 @@ class Services:
     executor: Executor | None
     webhook_policy: WebhookPolicy
     stream_slots: StreamSlots
+    frames: Frames
 
 
 # Dependencies are `async def`: FastAPI runs plain functions in its thread pool, a hop per request.

@@ -3,6 +3,7 @@ with no gap and no duplicate between the two, and the model's text deltas in bet
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -36,6 +37,7 @@ class RunEventStream:
     def __init__(self, db: Database, wakeups: Wakeups) -> None:
         self.db = db
         self.wakeups = wakeups
+        self._reads: dict[tuple[str, int, int], asyncio.Future[_Read]] = {}
 
     async def check(self, run_id: str) -> None:
         """Raise `RunNotFound` before a stream is opened for nothing."""
@@ -43,8 +45,10 @@ class RunEventStream:
             if await RunRepository(session).progress(run_id) is None:
                 raise RunNotFound(f"no run has id {run_id!r}")
 
-    async def events(self, run_id: str, after: int) -> AsyncIterator[StreamItem]:
-        """Everything after event `after`; ends once the run has ended and all is sent."""
+    async def events(self, run_id: str, after: int) -> AsyncIterator[list[StreamItem]]:
+        """Everything after event `after`, in batches of what is there at once (a page of
+        stored events, the deltas queued meanwhile); ends once the run has ended and all is
+        sent."""
         cursor = after
         up_to: int | None = None
         turns_sent = 0  # turns whose whole message has been sent: their deltas are stale
@@ -52,9 +56,12 @@ class RunEventStream:
         with self.wakeups.watch(run_id) as watch:
             while True:
                 read = await self._read(run_id, cursor, up_to)
-                for event in read.events:
-                    cursor = event.seq
-                    yield StreamItem(event.seq, event.name, event.data, event.created_at)
+                if read.events:
+                    cursor = read.events[-1].seq
+                    yield [
+                        StreamItem(event.seq, event.name, event.data, event.created_at)
+                        for event in read.events
+                    ]
                 if read.finished:
                     return
                 if read.complete:
@@ -63,14 +70,36 @@ class RunEventStream:
                     continue  # more is stored already
                 change = await watch.next()
                 while isinstance(change, Delta):
-                    if change.data["turn"] > turns_sent:
-                        yield StreamItem(None, "message.delta", change.data)
+                    deltas = [
+                        StreamItem(None, "message.delta", delta.data)
+                        for delta in (change, *watch.deltas_queued())
+                        if delta.data["turn"] > turns_sent
+                    ]
+                    if deltas:
+                        yield deltas
                     change = await watch.next()
                 up_to = change.seq
 
     async def _read(self, run_id: str, cursor: int, up_to: int | None) -> _Read:
         """Stored events after `cursor`, none past `up_to` (a turn's deltas come before its
-        later events)."""
+        later events).
+
+        Watchers of one run wake on the same notice and ask for the same events: one query
+        answers them all. Only a read bounded by a notice's `up_to` is shared: it began after
+        that event was committed, so it holds what each of them was told of; an unbounded read
+        begun earlier might not. It runs as a task of its own, so a reader that leaves does
+        not cancel it for the others."""
+        if up_to is None:
+            return await self._read_store(run_id, cursor, up_to)
+        key = (run_id, cursor, up_to)
+        read = self._reads.get(key)
+        if read is None:
+            read = asyncio.ensure_future(self._read_store(run_id, cursor, up_to))
+            self._reads[key] = read
+            read.add_done_callback(lambda _: self._reads.pop(key, None))
+        return await asyncio.shield(read)
+
+    async def _read_store(self, run_id: str, cursor: int, up_to: int | None) -> _Read:
         async with self.db.read_scope() as session:
             runs = RunRepository(session)
             progress = await runs.progress(run_id)

@@ -5,10 +5,11 @@ first; the work hint only lets idle executors claim it at once instead of at the
 Hints sent while one is on its way fold into it, so a burst of runs costs a few notifications.
 
 A worker's model streams text that an API process's clients watch. Deltas are never stored, so
-they travel as notifications: the first of a quiet spell at once, the rest batched per process
-every few milliseconds (NOTIFY takes a global lock at commit, so never one per delta), on a
-connection of their own, and best-effort (a delta lost to a dropped connection is only a delta:
-the whole message is stored).
+they travel as notifications: the first of a quiet spell at once (of the process, or of the run:
+a run's text starting reaches its watchers with no batching delay however busy the process is),
+the rest batched per process every few milliseconds (NOTIFY takes a global lock at commit, so
+never one per delta), on a connection of their own, and best-effort (a delta lost to a dropped
+connection is only a delta: the whole message is stored).
 
 A cancel is stored first (the run's flag, which a worker's heartbeat also finds); its
 notification only makes the driving worker stop at once instead of at its next heartbeat.
@@ -36,6 +37,7 @@ CANCEL_CHANNEL = "agent_runs_cancels"
 WORK_CHANNEL = "agent_runs_work"
 PAYLOAD_LIMIT = 7000  # PostgreSQL refuses payloads of 8000 bytes and more
 PENDING_LIMIT = 10_000  # deltas held while the database is away; later ones are dropped
+RUN_QUIET_SECONDS = 1.0  # a run's delta after this long without one is sent at once
 
 Deliver = Callable[[str, dict[str, Any]], None]
 OnCancel = Callable[[str], None]
@@ -73,6 +75,7 @@ class DeltaChannel:
         self.connected = asyncio.Event()  # listening and able to send
         self._flush_seconds = flush_seconds
         self._pending: list[tuple[str, dict[str, Any]]] = []
+        self._last_delta: dict[str, float] = {}  # per run, of those with one in the last second
         self._connection: asyncpg.Connection | None = None
         self._send_lock = anyio.Lock()
 
@@ -90,15 +93,21 @@ class DeltaChannel:
         if len(self._pending) >= PENDING_LIMIT:
             return
         self._pending.append((run_id, data))
-        if time.monotonic() - self._last_flush >= self._flush_seconds:
+        now = time.monotonic()
+        run_quiet = now - self._last_delta.get(run_id, -RUN_QUIET_SECONDS) >= RUN_QUIET_SECONDS
+        self._last_delta[run_id] = now
+        if run_quiet or now - self._last_flush >= self._flush_seconds:
             self._wake.set()
 
     async def flush(self) -> None:
         """Send what is pending now (before a checkpoint, so deltas precede its events)."""
         if not self._pending:
             return
-        self._last_flush = time.monotonic()
+        self._last_flush = now = time.monotonic()
         batch, self._pending = self._pending, []
+        self._last_delta = {
+            run_id: at for run_id, at in self._last_delta.items() if now - at < RUN_QUIET_SECONDS
+        }
         if not await self._notify(CHANNEL, _payloads(self._origin, batch)):
             log.warning("deltas.not_sent", count=len(batch))
 

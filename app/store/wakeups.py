@@ -75,11 +75,11 @@ class RunWatch:
             self.items.append(Stored(seq, status))
         self.changed.set()
 
-    def delta(self, data: dict[str, Any]) -> None:
+    def delta(self, delta: Delta) -> None:
         if self.buffered_deltas >= DELTA_BUFFER:
             self.dropped_deltas += 1
             return
-        self.items.append(Delta(data))
+        self.items.append(delta)
         self.buffered_deltas += 1
         self.changed.set()
 
@@ -91,6 +91,16 @@ class RunWatch:
         if isinstance(item, Delta):
             self.buffered_deltas -= 1
         return item
+
+    def deltas_queued(self) -> list[Delta]:
+        """The deltas queued before the next store notice, taken without waiting: a reader
+        that fell behind catches up in one write."""
+        taken: list[Delta] = []
+        while self.items and isinstance(head := self.items[0], Delta):
+            self.items.popleft()
+            taken.append(head)
+        self.buffered_deltas -= len(taken)
+        return taken
 
 
 ChangeReader = Callable[[list[str]], Awaitable[dict[str, tuple[int, str]]]]
@@ -212,8 +222,10 @@ class Wakeups:
             self.channel.publish(run_id, data)
 
     def local_delta(self, run_id: str, data: dict[str, Any]) -> None:
+        # One object for every watcher: what is made of it for one (its frame) serves all.
+        delta = Delta(data)
         for watch in self._watchers.get(run_id, ()):
-            watch.delta(data)
+            watch.delta(delta)
 
     async def flush_deltas(self) -> None:
         """Send pending deltas before a checkpoint, so other processes see them before its
