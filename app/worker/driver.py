@@ -27,6 +27,7 @@ from app.store.runs import RunRepository
 from app.store.sessions import SessionRepository
 from app.store.wakeups import Wakeups
 from app.webhooks import outbox
+from app.worker.commits import GroupCommit
 from app.worker.observer import StoreObserver
 from app.worker.retry import Retrier
 
@@ -61,6 +62,7 @@ class RunDriver:
         wakeups: Wakeups,
         claim: Claim,
         *,
+        commits: GroupCommit,
         lease_seconds: float,
         max_takeovers: int,
         worker: str | None = None,
@@ -69,6 +71,7 @@ class RunDriver:
         self.engine = engine
         self.wakeups = wakeups
         self.claim = claim
+        self.commits = commits
         self.max_takeovers = max_takeovers
         # Which executor drove the run, in each of its lines: after takeovers, there were several.
         self.log = log.bind(run_id=claim.run_id, worker=worker)
@@ -123,7 +126,7 @@ class RunDriver:
                             return
                         loaded = await self._start(run, history)
                 state = loaded
-                observer = StoreObserver(self.db, self.wakeups, self.claim, run, self.retry)
+                observer = StoreObserver(self.commits, self.wakeups, self.claim, run, self.retry)
                 if run.cancel_requested:
                     self.stop(StopReason.CANCEL)
                 await self._advance(loaded, observer)
@@ -246,7 +249,7 @@ class RunDriver:
         if state is None:
             await self._fail_unloaded(run, error)
             return
-        observer = StoreObserver(self.db, self.wakeups, self.claim, run, self.retry)
+        observer = StoreObserver(self.commits, self.wakeups, self.claim, run, self.retry)
         await observer.store(state, event_records(self.engine.fail(state, error)))
 
     async def _advance(self, state: RunState, observer: StoreObserver) -> None:

@@ -21,6 +21,7 @@ from app.services.lifecycle import now
 from app.store.database import Database, is_transient
 from app.store.leases import Leases
 from app.store.wakeups import Wakeups
+from app.worker.commits import GroupCommit
 from app.worker.driver import RunDriver, StopReason
 
 log = structlog.get_logger("app.worker")
@@ -60,6 +61,7 @@ class Executor:
         self.max_takeovers = max_takeovers
         self.name = name or worker_name()
         self.drivers: dict[str, RunDriver] = {}
+        self.commits = GroupCommit(db)  # the checkpoints of its runs, many a transaction
         # Drivers of runs this executor claimed again (its own lease had expired in a
         # database outage): told to stop, they hold a slot until they have.
         self._retiring: set[RunDriver] = set()
@@ -141,6 +143,7 @@ class Executor:
                 self.engine,
                 self.wakeups,
                 claim,
+                commits=self.commits,
                 lease_seconds=self.lease_seconds,
                 max_takeovers=self.max_takeovers,
                 worker=self.name,

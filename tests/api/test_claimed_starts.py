@@ -20,6 +20,7 @@ from app.store.leases import Leases
 from app.store.models import Run, StoredEvent
 from app.store.wakeups import Wakeups
 from app.testing import FakeModel, FakeModelServer, text
+from app.worker.commits import GroupCommit
 from app.worker.driver import RunDriver
 from app.worker.executor import Executor
 
@@ -64,7 +65,7 @@ async def test_runs_whose_shared_start_rolled_back_are_started_by_their_drivers(
         claims = await Leases(session).claim("w", limit=10, now=now(), lease_seconds=20)
     drivers = [
         RunDriver(worker.db, worker.engine, worker.wakeups, claim, lease_seconds=20,
-                  max_takeovers=3, worker="w")
+                  max_takeovers=3, worker="w", commits=GroupCommit(worker.db))
         for claim in claims
     ]  # fmt: skip
 
