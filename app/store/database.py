@@ -183,7 +183,15 @@ class Database:
     @asynccontextmanager
     async def read_scope(self) -> AsyncIterator[AsyncSession]:
         """A session that only reads: what it sees is as of each statement."""
-        if self.is_sqlite:  # no round trips to spare; BEGIN IMMEDIATE keeps writes in order
+        async with self.statement_scope() as session:
+            yield session
+
+    @asynccontextmanager
+    async def statement_scope(self) -> AsyncIterator[AsyncSession]:
+        """A session whose statements each commit on their own on PostgreSQL: for a write that
+        is one statement, BEGIN and COMMIT would cost two round trips more (SQLite: one
+        transaction, BEGIN IMMEDIATE keeping writes in order, and no round trips to spare)."""
+        if self.is_sqlite:
             async with self.session_scope() as session:
                 yield session
             return

@@ -9,6 +9,7 @@ from collections.abc import Callable
 import anyio
 import structlog
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.engine import Engine, RunConfig, RunState, RunStatus
 from app.engine.events import message
@@ -26,6 +27,7 @@ from app.store.runs import RunRepository
 from app.store.sessions import SessionRepository
 from app.store.wakeups import Wakeups
 from app.webhooks import outbox
+from app.worker.commits import GroupCommit
 from app.worker.observer import StoreObserver
 from app.worker.retry import Retrier
 
@@ -60,6 +62,7 @@ class RunDriver:
         wakeups: Wakeups,
         claim: Claim,
         *,
+        commits: GroupCommit,
         lease_seconds: float,
         max_takeovers: int,
         worker: str | None = None,
@@ -68,6 +71,7 @@ class RunDriver:
         self.engine = engine
         self.wakeups = wakeups
         self.claim = claim
+        self.commits = commits
         self.max_takeovers = max_takeovers
         # Which executor drove the run, in each of its lines: after takeovers, there were several.
         self.log = log.bind(run_id=claim.run_id, worker=worker)
@@ -81,6 +85,9 @@ class RunDriver:
         self._stop_reason: StopReason | None = None
         self._draining = False
         self._run: Run | None = None
+        # The run and its state when `start_in` started it, with the runs claimed beside it.
+        self._started: tuple[Run, RunState] | None = None
+        self._reload = False  # the claim's copy of the run is not to be trusted
         self.lost_lease = False  # a write of this driver was refused: another owns the run
 
     def stop(self, reason: StopReason) -> None:
@@ -107,14 +114,19 @@ class RunDriver:
         observer: StoreObserver | None = None
         try:
             with self._scope:
-                with anyio.CancelScope(shield=True):  # a short load; stopping waits for it
-                    run, history = await self.retry(self._load)
-                    if self.claim.takeovers > self.max_takeovers and not run.cancel_requested:
-                        await self._give_up(run)
-                        return
-                    loaded = await self._start(run, history)
+                if self._started is not None:
+                    run, loaded = self._started
+                    self._run = run
+                    self._log_start(run, loaded)
+                else:
+                    with anyio.CancelScope(shield=True):  # a short load; stopping waits for it
+                        run, history = await self.retry(self._load)
+                        if self.claim.takeovers > self.max_takeovers and not run.cancel_requested:
+                            await self._give_up(run)
+                            return
+                        loaded = await self._start(run, history)
                 state = loaded
-                observer = StoreObserver(self.db, self.wakeups, self.claim, run, self.retry)
+                observer = StoreObserver(self.commits, self.wakeups, self.claim, run, self.retry)
                 if run.cancel_requested:
                     self.stop(StopReason.CANCEL)
                 await self._advance(loaded, observer)
@@ -141,7 +153,7 @@ class RunDriver:
     async def _load(self) -> tuple[Run, list[Message]]:
         """The run (as claimed, when the claim carries it), and the session's history when
         the run has not started yet."""
-        run = self.claim.run
+        run = None if self._reload else self.claim.run
         if run is not None and (run.state is not None or run.session_id is None):
             self._run = run
             return run, []
@@ -155,25 +167,56 @@ class RunDriver:
         self._run = run
         return run, history
 
+    async def start_in(self, session: AsyncSession) -> None:
+        """Start the claimed run in `session`'s transaction, which starts other runs too. A
+        run this cannot start (its agent is gone, its takeovers past the bound) is left to
+        `drive`, which reports it in a transaction of its own."""
+        run = self.claim.run
+        if run is None or self.claim.takeovers > self.max_takeovers:
+            return
+        history: list[Message] = []
+        if run.state is None and run.session_id is not None:
+            history = await SessionRepository(session).messages(run.session_id)
+        try:
+            state, progress, records = self._opening(run, history)
+        except Exception:
+            return
+        saved = await RunLifecycle(session).start(
+            self.claim, run, progress, records, now(), first=run.state is None
+        )
+        if saved is not None:
+            self._started = (run, state)
+
+    def start_undone(self) -> None:
+        """The transaction of `start_in` failed: `drive` starts the run, read anew (the
+        claim's copy may hold what was not stored, or the start may have been stored after
+        all, its commit in doubt)."""
+        self._started = None
+        self._reload = True
+
+    def _opening(
+        self, run: Run, history: list[Message]
+    ) -> tuple[RunState, Progress, list[EventRecord]]:
+        """The engine state a new run starts with (and its first events), or the one it resumes."""
+        if run.state is not None:
+            state = RunState.from_json(run.state)
+            return state, Progress(state.to_json(), state.current_agent, state.turns), []
+        state = self.engine.start(
+            run.agent,
+            run.input,
+            history=history,
+            config=RunConfig.model_validate(run.config),
+            variables=run.context,
+            run_id=run.id,
+            session_id=run.session_id,
+        )
+        records = [(e.name, e.data) for e in map(message, state.new_messages)]
+        return state, Progress(state.to_json(), state.current_agent, state.turns), records
+
     async def _start(self, run: Run, history: list[Message]) -> RunState:
         """Give a new run its engine state (with the session's history), or resume one."""
-        records: list[EventRecord] = []
-        stored = run.state
-        if stored is None:
-            state = self.engine.start(
-                run.agent,
-                run.input,
-                history=history,
-                config=RunConfig.model_validate(run.config),
-                variables=run.context,
-                run_id=run.id,
-                session_id=run.session_id,
-            )
-            records = [(e.name, e.data) for e in map(message, state.new_messages)]
-        else:
-            state = RunState.from_json(stored)
-        first = stored is None
-        progress = Progress(state.to_json(), state.current_agent, state.turns)
+        first = run.state is None
+        state, progress, records = self._opening(run, history)
 
         async def start() -> None:
             async with self.db.session_scope() as session:
@@ -184,10 +227,13 @@ class RunDriver:
                 raise LeaseLost(f"run {self.claim.run_id} is no longer held by this executor")
 
         await self.retry(start)
+        self._log_start(run, state)
+        return state
+
+    def _log_start(self, run: Run, state: RunState) -> None:
         self.log.info(
             "run.started", agent=run.agent, turns=state.turns, takeovers=self.claim.takeovers
         )
-        return state
 
     async def _give_up(self, run: Run) -> None:
         """A run whose executors keep getting lost mid-turn (it may be what kills them) ends
@@ -203,7 +249,7 @@ class RunDriver:
         if state is None:
             await self._fail_unloaded(run, error)
             return
-        observer = StoreObserver(self.db, self.wakeups, self.claim, run, self.retry)
+        observer = StoreObserver(self.commits, self.wakeups, self.claim, run, self.retry)
         await observer.store(state, event_records(self.engine.fail(state, error)))
 
     async def _advance(self, state: RunState, observer: StoreObserver) -> None:

@@ -21,6 +21,7 @@ from app.services.lifecycle import now
 from app.store.database import Database, is_transient
 from app.store.leases import Leases
 from app.store.wakeups import Wakeups
+from app.worker.commits import GroupCommit
 from app.worker.driver import RunDriver, StopReason
 
 log = structlog.get_logger("app.worker")
@@ -60,6 +61,7 @@ class Executor:
         self.max_takeovers = max_takeovers
         self.name = name or worker_name()
         self.drivers: dict[str, RunDriver] = {}
+        self.commits = GroupCommit(db)  # the checkpoints of its runs, many a transaction
         # Drivers of runs this executor claimed again (its own lease had expired in a
         # database outage): told to stop, they hold a slot until they have.
         self._retiring: set[RunDriver] = set()
@@ -122,7 +124,9 @@ class Executor:
         if free <= 0 or self._stop.is_set():
             return
         try:
-            async with self.db.session_scope() as session:
+            # One statement, committed on its own: a claim that finds the runs taken by a
+            # quicker executor (most of them, when several hear one hint) costs one round trip.
+            async with self.db.statement_scope() as session:
                 claims = await Leases(session).claim(
                     self.name, limit=free, now=now(), lease_seconds=self.lease_seconds
                 )
@@ -133,23 +137,43 @@ class Executor:
         self._claim_failures = 0
         self._more_queued = len(claims) == free
         metrics.TAKEOVERS.inc(sum(1 for claim in claims if claim.taken_over))
-        for claim in claims:
-            stale = self.drivers.get(claim.run_id)
-            if stale is not None:
-                stale.stop(StopReason.LEASE_LOST)
-                self._retiring.add(stale)
-            driver = RunDriver(
+        drivers = [
+            RunDriver(
                 self.db,
                 self.engine,
                 self.wakeups,
                 claim,
+                commits=self.commits,
                 lease_seconds=self.lease_seconds,
                 max_takeovers=self.max_takeovers,
                 worker=self.name,
             )
-            self.drivers[claim.run_id] = driver
+            for claim in claims
+        ]
+        await self._start(drivers)
+        for driver in drivers:
+            stale = self.drivers.get(driver.claim.run_id)
+            if stale is not None:
+                stale.stop(StopReason.LEASE_LOST)
+                self._retiring.add(stale)
+            self.drivers[driver.claim.run_id] = driver
             assert self._group is not None
             self._group.start_soon(self._drive, driver)
+
+    async def _start(self, drivers: list[RunDriver]) -> None:
+        """Start the claimed runs in one transaction rather than one each. Should it fail,
+        each driver starts its run itself, through its retries or to its run's failure."""
+        if not drivers:
+            return
+        try:
+            with anyio.CancelScope(shield=True):  # a stop waits for the transaction
+                async with self.db.session_scope() as session:
+                    for driver in drivers:
+                        await driver.start_in(session)
+        except Exception as exc:
+            self._database_failed("executor.start_failed", exc)
+            for driver in drivers:
+                driver.start_undone()
 
     async def _drive(self, driver: RunDriver) -> None:
         # Drivers are shielded from the group's cancel so a stop hands runs back cleanly.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from datetime import datetime
+from functools import partial
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -12,7 +13,6 @@ from app.engine.events import RunEvent, TextDelta
 from app.services.errors import LeaseLost
 from app.services.lifecycle import event_records, now, save_to_session
 from app.store.approvals import ApprovalRepository
-from app.store.database import Database
 from app.store.events import EventRecord
 from app.store.leases import Claim
 from app.store.lifecycle import Progress, Rest, RunLifecycle, Saved
@@ -22,6 +22,7 @@ from app.store.sessions import SessionRepository
 from app.store.snapshot import state_json
 from app.store.wakeups import Wakeups
 from app.webhooks import outbox
+from app.worker.commits import GroupCommit
 from app.worker.retry import Retrier
 
 
@@ -29,9 +30,9 @@ class StoreObserver:
     """Stores the run after every engine checkpoint, fenced by the executor's lease."""
 
     def __init__(
-        self, db: Database, wakeups: Wakeups, claim: Claim, run: Run, retry: Retrier
+        self, commits: GroupCommit, wakeups: Wakeups, claim: Claim, run: Run, retry: Retrier
     ) -> None:
-        self.db = db
+        self.commits = commits
         self.retry = retry
         self.wakeups = wakeups
         self.claim = claim
@@ -54,7 +55,10 @@ class StoreObserver:
         records = [*self._unsaved, *records]
         stamp = now()
         await self.wakeups.flush_deltas()
-        saved = await self.retry(lambda: self._write(state, records, stamp))
+        # A write that locks a session too keeps its lock order (session, then run) alone.
+        alone = state.status.ended and self.run.session_id is not None
+        write = partial(self._write, state, records, stamp)
+        saved = await self.retry(lambda: self.commits(write, self.run, alone=alone))
         if saved is None:
             # Cancelled while the turn ran: it must not park (an approval UI would show calls
             # of a cancelled run). The driver stores `cancelled` with these events.
@@ -65,9 +69,10 @@ class StoreObserver:
         self.cancel_requested = saved.cancel_requested
 
     async def _write(
-        self, state: RunState, records: list[EventRecord], stamp: datetime
+        self, state: RunState, records: list[EventRecord], stamp: datetime, session: AsyncSession
     ) -> Saved | None:
-        """One transaction of `store`; None when a cancelled run was not parked."""
+        """One attempt of `store`, in a transaction it may share with other runs' writes; None
+        when a cancelled run was not parked."""
         run = self.run
         progress = Progress(
             state_json(state, run.state),
@@ -77,26 +82,25 @@ class StoreObserver:
         )
         rest = _rest_of(state)
         ends_session = state.status.ended and run.session_id is not None
-        async with self.db.session_scope() as session:
-            if ends_session:
-                # Session before run, the lock order of every path that takes both.
-                assert run.session_id is not None
-                await SessionRepository(session).ensure(run.session_id, stamp)
-            parking = state.status is RunStatus.PENDING_APPROVAL
-            if parking and await RunRepository(session).cancel_requested(run.id):
-                return None
-            saved = await RunLifecycle(session).checkpoint(
-                self.claim, run, records, stamp, progress=progress, rest=rest
-            )
-            if saved is None:
-                raise LeaseLost(f"run {run.id} is no longer held by this executor")
-            if saved.earlier:
-                return saved  # that attempt's transaction wrote the rest as well
-            if ends_session:
-                await save_to_session(session, run, state)
-            await _track_approvals(session, run, state, stamp)
-            if rest is not None:
-                await outbox.enqueue(session, run, stamp)
+        if ends_session:
+            # Session before run, the lock order of every path that takes both.
+            assert run.session_id is not None
+            await SessionRepository(session).ensure(run.session_id, stamp)
+        parking = state.status is RunStatus.PENDING_APPROVAL
+        if parking and await RunRepository(session).cancel_requested(run.id):
+            return None
+        saved = await RunLifecycle(session).checkpoint(
+            self.claim, run, records, stamp, progress=progress, rest=rest
+        )
+        if saved is None:
+            raise LeaseLost(f"run {run.id} is no longer held by this executor")
+        if saved.earlier:
+            return saved  # that attempt's transaction wrote the rest as well
+        if ends_session:
+            await save_to_session(session, run, state)
+        await _track_approvals(session, run, state, stamp)
+        if rest is not None:
+            await outbox.enqueue(session, run, stamp)
         return saved
 
 
