@@ -71,6 +71,17 @@ async def test_a_watch_hears_of_a_change_found_while_its_reader_was_reading(
             assert not current.items
 
 
+def test_a_watch_hears_of_a_change_this_process_made_while_its_reader_was_reading() -> None:
+    wakeups = Wakeups()
+    # The executor here commits event 7 while nobody watches: a reader's read, begun before
+    # that commit, returns event 5 after it.
+    wakeups.run_changed("r", 7, "completed")
+    with wakeups.watch("r", seen_seq=5) as late:
+        assert list(late.items) == [Stored(7)]
+    with wakeups.watch("r", seen_seq=7) as current:
+        assert not current.items
+
+
 async def test_merged_notices_keep_the_newest_status() -> None:
     wakeups = Wakeups()
     with wakeups.watch("r") as watch:

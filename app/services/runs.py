@@ -163,9 +163,9 @@ class RunService:
     async def wait_until_resting(self, run: Run, seconds: float) -> Run:
         """The run once it rests (ended or pending approval), or as it is after `seconds`.
 
-        `run` must be as read or written just now, with no await since: the watch starts
-        before anything else in this process can change it, and another process's change is
-        found by `poll_changes` (the watch is told at once of one found meanwhile).
+        `run` must be as read or written just now, with no await since: a change heard of
+        while its read was under way (this process's own, or another's found by
+        `poll_changes`) is told to the watch at once.
         """
         if seconds <= 0:
             return run

@@ -9,7 +9,7 @@ poll per watcher.
 from __future__ import annotations
 
 import asyncio
-from collections import defaultdict, deque
+from collections import OrderedDict, defaultdict, deque
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -27,6 +27,10 @@ log = structlog.get_logger("app.store")
 
 # Deltas a watcher may hold unread; a slower reader loses the newest, never slows the run.
 DELTA_BUFFER = 512
+
+# Runs whose last stored event id is remembered with no watcher: enough to cover the runs that
+# change while a reader's read of one is under way, however busy the process.
+REMEMBERED_RUNS = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,7 +142,7 @@ class Wakeups:
         self._hinted = False
         self._watchers: defaultdict[str, set[RunWatch]] = defaultdict(set)
         self._cancel_listeners: list[Callable[[str], None]] = []
-        self._seen_seq: dict[str, int] = {}
+        self._seen_seq: OrderedDict[str, int] = OrderedDict()
         self._on_watchers = on_watchers
         self.channel = channel
         if channel is not None:
@@ -211,8 +215,19 @@ class Wakeups:
     def run_changed(self, run_id: str, seq: int | None = None, status: str | None = None) -> None:
         """The run's row (and events up to `seq`, when known) changed in the store; `status`
         is what it has become, when the caller knows."""
+        if seq is not None:
+            self._remember_seq(run_id, seq)
         for watch in self._watchers.get(run_id, ()):
             watch.stored(seq, status)
+
+    def _remember_seq(self, run_id: str, seq: int) -> None:
+        # Kept with no watcher too: a reader whose read began before this change and returned
+        # after it starts watching with the older id, and must hear of it (`watch`).
+        if seq > self._seen_seq.get(run_id, -1):
+            self._seen_seq[run_id] = seq
+        self._seen_seq.move_to_end(run_id)
+        if len(self._seen_seq) > REMEMBERED_RUNS:
+            self._seen_seq.popitem(last=False)
 
     def delta(self, run_id: str, data: dict[str, Any]) -> None:
         """Text as the model generates it: to this process's watchers of the run, and to other
@@ -240,11 +255,10 @@ class Wakeups:
     @contextmanager
     def watch(self, run_id: str, seen_seq: int | None = None) -> Iterator[RunWatch]:
         """Watch a run; `seen_seq`, the event id the caller last read, gets a notice at once
-        if another process's change was found since (while the caller's read was under way,
-        say)."""
+        if a later change was heard of since (while the caller's read was under way, say)."""
         watch = RunWatch(run_id)
         found = self._seen_seq.get(run_id)
-        if seen_seq is not None and found is not None and found != seen_seq:
+        if seen_seq is not None and found is not None and found > seen_seq:
             watch.stored(found)
         self._watchers[run_id].add(watch)
         self._watchers_counted()
@@ -254,7 +268,6 @@ class Wakeups:
             self._watchers[run_id].discard(watch)
             if not self._watchers[run_id]:
                 del self._watchers[run_id]
-                self._seen_seq.pop(run_id, None)
             self._watchers_counted()
 
     def _watchers_counted(self) -> None:
@@ -291,6 +304,5 @@ class Wakeups:
             for run_id, (seq, status) in changes.items():
                 if run_id not in self._watchers:
                     continue  # its last watcher left during the query
-                if self._seen_seq.get(run_id) != seq:
-                    self._seen_seq[run_id] = seq
+                if self._seen_seq.get(run_id, -1) < seq:
                     self.run_changed(run_id, seq, status)
