@@ -65,13 +65,14 @@ def _fail(message: str) -> typer.Exit:
 @contextmanager
 def _refusals(debug: bool) -> Iterator[None]:
     """A start that cannot go on says why in one line; `--debug` shows the traceback too."""
+    from app.api.tokens import InvalidAuthSettings
     from app.runtime.startup import StartupError
 
     try:
         yield
     except typer.Exit:
         raise
-    except StartupError as exc:
+    except (StartupError, InvalidAuthSettings) as exc:
         if debug:
             raise
         raise _fail(str(exc)) from None
@@ -128,7 +129,8 @@ def serve(
     if reload:
         _serve_reloading(settings, executor)
         return
-    app = create_app(settings, agents_module=module, with_executor=executor)
+    with _refusals(debug):
+        app = create_app(settings, agents_module=module, with_executor=executor)
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:

@@ -118,13 +118,59 @@ class Settings(BaseSettings):
     )
     api_keys: SecretStr | None = Field(
         None,
-        description="Comma-separated `name:key` (or bare keys): every route but the health "
-        "checks then needs `Authorization: Bearer <key>`.",
+        description="Comma-separated `tenant/name:key` or `name:key` (tenant `default`), or bare "
+        "keys: every route but the health checks then needs `Authorization: Bearer <key>`.",
     )
     approver_api_keys: SecretStr | None = Field(
         None,
-        description="Comma-separated `name:key`: only these may decide approvals (and they may "
-        "call every other route too).",
+        description="Comma-separated `tenant/name:key` or `name:key`: keys with the role "
+        "`approver`; once any approver or admin is configured, only they decide approvals.",
+    )
+    admin_api_keys: SecretStr | None = Field(
+        None,
+        description="Comma-separated `tenant/name:key` or `name:key`: keys with the role "
+        "`admin` (every tenant).",
+    )
+    jwt_jwks_url: str | None = Field(
+        None,
+        description="Verify bearer tokens that are not API keys as JWTs signed by a key of this "
+        "JWKS (an OIDC provider's `jwks_uri`).",
+    )
+    jwt_public_key: SecretStr | None = Field(
+        None, description="Verify bearer tokens as JWTs signed by this PEM public key."
+    )
+    jwt_secret: SecretStr | None = Field(
+        None, description="Verify bearer tokens as HS256 JWTs signed with this secret."
+    )
+    jwt_issuer: str | None = Field(None, description="Tokens must carry this `iss`.")
+    jwt_audience: str | None = Field(None, description="Tokens must carry this `aud`.")
+    jwt_tenant_claim: str = Field(
+        "tenant",
+        min_length=1,
+        description="The claim naming the caller's tenant (absent: `default`); `a.b` reads a "
+        "nested claim.",
+    )
+    jwt_roles_claim: str = Field(
+        "roles",
+        min_length=1,
+        description="The claim listing the caller's roles; `a.b` reads a nested claim "
+        "(`realm_access.roles`).",
+    )
+    jwt_jwks_cache_seconds: float = Field(
+        300,
+        gt=0,
+        le=86400,
+        description="How long a fetched JWKS is used before it is fetched again.",
+    )
+    jwt_jwks_refresh_seconds: float = Field(
+        30,
+        ge=0,
+        le=3600,
+        description="A token signed by a key the JWKS lacks fetches it again (a rotated key), "
+        "at most once in this many seconds.",
+    )
+    jwt_jwks_timeout_seconds: float = Field(
+        5, gt=0, le=60, description="Fetching the JWKS fails after this long (503)."
     )
     max_request_bytes: int = Field(
         1024 * 1024, ge=1024, le=1024**3, description="Larger request bodies get 413."

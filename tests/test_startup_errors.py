@@ -33,6 +33,23 @@ def test_an_unknown_database_scheme(command: str) -> None:
     one_line_refusal(result, "DATABASE_URL", "unknown scheme 'mysqlx'")
 
 
+@pytest.mark.parametrize(
+    ("setting", "value", "words"),
+    [
+        ("API_KEYS", "ui:a,:b", ("API_KEYS", "item 2")),
+        ("JWT_SECRET", "short", ("JWT_SECRET", "32 bytes")),
+    ],
+)
+def test_unusable_keys_or_token_settings(
+    tmp_path: Path, setting: str, value: str, words: tuple[str, ...]
+) -> None:
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    result = agent_runs("serve", DATABASE_URL=url, PORT=str(free_port()), **{setting: value})
+
+    line = one_line_refusal(result, *words)
+    assert value not in line
+
+
 @pytest.mark.parametrize("command", ["serve", "migrate"])
 def test_a_sqlite_file_in_a_missing_folder(command: str, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'missing' / 'x.db'}"

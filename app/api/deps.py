@@ -55,7 +55,7 @@ async def get_approvals(request: Request) -> ApprovalService:
 
 
 def caller_name(request: Request) -> str | None:
-    """Who is calling, for `decided_by`: the API key's name, set by authentication."""
+    """Who is calling, for `decided_by`: the principal's name, set by authentication."""
     name = getattr(request.state, "caller", None)
     return name if isinstance(name, str) else None
 
@@ -66,7 +66,7 @@ def client_of(request: Request) -> str:
     proxy's forwarded address)."""
     name = caller_name(request)
     if name is not None:
-        return f"key {name}"
+        return f"caller {getattr(request.state, 'tenant', '')}/{name}"
     return f"address {request.client.host if request.client else 'unknown'}"
 
 

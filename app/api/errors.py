@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
-from app.api.auth import Forbidden, Unauthenticated
+from app.api.auth import AuthenticationUnavailable, Forbidden, Unauthenticated
 from app.api.schemas import Problem, ProblemError
 from app.api.streams import TooManyStreams
 from app.engine.errors import (
@@ -25,7 +25,13 @@ from app.engine.errors import (
     UnknownAgent,
     UnknownCall,
 )
-from app.services.errors import IdempotencyKeyInUse, IdempotencyKeyReused, NotFound, SessionBusy
+from app.services.errors import (
+    IdempotencyKeyInUse,
+    IdempotencyKeyReused,
+    NotAllowed,
+    NotFound,
+    SessionBusy,
+)
 from app.store.database import DATABASE_ERRORS, unavailable_cause
 
 log = structlog.get_logger("app.api")
@@ -35,6 +41,7 @@ MEDIA_TYPE = "application/problem+json"
 # Domain error -> (status, problem type, title), most specific first.
 _DOMAIN: list[tuple[type[EngineError], int, str, str]] = [
     (NotFound, 404, "not-found", "Not found"),
+    (NotAllowed, 403, "forbidden", "Forbidden"),
     (UnknownAgent, 422, "validation-error", "Unknown agent"),
     (RunEnded, 409, "run-ended", "Run has ended"),
     (RunNotPending, 409, "run-not-pending", "Run is not pending approval"),
@@ -114,6 +121,7 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(EngineError, _domain_error)  # type: ignore[arg-type]
     app.add_exception_handler(Unauthenticated, _unauthenticated)  # type: ignore[arg-type]
     app.add_exception_handler(Forbidden, _forbidden)
+    app.add_exception_handler(AuthenticationUnavailable, _authentication_unavailable)
     app.add_exception_handler(TooManyStreams, _too_many_streams)  # type: ignore[arg-type]
     for database_error in DATABASE_ERRORS:
         app.add_exception_handler(database_error, _database_error)
@@ -174,6 +182,11 @@ async def _unauthenticated(request: Request, exc: Unauthenticated) -> JSONRespon
 
 async def _forbidden(request: Request, exc: Exception) -> JSONResponse:
     return problem(403, str(exc))
+
+
+async def _authentication_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    log.warning("auth.keys_unavailable", detail=str(exc))
+    return problem(503, str(exc), headers=RETRY_SOON)
 
 
 async def _too_many_streams(request: Request, exc: TooManyStreams) -> JSONResponse:

@@ -44,7 +44,9 @@ class RequestLog:
                 path=scope["path"],
                 status=status,
                 duration_ms=round((time.perf_counter() - started) * 1000, 1),
-                caller=scope.get("state", {}).get("caller"),  # a key's name, set by auth
+                # The principal's name and tenant, set by auth: never its key or token.
+                caller=scope.get("state", {}).get("caller"),
+                tenant=scope.get("state", {}).get("tenant"),
             )
 
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.engine import DecisionInput, Engine, RunState, RunStatus
 from app.engine.errors import RunEnded, RunNotPending
-from app.services.errors import RunNotFound
+from app.services.errors import NotAllowed, RunNotFound
 from app.services.idempotency import Idempotency, once
 from app.services.lifecycle import event_records, now
 from app.store.approvals import ApprovalRepository
@@ -31,15 +31,18 @@ class ApprovalService:
         *,
         decided_by: str | None = None,
         idempotency: Idempotency | None = None,
+        may_decide: Callable[[str], bool] | None = None,
     ) -> tuple[Run, bool]:
         """Apply decisions; once none is pending the run is queued for any executor.
+        `may_decide` (given a call's tool) refuses the whole request with `NotAllowed` when one
+        of its calls is not the caller's to decide.
 
         The run's row lock makes concurrent requests on one call take turns: the first decides
         it, the others find it decided (409).
         """
 
         async def apply(session: AsyncSession) -> Run:
-            return await self._apply(session, run_id, decisions, decided_by)
+            return await self._apply(session, run_id, decisions, decided_by, may_decide)
 
         return await once(self.db, f"runs.{run_id}.approvals", idempotency, apply)
 
@@ -49,6 +52,7 @@ class ApprovalService:
         run_id: str,
         decisions: Sequence[DecisionInput],
         decided_by: str | None,
+        may_decide: Callable[[str], bool] | None,
     ) -> Run:
         runs = RunRepository(session)
         run = await runs.get(run_id, for_update=True)
@@ -59,6 +63,8 @@ class ApprovalService:
         if run.status != RunStatus.PENDING_APPROVAL or run.state is None:
             raise RunNotPending(f"run {run_id} is {run.status}, not pending_approval")
         state = RunState.from_json(run.state)
+        if may_decide is not None:
+            _check_allowed(state, decisions, may_decide, decided_by)
         events = self.engine.decide(state, decisions, decided_by=decided_by)
         records = event_records(events)
         decided = [data for name, data in records if name == "approval.decided"]
@@ -86,3 +92,23 @@ class ApprovalService:
                 before_seq=before_seq,
                 limit=limit,
             )
+
+
+def _check_allowed(
+    state: RunState,
+    decisions: Sequence[DecisionInput],
+    may_decide: Callable[[str], bool],
+    decided_by: str | None,
+) -> None:
+    """Refuse decisions on calls of tools the caller may not decide. A call id the run does not
+    have pending is left to the engine's own answer (422 or 409)."""
+    tools = {call.call_id: call.name for call in state.current_calls}
+    refused = sorted(
+        {
+            tools[d.call_id]
+            for d in decisions
+            if d.call_id in tools and not may_decide(tools[d.call_id])
+        }
+    )
+    if refused:
+        raise NotAllowed(f"{decided_by!r} may not decide calls of {', '.join(refused)}")

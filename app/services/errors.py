@@ -17,6 +17,10 @@ class SessionNotFound(NotFound):
     """No session has that id."""
 
 
+class NotAllowed(EngineError):
+    """The caller may not do this (decide a call of that tool, say)."""
+
+
 class SessionBusy(EngineError):
     """The session has an unfinished run."""
 

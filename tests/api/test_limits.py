@@ -179,7 +179,9 @@ async def test_a_client_holds_at_most_so_many_streams(
                 assert others.status_code == 200  # another client's streams are its own
         # Both closed: their slots are free again once the server has seen them go.
         slots = live.services.stream_slots
-        assert await anyio.to_thread.run_sync(comes_true, lambda: not slots.held("key a"))
+        assert await anyio.to_thread.run_sync(
+            comes_true, lambda: not slots.held("caller default/a")
+        )
         async with open_stream(live, run_id, "a") as again:
             assert again.status_code == 200
 

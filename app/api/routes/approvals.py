@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query, Request
 
 from app.api import pagination
-from app.api.auth import Approver
+from app.api.auth import Approver, decision_rule
 from app.api.deps import ApprovalsDep, RunsDep, caller_name, problems
 from app.api.routes.runs import IdempotencyKey, Wait, fingerprint
 from app.api.schemas import ApprovalOut, ApprovalPage, Decide, RunOut
@@ -44,7 +44,11 @@ async def decide(
         else None
     )
     run, _ = await approvals.decide(
-        run_id, decisions, decided_by=caller_name(request), idempotency=idempotency
+        run_id,
+        decisions,
+        decided_by=caller_name(request),
+        idempotency=idempotency,
+        may_decide=decision_rule(request),
     )
     run = await runs.wait_until_resting(run, wait)
     return await runs.show(run)
