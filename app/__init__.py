@@ -1,6 +1,7 @@
 """agent-runs: run LLM agents as durable REST resources.
 
-The public Python surface for defining agents is `Agent`, `tool`, `RunContext` and, for a model
+The public Python surface for defining agents is `Agent`, `tool`, `RunContext` (with the
+`Principal` a run acts for) and, for a model
 backend of one's own, `ModelProvider`; `AnthropicProvider` speaks Anthropic's own API (with the
 `anthropic` extra).
 """
@@ -13,6 +14,7 @@ from app.engine import (
     ModelProvider,
     ModelRequest,
     ModelResponse,
+    Principal,
     RunContext,
     Tool,
     Usage,
@@ -27,6 +29,7 @@ __all__ = [
     "ModelProvider",
     "ModelRequest",
     "ModelResponse",
+    "Principal",
     "RunContext",
     "Tool",
     "Usage",

@@ -99,6 +99,11 @@ class RunOut(BaseModel):
     agent: str
     current_agent: str
     session_id: str | None
+    tenant: str = Field(description="The tenant the run belongs to: its creator's.")
+    created_by: str | None = Field(
+        description="The name of the principal that created the run (null for runs stored "
+        "before runs recorded it)."
+    )
     input: list[dict[str, Any]] = Field(
         description="The input as posted, as messages (a string is one user message)."
     )
@@ -127,6 +132,8 @@ class RunOut(BaseModel):
             agent=run.agent,
             current_agent=run.current_agent,
             session_id=run.session_id,
+            tenant=run.tenant,
+            created_by=None if run.principal is None else run.principal.get("name"),
             input=list(run.input),
             context=run.context,
             config=RunConfigOut.model_validate(run.config),

@@ -89,6 +89,12 @@ class Settings(BaseSettings):
         description="Takeovers after lost executors before a run fails with `internal_error` "
         "(a run that keeps killing its executor).",
     )
+    tenant_max_active_runs: int | None = Field(
+        None,
+        ge=1,
+        description="A tenant's queued and running runs at most; a POST /runs beyond is refused "
+        "with 429 `too-many-runs` (default: no limit).",
+    )
     database_pool_size: int = Field(
         10,
         ge=1,

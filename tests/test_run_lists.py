@@ -11,6 +11,7 @@ from sqlalchemy import event, text
 
 from app.store.database import Database
 from app.store.runs import RunRepository
+from app.store.tenancy import EVERY_TENANT
 from tests.conftest import is_postgres
 
 pytestmark = pytest.mark.anyio
@@ -45,7 +46,9 @@ async def test_one_status_is_listed_from_its_index_under_newer_runs(db_url: str)
             await session.execute(text("ANALYZE runs"))
         event.listen(db.engine.sync_engine, "before_cursor_execute", capture)
         async with db.read_scope() as session:
-            page = await RunRepository(session).page(statuses=["pending_approval"], limit=21)
+            page = await RunRepository(session, EVERY_TENANT).page(
+                statuses=["pending_approval"], limit=21
+            )
         event.remove(db.engine.sync_engine, "before_cursor_execute", capture)
         statement, parameters = statements[-1]
         async with db.engine.connect() as connection:

@@ -5,12 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
 
+from app.api.auth import principal_of
 from app.api.schemas import Problem
 from app.api.streams import Frames, StreamSlots
 from app.engine import Engine
+from app.engine.principal import TENANT_PATTERN
 from app.services.approvals import ApprovalService
+from app.services.callers import Caller
 from app.services.runs import RunService
 from app.services.streams import RunEventStream
 from app.settings import Settings
@@ -70,6 +73,23 @@ def client_of(request: Request) -> str:
     return f"address {request.client.host if request.client else 'unknown'}"
 
 
+async def get_caller(
+    request: Request,
+    tenant: Annotated[
+        str | None,
+        Query(
+            pattern=TENANT_PATTERN,
+            max_length=64,
+            description="Admins: that tenant's resources only (a session id names one of that "
+            "tenant's sessions). Others see their own tenant's only.",
+        ),
+    ] = None,
+) -> Caller:
+    """Who calls, and whose runs, sessions and approvals it may touch."""
+    return Caller.of(principal_of(request), tenant)
+
+
+CallerDep = Annotated[Caller, Depends(get_caller)]
 RunsDep = Annotated[RunService, Depends(get_runs)]
 ApprovalsDep = Annotated[ApprovalService, Depends(get_approvals)]
 

@@ -31,6 +31,7 @@ from app.services.errors import (
     NotAllowed,
     NotFound,
     SessionBusy,
+    TooManyRuns,
 )
 from app.store.database import DATABASE_ERRORS, unavailable_cause
 
@@ -49,6 +50,7 @@ _DOMAIN: list[tuple[type[EngineError], int, str, str]] = [
     (UnknownCall, 422, "validation-error", "Unknown tool call"),
     (InvalidDecision, 422, "validation-error", "Invalid decision"),
     (SessionBusy, 409, "session-busy", "Session is busy"),
+    (TooManyRuns, 429, "too-many-runs", "Too many runs"),
     (IdempotencyKeyInUse, 409, "idempotency-key-in-use", "Idempotency key in use"),
     (IdempotencyKeyReused, 422, "idempotency-key-reused", "Idempotency key reused"),
 ]
@@ -204,7 +206,10 @@ async def _domain_error(request: Request, exc: EngineError) -> JSONResponse:
                 errors = [ProblemError(loc=["body", "agent"], msg=str(exc))]
             elif isinstance(exc, InvalidDecision) and exc.errors:
                 errors = [ProblemError(loc=[e["loc"]], msg=e["msg"]) for e in exc.errors]
-            return problem(status, str(exc), kind=kind, title=title, errors=errors)
+            headers = None
+            if isinstance(exc, TooManyRuns):
+                headers = {"Retry-After": str(exc.retry_after)}
+            return problem(status, str(exc), kind=kind, title=title, errors=errors, headers=headers)
     return await _unexpected_error(request, exc)
 
 

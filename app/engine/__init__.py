@@ -12,6 +12,7 @@ from app.engine.errors import ModelError
 from app.engine.events import RunEvent, RunObserver, TextDelta
 from app.engine.model import ModelProvider, ModelRequest, ModelResponse
 from app.engine.outcomes import Completed, Failed, HandedOff, Paused, RunAgain, TurnResult
+from app.engine.principal import Principal
 from app.engine.providers import AnthropicProvider, ModelRouter, OpenAIProvider
 from app.engine.state import ApprovalRequest, RunState, RunStatus, Usage
 from app.engine.tools import Tool, tool
@@ -32,6 +33,7 @@ __all__ = [
     "ModelRouter",
     "OpenAIProvider",
     "Paused",
+    "Principal",
     "RunAgain",
     "RunConfig",
     "RunContext",

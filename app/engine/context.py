@@ -8,13 +8,16 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from app.engine.principal import ANONYMOUS, Principal
+
 
 @dataclass(frozen=True, slots=True)
 class RunContext:
     """What the service passes to tools, instructions and approval handlers.
 
     `variables` is read-only: it is the client's context for the run, stored with it, and a tool
-    running in a thread must not race the engine that serializes it.
+    running in a thread must not race the engine that serializes it. `principal` is who created
+    the run: a tool may act with its identity.
     """
 
     variables: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
@@ -22,6 +25,7 @@ class RunContext:
     session_id: str | None = None
     call_id: str | None = None
     _cancel_event: threading.Event = field(default_factory=threading.Event, repr=False)
+    principal: Principal = ANONYMOUS
 
     @property
     def cancelled(self) -> bool:

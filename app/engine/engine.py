@@ -14,6 +14,7 @@ from app.engine.errors import RunEnded
 from app.engine.events import NullObserver, RunEvent, RunObserver
 from app.engine.instruments import Instruments, NoInstruments
 from app.engine.outcomes import TurnResult, goes_on
+from app.engine.principal import ANONYMOUS, Principal
 from app.engine.providers.router import ModelRouter
 from app.engine.registry import AgentRegistry
 from app.engine.state import Message, RunError, RunState, RunStatus
@@ -75,22 +76,35 @@ class Engine:
             session_id=session_id,
         )
 
-    async def advance(self, state: RunState, observer: RunObserver | None = None) -> TurnResult:
-        """Run one turn (or the rest of an open one) and return how it ended.
+    async def advance(
+        self,
+        state: RunState,
+        observer: RunObserver | None = None,
+        *,
+        principal: Principal = ANONYMOUS,
+    ) -> TurnResult:
+        """Run one turn (or the rest of an open one) and return how it ended. `principal` (who
+        the run acts for) reaches tools, instructions and handlers in their `RunContext`.
 
         `state` is updated in place; cancelling the calling task abandons the turn, after which
         `cancel` closes the run.
         """
         ensure_running(state)
-        turn = Turn(self._deps, state, observer or NullObserver())
+        turn = Turn(self._deps, state, observer or NullObserver(), principal)
         outcome = await turn.run()
         return TurnResult(state, outcome, turn.events)
 
-    async def run(self, state: RunState, observer: RunObserver | None = None) -> TurnResult:
+    async def run(
+        self,
+        state: RunState,
+        observer: RunObserver | None = None,
+        *,
+        principal: Principal = ANONYMOUS,
+    ) -> TurnResult:
         """Advance until the run rests: completed, failed or pending approval."""
         events: list[RunEvent] = []
         while True:
-            result = await self.advance(state, observer)
+            result = await self.advance(state, observer, principal=principal)
             events += result.events
             if not goes_on(result.outcome):
                 return TurnResult(state, result.outcome, events)

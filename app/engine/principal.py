@@ -20,7 +20,8 @@ APPROVER = "approver"
 ADMIN = "admin"
 _APPROVER_OF = "approver:"
 
-_TENANT_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+TENANT_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+_TENANT_NAME = re.compile(TENANT_PATTERN)
 
 
 def is_tenant_name(name: str) -> bool:
@@ -36,6 +37,24 @@ class Principal:
     tenant: str = DEFAULT_TENANT
     roles: frozenset[str] = frozenset()
     claims: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+    def to_json(self) -> dict[str, Any]:
+        """What a run stores of the principal that created it."""
+        return {
+            "name": self.name,
+            "tenant": self.tenant,
+            "roles": sorted(self.roles),
+            "claims": dict(self.claims),
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Principal:
+        return cls(
+            str(data["name"]),
+            str(data.get("tenant", DEFAULT_TENANT)),
+            frozenset(data.get("roles", ())),
+            MappingProxyType(dict(data.get("claims", {}))),
+        )
 
     @property
     def is_admin(self) -> bool:

@@ -29,6 +29,7 @@ from app.engine.outcomes import (
     TurnOutcome,
     outcome_name,
 )
+from app.engine.principal import Principal
 from app.engine.state import CallStatus, RunError, RunState, RunStatus, StepRecord, ToolCall
 from app.engine.text import storable_json
 from app.engine.tools import Tool
@@ -39,9 +40,12 @@ log = structlog.get_logger("app.engine")
 class Turn:
     """Drives one `Engine.advance`: owns the turn's events, checkpoints and cancellation."""
 
-    def __init__(self, deps: TurnDeps, state: RunState, observer: RunObserver) -> None:
+    def __init__(
+        self, deps: TurnDeps, state: RunState, observer: RunObserver, principal: Principal
+    ) -> None:
         self.deps = deps
         self.state = state
+        self.principal = principal
         self.observer = observer
         self.events: list[RunEvent] = []
         self._unsaved: list[RunEvent] = []
@@ -78,7 +82,12 @@ class Turn:
     def context(self, call_id: str | None = None) -> RunContext:
         state = self.state
         return RunContext(
-            self._variables, state.run_id, state.session_id, call_id, self._cancel_event
+            self._variables,
+            state.run_id,
+            state.session_id,
+            call_id,
+            self._cancel_event,
+            self.principal,
         )
 
     def emit(self, event: RunEvent) -> None:

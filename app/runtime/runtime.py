@@ -85,7 +85,7 @@ class Runtime:
                 db,
                 engine,
                 wakeups,
-                RunService(db, engine, wakeups),
+                RunService(db, engine, wakeups, max_active_runs=settings.tenant_max_active_runs),
                 ApprovalService(db, engine),
                 RunEventStream(db, wakeups),
                 _executor(settings, db, engine, wakeups, name) if executor else None,

@@ -8,6 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.engine import DecisionInput, Engine, RunState, RunStatus
 from app.engine.errors import RunEnded, RunNotPending
+from app.services.callers import Caller
 from app.services.errors import NotAllowed, RunNotFound
 from app.services.idempotency import Idempotency, once
 from app.services.lifecycle import event_records, now
@@ -28,6 +29,7 @@ class ApprovalService:
         self,
         run_id: str,
         decisions: Sequence[DecisionInput],
+        caller: Caller,
         *,
         decided_by: str | None = None,
         idempotency: Idempotency | None = None,
@@ -42,19 +44,21 @@ class ApprovalService:
         """
 
         async def apply(session: AsyncSession) -> Run:
-            return await self._apply(session, run_id, decisions, decided_by, may_decide)
+            return await self._apply(session, run_id, decisions, caller, decided_by, may_decide)
 
-        return await once(self.db, f"runs.{run_id}.approvals", idempotency, apply)
+        scope = f"runs.{run_id}.approvals"
+        return await once(self.db, scope, idempotency, apply, caller.tenancy)
 
     async def _apply(
         self,
         session: AsyncSession,
         run_id: str,
         decisions: Sequence[DecisionInput],
+        caller: Caller,
         decided_by: str | None,
         may_decide: Callable[[str], bool] | None,
     ) -> Run:
-        runs = RunRepository(session)
+        runs = RunRepository(session, caller.tenancy)
         run = await runs.get(run_id, for_update=True)
         if run is None:
             raise RunNotFound(f"no run has id {run_id!r}")
@@ -68,13 +72,14 @@ class ApprovalService:
         events = self.engine.decide(state, decisions, decided_by=decided_by)
         records = event_records(events)
         decided = [data for name, data in records if name == "approval.decided"]
-        await ApprovalRepository(session).decide(run_id, decided)
+        await ApprovalRepository(session, caller.tenancy).decide(run_id, decided)
         resumes = state.status is RunStatus.RUNNING
         await RunLifecycle(session).decide(run, state.to_json(), records, now(), resumes=resumes)
         return run
 
     async def page(
         self,
+        caller: Caller,
         *,
         statuses: Sequence[str],
         agent: str | None,
@@ -84,7 +89,7 @@ class ApprovalService:
         limit: int,
     ) -> list[Approval]:
         async with self.db.read_scope() as session:
-            return await ApprovalRepository(session).page(
+            return await ApprovalRepository(session, caller.tenancy).page(
                 statuses=statuses,
                 agent=agent,
                 tool=tool,

@@ -25,6 +25,13 @@ class SessionBusy(EngineError):
     """The session has an unfinished run."""
 
 
+class TooManyRuns(EngineError):
+    """The tenant has as many queued and running runs as it may (TENANT_MAX_ACTIVE_RUNS)."""
+
+    # Seconds to wait before asking again: about the time a short run takes to end.
+    retry_after = 5
+
+
 class IdempotencyKeyInUse(EngineError):
     """A request with this Idempotency-Key is still being processed; retry shortly."""
 

@@ -14,12 +14,14 @@ from datetime import timedelta
 import anyio
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.engine.principal import DEFAULT_TENANT
 from app.services.errors import IdempotencyKeyInUse, IdempotencyKeyReused, RunNotFound
 from app.services.lifecycle import now
 from app.store.database import Database
 from app.store.idempotency import IdempotencyRepository
 from app.store.models import Run
 from app.store.runs import RunRepository
+from app.store.tenancy import Tenancy
 
 # A reservation whose request died before binding it frees the key after this long.
 STALE_RESERVATION = timedelta(seconds=60)
@@ -29,27 +31,29 @@ Effect = Callable[[AsyncSession], Awaitable[Run]]
 
 @dataclass(frozen=True)
 class Idempotency:
-    """A request's `Idempotency-Key`: keys are the caller's own (`owner`, the API key's name;
-    "" on an open service), so two callers never share one."""
+    """A request's `Idempotency-Key`: keys are the caller's own (its tenant, and `owner`, its
+    name; "" on an open service), so two callers never share one."""
 
     key: str
     request_hash: str
     owner: str = ""
+    tenant: str = DEFAULT_TENANT
 
 
 async def once(
-    db: Database, scope: str, idempotency: Idempotency | None, effect: Effect
+    db: Database, scope: str, idempotency: Idempotency | None, effect: Effect, tenancy: Tenancy
 ) -> tuple[Run, bool]:
-    """Run `effect` in a transaction, once per key: the run, and False for a repeat."""
+    """Run `effect` in a transaction, once per key: the run, and False for a repeat (read as
+    the caller may see it)."""
     if idempotency is not None:
-        earlier = await _reserve(db, scope, idempotency)
+        earlier = await _reserve(db, scope, idempotency, tenancy)
         if earlier is not None:
             return earlier, False
     try:
         async with db.session_scope() as session:
             run = await effect(session)
             if idempotency is not None:
-                await IdempotencyRepository(session).bind(
+                await IdempotencyRepository(session, idempotency.tenant).bind(
                     idempotency.owner, scope, idempotency.key, run.id
                 )
     except Exception:
@@ -58,17 +62,19 @@ async def once(
         if idempotency is not None:
             with anyio.CancelScope(shield=True):
                 async with db.session_scope() as session:
-                    await IdempotencyRepository(session).release(
+                    await IdempotencyRepository(session, idempotency.tenant).release(
                         idempotency.owner, scope, idempotency.key
                     )
         raise
     return run, True
 
 
-async def _reserve(db: Database, scope: str, idempotency: Idempotency) -> Run | None:
+async def _reserve(
+    db: Database, scope: str, idempotency: Idempotency, tenancy: Tenancy
+) -> Run | None:
     """Reserve the key, or answer for the request that holds it."""
     async with db.session_scope() as session:
-        keys = IdempotencyRepository(session)
+        keys = IdempotencyRepository(session, idempotency.tenant)
         stamp = now()
         owner, key = idempotency.owner, idempotency.key
         if await keys.reserve(owner, scope, key, idempotency.request_hash, stamp):
@@ -82,7 +88,7 @@ async def _reserve(db: Database, scope: str, idempotency: Idempotency) -> Run | 
                 raise IdempotencyKeyInUse()
             held.created_at = stamp  # its first request died: this one takes over
             return None
-        run = await RunRepository(session).get(held.run_id)
+        run = await RunRepository(session, tenancy).get(held.run_id)
         if run is None:
             raise RunNotFound(f"run {held.run_id} of this Idempotency-Key no longer exists")
         return run

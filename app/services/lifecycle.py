@@ -14,6 +14,7 @@ from app.store.events import EventRecord
 from app.store.lifecycle import RunLifecycle
 from app.store.models import Run
 from app.store.sessions import SessionRepository
+from app.store.tenancy import Tenancy
 from app.webhooks import outbox
 
 
@@ -33,7 +34,7 @@ async def save_to_session(db_session: AsyncSession, run: Run, state: RunState | 
     """Append the run's new messages to its session's conversation."""
     if run.session_id is None or state is None:
         return
-    sessions = SessionRepository(db_session)
+    sessions = SessionRepository(db_session, run.tenant)
     await sessions.ensure(run.session_id, now())
     await sessions.append(run.session_id, state.new_messages, run.id, now())
 
@@ -48,5 +49,5 @@ async def cancel_resting_run(db_session: AsyncSession, engine: Engine, run: Run)
     stored = state.to_json() if state is not None else None
     await RunLifecycle(db_session).cancel(run, records, stamp, state=stored)
     await save_to_session(db_session, run, state)
-    await ApprovalRepository(db_session).withdraw(run.id)
+    await ApprovalRepository(db_session, Tenancy(run.tenant)).withdraw(run.id)
     await outbox.enqueue(db_session, run, stamp)

@@ -14,9 +14,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.engine import Engine, RunConfig
 from app.engine.engine import input_messages
 from app.engine.errors import RunEnded
+from app.engine.principal import Principal
 from app.engine.state import RunStatus
 from app.resources import RunOut
-from app.services.errors import RunNotFound, SessionBusy, SessionNotFound
+from app.services.callers import Caller
+from app.services.errors import RunNotFound, SessionBusy, SessionNotFound, TooManyRuns
 from app.services.idempotency import Idempotency, once
 from app.services.lifecycle import cancel_resting_run, now
 from app.store.database import Database
@@ -25,6 +27,7 @@ from app.store.models import Run, Session, WebhookDelivery
 from app.store.runs import RunRepository
 from app.store.sessions import SessionRepository
 from app.store.status import ENDED, RESTING
+from app.store.tenancy import Tenancy, lock_tenant
 from app.store.wakeups import Delta, Stored, Wakeups
 from app.store.webhooks import WebhookRepository
 
@@ -56,29 +59,51 @@ def new_run_id() -> str:
 
 
 class RunService:
-    def __init__(self, db: Database, engine: Engine, wakeups: Wakeups) -> None:
+    def __init__(
+        self,
+        db: Database,
+        engine: Engine,
+        wakeups: Wakeups,
+        *,
+        max_active_runs: int | None = None,
+    ) -> None:
         self.db = db
         self.engine = engine
         self.wakeups = wakeups
+        # TENANT_MAX_ACTIVE_RUNS: a tenant's queued and running runs at most.
+        self.max_active_runs = max_active_runs
 
-    async def create(self, new: NewRun, idempotency: Idempotency | None = None) -> tuple[Run, bool]:
-        """The run and whether it was created now (False: an idempotent repeat)."""
+    async def create(
+        self, new: NewRun, caller: Caller, idempotency: Idempotency | None = None
+    ) -> tuple[Run, bool]:
+        """The run, of the caller's own tenant, and whether it was created now (False: an
+        idempotent repeat)."""
         self.engine.agents.get(new.agent)  # an unknown agent is refused before anything is stored
-        interrupted: list[Run] = []
 
         async def insert(session: AsyncSession) -> Run:
-            return await self._insert(session, new, interrupted)
+            return await self._insert(session, new, caller.principal)
 
-        return await once(self.db, CREATE_SCOPE, idempotency, insert)
+        return await once(self.db, CREATE_SCOPE, idempotency, insert, caller.tenancy)
 
-    async def _insert(self, session: AsyncSession, new: NewRun, interrupted: list[Run]) -> Run:
-        runs = RunRepository(session)
+    async def _insert(self, session: AsyncSession, new: NewRun, creator: Principal) -> Run:
+        tenant = creator.tenant
+        runs = RunRepository(session, Tenancy(tenant))
         stamp = now()
         if new.session_id is not None:
-            await SessionRepository(session).ensure(new.session_id, stamp)
-            interrupted += await self._make_way(session, runs, new.session_id, new.if_busy)
+            await SessionRepository(session, tenant).ensure(new.session_id, stamp)
+            await self._make_way(session, runs, tenant, new.session_id, new.if_busy)
+        if self.max_active_runs is not None:
+            await lock_tenant(session, tenant)
+            active = await runs.active_count(tenant)
+            if active >= self.max_active_runs:
+                raise TooManyRuns(
+                    f"tenant {tenant!r} has {active} queued and running runs, "
+                    f"the most it may have (TENANT_MAX_ACTIVE_RUNS)"
+                )
         run = Run(
             id=new_run_id(),
+            tenant=tenant,
+            principal=creator.to_json(),
             agent=new.agent,
             current_agent=new.agent,
             session_id=new.session_id,
@@ -95,30 +120,37 @@ class RunService:
         return run
 
     async def _make_way(
-        self, session: AsyncSession, runs: RunRepository, session_id: str, if_busy: IfBusy
-    ) -> list[Run]:
-        """Apply `if_busy`; returns the runs it cancelled (running ones only flagged)."""
+        self,
+        session: AsyncSession,
+        runs: RunRepository,
+        tenant: str,
+        session_id: str,
+        if_busy: IfBusy,
+    ) -> None:
+        """Apply `if_busy`: cancel the session's unfinished runs (running ones only flagged),
+        or refuse."""
         if if_busy == "enqueue":
-            return []
-        unfinished = await runs.unfinished_in_session(session_id, for_update=True)
-        if not unfinished:
-            return []
-        if if_busy == "reject":
+            return
+        unfinished = await runs.unfinished_in_session(tenant, session_id, for_update=True)
+        if unfinished and if_busy == "reject":
             ids = ", ".join(run.id for run in unfinished)
             raise SessionBusy(f"session {session_id!r} has unfinished runs: {ids}")
         for run in unfinished:
             await self._cancel_locked(session, run)
-        return unfinished
 
-    async def get(self, run_id: str) -> Run:
+    async def get(self, run_id: str, caller: Caller) -> Run:
+        return await self._get(run_id, caller.tenancy)
+
+    async def _get(self, run_id: str, tenancy: Tenancy) -> Run:
         async with self.db.read_scope() as session:
-            run = await RunRepository(session).get(run_id)
+            run = await RunRepository(session, tenancy).get(run_id)
         if run is None:
             raise RunNotFound(f"no run has id {run_id!r}")
         return run
 
     async def page(
         self,
+        caller: Caller,
         *,
         statuses: Sequence[str],
         agent: str | None,
@@ -127,7 +159,7 @@ class RunService:
         limit: int,
     ) -> list[Run]:
         async with self.db.read_scope() as session:
-            return await RunRepository(session).page(
+            return await RunRepository(session, caller.tenancy).page(
                 statuses=statuses,
                 agent=agent,
                 session_id=session_id,
@@ -135,16 +167,16 @@ class RunService:
                 limit=limit,
             )
 
-    async def cancel(self, run_id: str) -> Run:
+    async def cancel(self, run_id: str, caller: Caller) -> Run:
         """Cancel now when queued or parked; ask the driving executor when running."""
         async with self.db.session_scope() as session:
-            runs = RunRepository(session)
+            runs = RunRepository(session, caller.tenancy)
             run = await runs.get(run_id)
             if run is None:
                 raise RunNotFound(f"no run has id {run_id!r}")
             if run.session_id is not None:
                 # Session before run, the lock order of every path that takes both.
-                await SessionRepository(session).get(run.session_id, for_update=True)
+                await SessionRepository(session, run.tenant).get(run.session_id, for_update=True)
             run = await runs.get(run_id, for_update=True, refresh=True)
             assert run is not None
             if run.status in ENDED:
@@ -177,7 +209,7 @@ class RunService:
                 # A stopping process's close() wakes every watcher with a status unknown.
                 while not self._may_have_rested(change):
                     change = await watch.next()
-                run = await self.get(run.id)
+                run = await self._get(run.id, Tenancy(run.tenant))
         return run
 
     def _may_have_rested(self, change: Stored | Delta) -> bool:
@@ -187,7 +219,8 @@ class RunService:
         return isinstance(change, Stored) and change.status in (None, *RESTING)
 
     async def shown(self, runs: Sequence[Run]) -> list[RunOut]:
-        """The runs as the API shows them, with their webhook deliveries."""
+        """The runs (found through a caller's tenancy) as the API shows them, with their
+        webhook deliveries."""
         with_webhook = [run.id for run in runs if run.webhook is not None]
         deliveries: dict[str, list[WebhookDelivery]] = {}
         if with_webhook:
@@ -200,20 +233,22 @@ class RunService:
         [shown] = await self.shown([run])
         return shown
 
-    async def get_session(self, session_id: str) -> SessionView:
+    async def get_session(self, session_id: str, caller: Caller) -> SessionView:
         async with self.db.read_scope() as session:
-            sessions = SessionRepository(session)
+            sessions = SessionRepository(session, caller.home)
             found = await sessions.get(session_id)
             if found is None:
                 raise SessionNotFound(f"no session has id {session_id!r}")
             return SessionView(found, await sessions.messages(session_id))
 
-    async def delete_session(self, session_id: str) -> None:
+    async def delete_session(self, session_id: str, caller: Caller) -> None:
+        tenant = caller.home
         async with self.db.session_scope() as session:
-            sessions = SessionRepository(session)
+            sessions = SessionRepository(session, tenant)
             if await sessions.get(session_id, for_update=True) is None:
                 raise SessionNotFound(f"no session has id {session_id!r}")
-            unfinished = await RunRepository(session).unfinished_in_session(session_id)
+            runs = RunRepository(session, Tenancy(tenant))
+            unfinished = await runs.unfinished_in_session(tenant, session_id)
             if unfinished:
                 ids = ", ".join(run.id for run in unfinished)
                 raise SessionBusy(f"session {session_id!r} has unfinished runs: {ids}")

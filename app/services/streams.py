@@ -9,11 +9,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from app.services.callers import Caller
 from app.services.errors import RunNotFound
 from app.store.database import Database
 from app.store.models import StoredEvent
 from app.store.runs import RunRepository
 from app.store.status import ENDED
+from app.store.tenancy import Tenancy
 from app.store.wakeups import Delta, Wakeups
 
 BATCH = 200
@@ -39,23 +41,28 @@ class RunEventStream:
         self.wakeups = wakeups
         self._reads: dict[tuple[str, int, int], asyncio.Future[_Read]] = {}
 
-    async def check(self, run_id: str) -> None:
-        """Raise `RunNotFound` before a stream is opened for nothing."""
+    async def check(self, run_id: str, caller: Caller) -> Tenancy:
+        """Raise `RunNotFound` before a stream is opened for nothing (or for a run of another
+        tenant); the run's own tenancy, to read its events with."""
         async with self.db.read_scope() as session:
-            if await RunRepository(session).progress(run_id) is None:
-                raise RunNotFound(f"no run has id {run_id!r}")
+            tenant = await RunRepository(session, caller.tenancy).tenant_of(run_id)
+        if tenant is None:
+            raise RunNotFound(f"no run has id {run_id!r}")
+        return Tenancy(tenant)
 
-    async def events(self, run_id: str, after: int) -> AsyncIterator[list[StreamItem]]:
+    async def events(
+        self, run_id: str, tenancy: Tenancy, after: int
+    ) -> AsyncIterator[list[StreamItem]]:
         """Everything after event `after`, in batches of what is there at once (a page of
         stored events, the deltas queued meanwhile); ends once the run has ended and all is
-        sent."""
+        sent. `tenancy` is the one `check` gave."""
         cursor = after
         up_to: int | None = None
         turns_sent = 0  # turns whose whole message has been sent: their deltas are stale
         # Watch before the first read: a change landing during the replay is not missed.
         with self.wakeups.watch(run_id) as watch:
             while True:
-                read = await self._read(run_id, cursor, up_to)
+                read = await self._read(run_id, tenancy, cursor, up_to)
                 if read.events:
                     cursor = read.events[-1].seq
                     yield [
@@ -80,7 +87,7 @@ class RunEventStream:
                     change = await watch.next()
                 up_to = change.seq
 
-    async def _read(self, run_id: str, cursor: int, up_to: int | None) -> _Read:
+    async def _read(self, run_id: str, tenancy: Tenancy, cursor: int, up_to: int | None) -> _Read:
         """Stored events after `cursor`, none past `up_to` (a turn's deltas come before its
         later events).
 
@@ -90,18 +97,20 @@ class RunEventStream:
         begun earlier might not. It runs as a task of its own, so a reader that leaves does
         not cancel it for the others."""
         if up_to is None:
-            return await self._read_store(run_id, cursor, up_to)
+            return await self._read_store(run_id, tenancy, cursor, up_to)
         key = (run_id, cursor, up_to)
         read = self._reads.get(key)
         if read is None:
-            read = asyncio.ensure_future(self._read_store(run_id, cursor, up_to))
+            read = asyncio.ensure_future(self._read_store(run_id, tenancy, cursor, up_to))
             self._reads[key] = read
             read.add_done_callback(lambda _: self._reads.pop(key, None))
         return await asyncio.shield(read)
 
-    async def _read_store(self, run_id: str, cursor: int, up_to: int | None) -> _Read:
+    async def _read_store(
+        self, run_id: str, tenancy: Tenancy, cursor: int, up_to: int | None
+    ) -> _Read:
         async with self.db.read_scope() as session:
-            runs = RunRepository(session)
+            runs = RunRepository(session, tenancy)
             progress = await runs.progress(run_id)
             events = await runs.events_after(run_id, cursor, limit=BATCH, max_bytes=PAGE_BYTES)
         if progress is None:

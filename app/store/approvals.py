@@ -10,15 +10,20 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.store.models import Approval
+from app.store.tenancy import Tenancy
 
 
 class ApprovalRepository:
-    def __init__(self, session: AsyncSession) -> None:
+    """Approval requests of the tenants `tenancy` admits."""
+
+    def __init__(self, session: AsyncSession, tenancy: Tenancy) -> None:
         self.session = session
+        self.tenancy = tenancy
 
     async def add_pending(
         self,
         run_id: str,
+        tenant: str,
         requests: Sequence[dict[str, Any]],
         last_messages: list[dict[str, Any]],
         now: datetime,
@@ -28,7 +33,9 @@ class ApprovalRepository:
         known = {
             approval.call_id: approval
             for approval in await self.session.scalars(
-                select(Approval).where(Approval.run_id == run_id)
+                select(Approval).where(
+                    Approval.run_id == run_id, self.tenancy.admits(Approval.tenant)
+                )
             )
         }
         for request in requests:
@@ -45,6 +52,7 @@ class ApprovalRepository:
             self.session.add(
                 Approval(
                     run_id=run_id,
+                    tenant=tenant,
                     call_id=request["call_id"],
                     tool=request["tool"],
                     agent=request["agent"],
@@ -62,14 +70,22 @@ class ApprovalRepository:
         for decision in decisions:
             await self.session.execute(
                 update(Approval)
-                .where(Approval.run_id == run_id, Approval.call_id == decision["call_id"])
+                .where(
+                    Approval.run_id == run_id,
+                    Approval.call_id == decision["call_id"],
+                    self.tenancy.admits(Approval.tenant),
+                )
                 .values(status="decided", decision=decision)
             )
 
     async def withdraw(self, run_id: str) -> None:
         """A cancelled run's pending requests leave the list."""
         await self.session.execute(
-            delete(Approval).where(Approval.run_id == run_id, Approval.status == "pending")
+            delete(Approval).where(
+                Approval.run_id == run_id,
+                Approval.status == "pending",
+                self.tenancy.admits(Approval.tenant),
+            )
         )
 
     async def page(
@@ -82,7 +98,12 @@ class ApprovalRepository:
         before_seq: int | None,
         limit: int,
     ) -> list[Approval]:
-        query = select(Approval).order_by(Approval.seq.desc()).limit(limit)
+        query = (
+            select(Approval)
+            .where(self.tenancy.admits(Approval.tenant))
+            .order_by(Approval.seq.desc())
+            .limit(limit)
+        )
         if statuses:
             query = query.where(Approval.status.in_(statuses))
         if agent is not None:

@@ -248,12 +248,14 @@ async def write_rows(
         await session.execute(insert(_RUN_STEPS), step_rows)
 
 
-async def history_through(session: AsyncSession, session_id: str | None, length: int) -> int | None:
-    """The last of a session's first `length` messages: the history a new run was given."""
-    if session_id is None or length == 0:
+async def history_through(session: AsyncSession, run: Run, length: int) -> int | None:
+    """The last of the run's session's first `length` messages: the history it was given."""
+    if run.session_id is None or length == 0:
         return None
     query = select(func.max(SessionMessage.id)).where(
-        SessionMessage.session_id == session_id, SessionMessage.position < length
+        SessionMessage.tenant == run.tenant,
+        SessionMessage.session_id == run.session_id,
+        SessionMessage.position < length,
     )
     found: int | None = await session.scalar(query)
     return found
@@ -288,7 +290,8 @@ async def expand(session: AsyncSession, runs: Sequence[Run]) -> None:
     histories = await _histories(session, compact, own)
     for run in compact:
         state = cast(dict[str, Any], run.state)
-        whole = _whole(state, own[run.id], earlier[run.id], held.get(run.id, {}), histories)
+        history = histories.get((run.tenant, run.session_id or ""), [])
+        whole = _whole(state, own[run.id], earlier[run.id], held.get(run.id, {}), history)
         set_committed_value(run, "state", whole)
 
 
@@ -331,29 +334,31 @@ def restored_message(
 
 async def _histories(
     session: AsyncSession, runs: Sequence[Run], own: dict[str, dict[int, dict[str, Any]]]
-) -> dict[str, list[tuple[int, int, dict[str, Any]]]]:
-    """For each session some run refers to: its messages as far as any of those runs needs,
-    as (position, id, message)."""
-    needed: dict[str, tuple[int, int]] = {}
+) -> dict[tuple[str, str], list[tuple[int, int, dict[str, Any]]]]:
+    """For each session (tenant, id) some run refers to: its messages as far as any of those
+    runs needs, as (position, id, message)."""
+    needed: dict[tuple[str, str], tuple[int, int]] = {}
     for run in runs:
         state = cast(dict[str, Any], run.state)
         length, through = state.get("history_length", 0), state.get("history_through")
         if length == 0 or through is None or run.session_id is None:
             continue
-        known = needed.get(run.session_id, (0, 0))
-        needed[run.session_id] = (max(known[0], length), max(known[1], through))
-    found: dict[str, list[tuple[int, int, dict[str, Any]]]] = {}
-    for session_id, (length, through) in needed.items():
+        key = (run.tenant, run.session_id)
+        known = needed.get(key, (0, 0))
+        needed[key] = (max(known[0], length), max(known[1], through))
+    found: dict[tuple[str, str], list[tuple[int, int, dict[str, Any]]]] = {}
+    for (tenant, session_id), (length, through) in needed.items():
         result = await session.execute(
             select(SessionMessage.position, SessionMessage.id, SessionMessage.message)
             .where(
+                SessionMessage.tenant == tenant,
                 SessionMessage.session_id == session_id,
                 SessionMessage.position < length,
                 SessionMessage.id <= through,
             )
             .order_by(SessionMessage.position)
         )
-        found[session_id] = [(row[0], row[1], row[2]) for row in result.all()]
+        found[tenant, session_id] = [(row[0], row[1], row[2]) for row in result.all()]
     return found
 
 
@@ -362,16 +367,15 @@ def _whole(
     own: dict[int, dict[str, Any]],
     earlier: list[dict[str, Any]],
     held: dict[int, Any],
-    histories: dict[str, list[tuple[int, int, dict[str, Any]]]],
+    history_rows: list[tuple[int, int, dict[str, Any]]],
 ) -> dict[str, Any]:
     length = state.get("history_length", 0)
     if all(position in own for position in range(length)):
         history = [own[position] for position in range(length)]
     else:
         through = state.get("history_through") or 0
-        rows = histories.get(state.get("session_id") or "", [])
         # A forgotten session leaves the run its own messages only.
-        history = [m for position, id_, m in rows if position < length and id_ <= through]
+        history = [m for position, id_, m in history_rows if position < length and id_ <= through]
     steps = []
     for step in [*earlier, *state.get("steps", [])]:
         calls = []

@@ -286,6 +286,14 @@ _IDLE_SINCE = "agent_runs.idle_since"
 _SUSPECT_ESCAPE = re.compile(r"\\u(?:0000|[dD][89a-fA-F])")
 
 
+async def lock_for_transaction(session: AsyncSession, name: str) -> None:
+    """Hold a lock named `name` until the transaction ends, so transactions that count
+    something before adding to it take turns. SQLite's write transaction (BEGIN IMMEDIATE)
+    holds the whole database already."""
+    if session.get_bind().dialect.name == "postgresql":
+        await session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:name))"), {"name": name})
+
+
 def load_stored_json(text: str) -> Any:
     """A JSON column's value as read. Rows an older release stored may hold a NUL or a lone
     surrogate; they are read with those replaced, so no stored row makes a read fail."""

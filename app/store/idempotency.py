@@ -1,4 +1,4 @@
-"""All SQL about idempotency keys."""
+"""All SQL about idempotency keys: a tenant's, per caller."""
 
 from __future__ import annotations
 
@@ -12,14 +12,18 @@ from app.store.models import IdempotencyKey
 
 
 class IdempotencyRepository:
-    def __init__(self, session: AsyncSession) -> None:
+    def __init__(self, session: AsyncSession, tenant: str) -> None:
         self.session = session
+        self.tenant = tenant
 
     async def get(
         self, owner: str, scope: str, key: str, *, for_update: bool = False
     ) -> IdempotencyKey | None:
         query = select(IdempotencyKey).where(
-            IdempotencyKey.owner == owner, IdempotencyKey.scope == scope, IdempotencyKey.key == key
+            IdempotencyKey.tenant == self.tenant,
+            IdempotencyKey.owner == owner,
+            IdempotencyKey.scope == scope,
+            IdempotencyKey.key == key,
         )
         if for_update:
             query = query.with_for_update()
@@ -31,6 +35,7 @@ class IdempotencyRepository:
     ) -> bool:
         """Insert the key unbound; False when it exists already."""
         row = IdempotencyKey(
+            tenant=self.tenant,
             owner=owner,
             scope=scope,
             key=key,
@@ -53,6 +58,7 @@ class IdempotencyRepository:
     async def release(self, owner: str, scope: str, key: str) -> None:
         await self.session.execute(
             delete(IdempotencyKey).where(
+                IdempotencyKey.tenant == self.tenant,
                 IdempotencyKey.owner == owner,
                 IdempotencyKey.scope == scope,
                 IdempotencyKey.key == key,

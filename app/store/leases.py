@@ -61,7 +61,8 @@ def _claim_statement() -> Any:
         # would match every picked row.
         select(Run.seq.label("picked_seq"), takeover.label("takeover"))
         .where(claimable)
-        .order_by(Run.seq)
+        # In queue rank: tenants in turn (`app.store.lifecycle.queue_rank`), each in order.
+        .order_by(Run.queue_rank, Run.seq)
         .limit(bindparam("limit", type_=Integer()))
         .with_for_update(skip_locked=True)
         .cte("picked")

@@ -11,6 +11,7 @@ from sqlalchemy import (
     Boolean,
     DateTime,
     ForeignKey,
+    ForeignKeyConstraint,
     Index,
     Integer,
     MetaData,
@@ -21,6 +22,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from app.engine.principal import DEFAULT_TENANT
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -52,6 +55,11 @@ NAMING_CONVENTION = {
 }
 
 
+def tenant_column(*, primary_key: bool = False) -> Mapped[str]:
+    """The tenant a row belongs to; rows stored before tenants existed are `default`'s."""
+    return mapped_column(String(64), primary_key=primary_key, server_default=DEFAULT_TENANT)
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
     type_annotation_map: ClassVar[dict[Any, Any]] = {
@@ -70,6 +78,13 @@ class Run(Base):
 
     seq: Mapped[int] = mapped_column(Serial, primary_key=True, autoincrement=True)
     id: Mapped[str] = mapped_column(String(40), unique=True)
+    tenant: Mapped[str] = tenant_column()
+    # Who created the run, as `Principal.to_json` gives it: the identity its tools act with.
+    principal: Mapped[dict[str, Any] | None]
+    # Where the run stands in the queue: the claim takes the lowest first. A tenant's runs
+    # line up one behind another from the queue's head, so each tenant's next run is near
+    # the front whatever another's backlog (`app.store.lifecycle`'s `queue_rank`).
+    queue_rank: Mapped[int] = mapped_column(BigInteger, server_default="0")
     status: Mapped[str] = mapped_column(String(20))
     agent: Mapped[str] = mapped_column(String(64))
     current_agent: Mapped[str] = mapped_column(String(64))
@@ -102,6 +117,8 @@ class Run(Base):
         Index(None, "status", "seq"),
         Index(None, "session_id", "seq"),
         Index(None, "agent", "seq"),
+        Index(None, "status", "queue_rank"),
+        Index(None, "tenant", "status", "queue_rank"),
     )
 
 
@@ -159,6 +176,8 @@ class Session(Base):
 
     __tablename__ = "sessions"
 
+    # Session ids are the client's, and two tenants may use the same.
+    tenant: Mapped[str] = tenant_column(primary_key=True)
     id: Mapped[str] = mapped_column(String(128), primary_key=True)
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
@@ -170,9 +189,8 @@ class SessionMessage(Base):
     __tablename__ = "session_messages"
 
     id: Mapped[int] = mapped_column(Serial, primary_key=True, autoincrement=True)
-    session_id: Mapped[str] = mapped_column(
-        String(128), ForeignKey("sessions.id", ondelete="CASCADE")
-    )
+    tenant: Mapped[str] = tenant_column()
+    session_id: Mapped[str] = mapped_column(String(128))
     position: Mapped[int] = mapped_column(Integer)
     message: Mapped[dict[str, Any]]
     run_id: Mapped[str | None] = mapped_column(String(40))
@@ -180,7 +198,13 @@ class SessionMessage(Base):
 
     # Ids never reused, SQLite's too: a run refers to its history as the messages up to an id,
     # and a forgotten session's ids must not come back as another conversation's.
-    __table_args__ = (UniqueConstraint("session_id", "position"), {"sqlite_autoincrement": True})
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["tenant", "session_id"], ["sessions.tenant", "sessions.id"], ondelete="CASCADE"
+        ),
+        UniqueConstraint("tenant", "session_id", "position"),
+        {"sqlite_autoincrement": True},
+    )
 
 
 class IdempotencyKey(Base):
@@ -188,7 +212,9 @@ class IdempotencyKey(Base):
 
     __tablename__ = "idempotency_keys"
 
-    # Whose key it is: the API key's name ("" on an open service). Two callers may use the same.
+    # Whose key it is: the caller's tenant and name ("" on an open service). Two callers may
+    # use the same.
+    tenant: Mapped[str] = tenant_column(primary_key=True)
     owner: Mapped[str] = mapped_column(String(200), primary_key=True)
     scope: Mapped[str] = mapped_column(String(80), primary_key=True)
     key: Mapped[str] = mapped_column(String(255), primary_key=True)
@@ -204,6 +230,7 @@ class Approval(Base):
 
     seq: Mapped[int] = mapped_column(Serial, primary_key=True, autoincrement=True)
     run_id: Mapped[str] = mapped_column(String(40), ForeignKey("runs.id", ondelete="CASCADE"))
+    tenant: Mapped[str] = tenant_column()
     call_id: Mapped[str] = mapped_column(String(100))
     tool: Mapped[str] = mapped_column(String(64))
     agent: Mapped[str] = mapped_column(String(64))
@@ -218,6 +245,7 @@ class Approval(Base):
     __table_args__ = (
         UniqueConstraint("run_id", "call_id"),
         Index(None, "status", "seq"),
+        Index(None, "tenant", "status", "seq"),
     )
 
 
@@ -229,6 +257,7 @@ class WebhookDelivery(Base):
     seq: Mapped[int] = mapped_column(Serial, primary_key=True, autoincrement=True)
     id: Mapped[str] = mapped_column(String(40), unique=True)  # the receiver's Webhook-Id
     run_id: Mapped[str] = mapped_column(String(40), ForeignKey("runs.id", ondelete="CASCADE"))
+    tenant: Mapped[str] = tenant_column()
     event: Mapped[str] = mapped_column(String(40))
     url: Mapped[str] = mapped_column(String(2048))
     payload: Mapped[dict[str, Any]]  # the body, as the run was when it rested

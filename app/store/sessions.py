@@ -1,4 +1,5 @@
-"""All SQL about sessions and their stored conversations."""
+"""All SQL about sessions and their stored conversations. A session is one tenant's: its id
+names it within the tenant the repository is made for."""
 
 from __future__ import annotations
 
@@ -14,11 +15,12 @@ from app.store.models import Session, SessionMessage
 
 
 class SessionRepository:
-    def __init__(self, session: AsyncSession) -> None:
+    def __init__(self, session: AsyncSession, tenant: str) -> None:
         self.session = session
+        self.tenant = tenant
 
     async def get(self, session_id: str, *, for_update: bool = False) -> Session | None:
-        query = select(Session).where(Session.id == session_id)
+        query = select(Session).where(Session.tenant == self.tenant, Session.id == session_id)
         if for_update:
             query = query.with_for_update()
         result: Session | None = await self.session.scalar(query)
@@ -31,7 +33,9 @@ class SessionRepository:
             return found
         try:
             async with self.session.begin_nested():
-                self.session.add(Session(id=session_id, created_at=now, updated_at=now))
+                self.session.add(
+                    Session(tenant=self.tenant, id=session_id, created_at=now, updated_at=now)
+                )
         except IntegrityError:
             pass  # created by a concurrent request a moment ago
         created = await self.get(session_id, for_update=True)
@@ -41,7 +45,7 @@ class SessionRepository:
     async def messages(self, session_id: str) -> list[dict[str, Any]]:
         query = (
             select(SessionMessage.message)
-            .where(SessionMessage.session_id == session_id)
+            .where(SessionMessage.tenant == self.tenant, SessionMessage.session_id == session_id)
             .order_by(SessionMessage.position)
         )
         return list(await self.session.scalars(query))
@@ -53,11 +57,14 @@ class SessionRepository:
         if not messages:
             return
         last = await self.session.scalar(
-            select(func.max(SessionMessage.position)).where(SessionMessage.session_id == session_id)
+            select(func.max(SessionMessage.position)).where(
+                SessionMessage.tenant == self.tenant, SessionMessage.session_id == session_id
+            )
         )
         start = 0 if last is None else last + 1
         rows = [
             {
+                "tenant": self.tenant,
                 "session_id": session_id,
                 "position": start + i,
                 "message": message,
@@ -72,4 +79,6 @@ class SessionRepository:
             session.updated_at = now
 
     async def delete(self, session_id: str) -> None:
-        await self.session.execute(delete(Session).where(Session.id == session_id))
+        await self.session.execute(
+            delete(Session).where(Session.tenant == self.tenant, Session.id == session_id)
+        )

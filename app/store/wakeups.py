@@ -22,6 +22,7 @@ from app.store.channels import DeltaChannel
 from app.store.database import Database
 from app.store.runs import RunRepository
 from app.store.signals import CancelRequested, DeliveriesQueued, RunChanged, Signal, WorkQueued
+from app.store.tenancy import EVERY_TENANT
 
 log = structlog.get_logger("app.store")
 
@@ -116,7 +117,7 @@ def store_changes(db: Database) -> ChangeReader:
 
     async def read(run_ids: list[str]) -> dict[str, tuple[int, str]]:
         async with db.read_scope() as session:
-            return await RunRepository(session).event_seqs(run_ids)
+            return await RunRepository(session, EVERY_TENANT).event_seqs(run_ids)
 
     return read
 

@@ -21,7 +21,13 @@ class WebhookRepository:
         self.session = session
 
     async def add(
-        self, run_id: str, url: str, event: str, payload: dict[str, Any], now: datetime
+        self,
+        run_id: str,
+        tenant: str,
+        url: str,
+        event: str,
+        payload: dict[str, Any],
+        now: datetime,
     ) -> None:
         """Store a delivery of `event`, due now, in the caller's transaction (the one that
         stores the rest it reports)."""
@@ -29,6 +35,7 @@ class WebhookRepository:
             WebhookDelivery(
                 id=f"whd_{uuid.uuid4().hex}",
                 run_id=run_id,
+                tenant=tenant,
                 event=event,
                 url=url,
                 payload=payload,

@@ -22,4 +22,4 @@ async def enqueue(session: AsyncSession, run: Run, stamp: datetime) -> None:
     # The run as it rested; its deliveries are the receiver's own business, not in the body.
     shown = RunOut.of(run).model_dump(mode="json", exclude={"webhook_deliveries"})
     body = {"event": event, "run": shown}
-    await WebhookRepository(session).add(run.id, run.webhook, event, body, stamp)
+    await WebhookRepository(session).add(run.id, run.tenant, run.webhook, event, body, stamp)

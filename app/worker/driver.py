@@ -25,6 +25,7 @@ from app.store.lifecycle import Progress, Rest, RunLifecycle
 from app.store.models import Run
 from app.store.runs import RunRepository
 from app.store.sessions import SessionRepository
+from app.store.tenancy import EVERY_TENANT, acting_for
 from app.store.wakeups import Wakeups
 from app.webhooks import outbox
 from app.worker.commits import GroupCommit
@@ -158,12 +159,12 @@ class RunDriver:
             self._run = run
             return run, []
         async with self.db.session_scope() as session:
-            run = await RunRepository(session).get(self.claim.run_id)
+            run = await RunRepository(session, EVERY_TENANT).get(self.claim.run_id)
             if run is None:
                 raise LeaseLost(f"run {self.claim.run_id} vanished")
             history = []
             if run.state is None and run.session_id is not None:
-                history = await SessionRepository(session).messages(run.session_id)
+                history = await SessionRepository(session, run.tenant).messages(run.session_id)
         self._run = run
         return run, history
 
@@ -176,7 +177,7 @@ class RunDriver:
             return
         history: list[Message] = []
         if run.state is None and run.session_id is not None:
-            history = await SessionRepository(session).messages(run.session_id)
+            history = await SessionRepository(session, run.tenant).messages(run.session_id)
         try:
             state, progress, records = self._opening(run, history)
         except Exception:
@@ -253,8 +254,9 @@ class RunDriver:
         await observer.store(state, event_records(self.engine.fail(state, error)))
 
     async def _advance(self, state: RunState, observer: StoreObserver) -> None:
+        principal = acting_for(observer.run)
         while state.status is RunStatus.RUNNING and not self._draining:
-            result = await self.engine.advance(state, observer)
+            result = await self.engine.advance(state, observer, principal=principal)
             if not goes_on(result.outcome):
                 self.log.info("run.rested", status=state.status.value, turns=state.turns)
                 return

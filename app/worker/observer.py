@@ -20,6 +20,7 @@ from app.store.models import Run
 from app.store.runs import RunRepository
 from app.store.sessions import SessionRepository
 from app.store.snapshot import state_json
+from app.store.tenancy import EVERY_TENANT, Tenancy
 from app.store.wakeups import Wakeups
 from app.webhooks import outbox
 from app.worker.commits import GroupCommit
@@ -85,9 +86,9 @@ class StoreObserver:
         if ends_session:
             # Session before run, the lock order of every path that takes both.
             assert run.session_id is not None
-            await SessionRepository(session).ensure(run.session_id, stamp)
+            await SessionRepository(session, run.tenant).ensure(run.session_id, stamp)
         parking = state.status is RunStatus.PENDING_APPROVAL
-        if parking and await RunRepository(session).cancel_requested(run.id):
+        if parking and await RunRepository(session, EVERY_TENANT).cancel_requested(run.id):
             return None
         saved = await RunLifecycle(session).checkpoint(
             self.claim, run, records, stamp, progress=progress, rest=rest
@@ -122,10 +123,12 @@ async def _track_approvals(
     session: AsyncSession, run: Run, state: RunState, stamp: datetime
 ) -> None:
     """Parked: list its pending calls for `GET /approvals`; ended: they leave the list."""
-    approvals = ApprovalRepository(session)
+    approvals = ApprovalRepository(session, Tenancy(run.tenant))
     if state.status is RunStatus.PENDING_APPROVAL:
         pending = [asdict(request) for request in state.pending_approvals]
-        await approvals.add_pending(run.id, pending, state.messages[-LAST_MESSAGES:], stamp)
+        await approvals.add_pending(
+            run.id, run.tenant, pending, state.messages[-LAST_MESSAGES:], stamp
+        )
     elif state.status.ended and state.decisions:
         # A run lists approvals only by parking, and runs again only once they are decided:
         # one that never had a decision has nothing to withdraw.

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import anyio
 
-from app import Agent, ApprovalRequest, RunContext, tool
+from app import Agent, ApprovalRequest, Principal, RunContext, tool
 
 calls_seen: list[tuple[str, str | None]] = []
+principals_seen: list[Principal] = []
 release_slow = anyio.Event()
 slow_started = anyio.Event()
 
 
 @tool(effect="read")
-def add(a: int, b: int) -> int:
+def add(a: int, b: int, ctx: RunContext) -> int:
     """Add two integers."""
     calls_seen.append(("add", None))
+    principals_seen.append(ctx.principal)
     return a + b
 
 
@@ -87,6 +89,7 @@ agents = [calc, billing, careful]
 def reset() -> None:
     global release_slow, slow_started
     calls_seen.clear()
+    principals_seen.clear()
     release_slow = anyio.Event()
     slow_started = anyio.Event()
 

@@ -24,8 +24,11 @@ from fastapi import FastAPI
 
 from app.api.app import create_app
 from app.api.deps import Services
+from app.engine.principal import ADMIN, Principal
 from app.runtime.agents import load_agents_module
+from app.services.callers import Caller
 from app.settings import Settings
+from app.store.tenancy import EVERY_TENANT
 from app.testing import FakeModel, FakeModelServer
 from app.testing.server import ThreadedServer
 from tests.api import agents as test_agents
@@ -68,6 +71,10 @@ async def serving(app: FastAPI) -> AsyncIterator[Client]:
         yield client
 
 
+# Tests look at runs of whichever tenant made them.
+ANY_TENANT = Caller(Principal("tests", roles=frozenset({ADMIN})), EVERY_TENANT)
+
+
 def services_of(client: Client) -> Services:
     services: Services = client.app.state.services
     return services
@@ -76,7 +83,7 @@ def services_of(client: Client) -> Services:
 async def rested(client: Client, run_id: str, seconds: float = 10) -> dict[str, Any]:
     """The run once it rests, awaited through the service's own wake-ups (bounded)."""
     runs = services_of(client).runs
-    await runs.wait_until_resting(await runs.get(run_id), seconds)
+    await runs.wait_until_resting(await runs.get(run_id, ANY_TENANT), seconds)
     run: dict[str, Any] = (await client.get(f"/runs/{run_id}")).json()
     return run
 

@@ -13,6 +13,7 @@ from sqlalchemy import select
 from app.engine import Engine, ModelRouter, OpenAIProvider
 from app.engine.state import RunStatus
 from app.runtime.agents import load_agents_module
+from app.services.callers import ANONYMOUS_CALLER
 from app.services.lifecycle import now
 from app.services.runs import NewRun, RunService
 from app.store.database import Database
@@ -60,7 +61,10 @@ async def test_runs_whose_shared_start_rolled_back_are_started_by_their_drivers(
     worker: Worker, fake: FakeModel
 ) -> None:
     fake.script("m", [text("done")])
-    ids = [(await worker.service.create(NewRun("calc", f"#{i}")))[0].id for i in range(2)]
+    ids = [
+        (await worker.service.create(NewRun("calc", f"#{i}"), ANONYMOUS_CALLER))[0].id
+        for i in range(2)
+    ]
     async with worker.db.statement_scope() as session:
         claims = await Leases(session).claim("w", limit=10, now=now(), lease_seconds=20)
     drivers = [
@@ -84,7 +88,7 @@ async def test_runs_whose_shared_start_rolled_back_are_started_by_their_drivers(
 
     for run_id in ids:
         assert not driver.lost_lease
-        run = await worker.service.get(run_id)
+        run = await worker.service.get(run_id, ANONYMOUS_CALLER)
         assert (run.status, run.final_output) == (RunStatus.COMPLETED, "done")
         names = await events_of(worker.db, run_id)
         assert names.count("run.started") == 1
@@ -95,7 +99,10 @@ async def test_a_run_that_cannot_start_fails_alone_and_the_others_start(
     worker: Worker, fake: FakeModel
 ) -> None:
     fake.script("m", [text("done")])
-    gone, kept = [(await worker.service.create(NewRun(a, "x")))[0] for a in ("calc", "billing")]
+    gone, kept = [
+        (await worker.service.create(NewRun(a, "x"), ANONYMOUS_CALLER))[0]
+        for a in ("calc", "billing")
+    ]
     # A redeploy without `calc`: its run is claimed beside `billing`'s.
     engine = Engine([worker.engine.agents.get("billing")], worker.engine.models)
     executor = Executor(worker.db, engine, worker.wakeups, concurrency=4, name="w")
@@ -105,7 +112,7 @@ async def test_a_run_that_cannot_start_fails_alone_and_the_others_start(
         group.start_soon(executor.run)
         with anyio.fail_after(20):
             for run_id in (gone.id, kept.id):
-                run = await worker.service.get(run_id)
+                run = await worker.service.get(run_id, ANONYMOUS_CALLER)
                 rested.append(await worker.service.wait_until_resting(run, 10))
             executor.stop()
             await executor.stopped.wait()

@@ -17,6 +17,7 @@ from app.store.database import Database
 from app.store.migrations import downgrade, upgrade
 from app.store.models import Run, RunMessage, RunStep, StoredEvent
 from app.store.runs import RunRepository
+from app.store.tenancy import EVERY_TENANT
 from app.testing import FakeModel, call, calls
 from app.testing import text as answer
 from tests.api.conftest import Client, services_of
@@ -123,7 +124,7 @@ async def test_each_message_and_output_is_stored_once_and_read_whole(
                 .order_by(StoredEvent.seq)
             )
         ).all()
-        runs = RunRepository(session)
+        runs = RunRepository(session, EVERY_TENANT)
         read = await runs.events_after(run["id"], 0, limit=100)
         # Each alone too: the event holding a tool message's content is then on no page.
         alone = [(await runs.events_after(run["id"], e.seq - 1, limit=1))[0] for e in read]
@@ -295,7 +296,7 @@ async def test_migration_moves_stored_runs_and_back(migrated_url: str, tmp_path:
             raw = await session.scalar(select(Run.state).where(Run.id == "run_m"))
             assert raw is not None
             assert "messages" not in raw
-            run = await RunRepository(session).get("run_m")
+            run = await RunRepository(session, EVERY_TENANT).get("run_m")
             assert run is not None
             assert run.state is not None
             assert run.state["messages"] == [*history, *own]
@@ -392,7 +393,7 @@ async def test_a_downgrade_puts_back_what_is_stored_once(migrated_url: str, tmp_
 
         async def read() -> tuple[dict[str, Any], list[dict[str, Any]]]:
             async with db.read_scope() as session:
-                runs = RunRepository(session)
+                runs = RunRepository(session, EVERY_TENANT)
                 run = await runs.get("run_d")
                 assert run is not None
                 assert run.state is not None

@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from app.engine.text import UNSTORABLE
+from app.services.callers import ANONYMOUS_CALLER
 from app.testing import FakeModel, FakeToolCall, Reply, text
 from tests.api.conftest import Client, ClientFactory, rested, services_of
 
@@ -111,7 +112,7 @@ async def test_what_the_api_accepts_comes_back_unchanged(
     assert shown["metadata"] == metadata
     sent = [{"role": "user", "content": run_input}] if isinstance(run_input, str) else run_input
     assert shown["messages"] == sent
-    stored = await services_of(queued_only).runs.get(run_id)
+    stored = await services_of(queued_only).runs.get(run_id, ANONYMOUS_CALLER)
     assert stored.context == context
     assert stored.input == sent
 

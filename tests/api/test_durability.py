@@ -16,6 +16,7 @@ from app.api.app import create_app
 from app.engine import Engine, ModelRouter, OpenAIProvider
 from app.engine.state import RunStatus
 from app.runtime.agents import AgentsModule, load_agents_module
+from app.services.callers import ANONYMOUS_CALLER
 from app.services.lifecycle import now
 from app.services.runs import NewRun, RunService
 from app.settings import Settings
@@ -25,6 +26,7 @@ from app.store.leases import Claim
 from app.store.lifecycle import RunLifecycle
 from app.store.models import Run
 from app.store.runs import RunRepository
+from app.store.tenancy import EVERY_TENANT
 from app.store.wakeups import Wakeups, store_changes
 from app.testing import FakeModel, call, text
 from app.worker.executor import Executor
@@ -107,21 +109,23 @@ async def test_a_cancel_that_lands_while_a_turn_runs_is_kept_when_it_parks(
 
 async def stored_events(client: Any, run_id: str) -> list[Any]:
     async with services_of(client).db.session_scope() as session:
-        events = await RunRepository(session).events_after(run_id, 0, limit=1000)
+        events = await RunRepository(session, EVERY_TENANT).events_after(run_id, 0, limit=1000)
     assert [event.seq for event in events] == list(range(1, len(events) + 1))
     return events
 
 
 async def test_a_call_asked_again_in_doubt_is_pending_again(client: Any) -> None:
     async with make_client_run(client) as (session, run_id):
-        approvals = ApprovalRepository(session)
+        approvals = ApprovalRepository(session, EVERY_TENANT)
         request = {"call_id": "c1", "tool": "delete_record", "agent": "calc", "in_doubt": False}
         await approvals.add_pending(
-            run_id, [{**request, "arguments": {"record_id": "a"}}], [], now()
+            run_id, "default", [{**request, "arguments": {"record_id": "a"}}], [], now()
         )
         await approvals.decide(run_id, [{"call_id": "c1", "approved": True}])
         again = {**request, "in_doubt": True, "arguments": {"record_id": "a"}}
-        await approvals.add_pending(run_id, [again], [{"role": "user", "content": "x"}], now())
+        await approvals.add_pending(
+            run_id, "default", [again], [{"role": "user", "content": "x"}], now()
+        )
         [row] = await approvals.page(
             statuses=["pending"], agent=None, tool=None, run_id=run_id, before_seq=None, limit=5
         )
@@ -143,7 +147,7 @@ async def test_releasing_a_run_that_rested_changes_nothing(client: Any, fake: Fa
     run = run.json()
     db = services_of(client).db
     async with db.session_scope() as session:
-        stored = await RunRepository(session).get(run["id"])
+        stored = await RunRepository(session, EVERY_TENANT).get(run["id"])
         assert stored is not None
         claim = Claim(stored.id, stored.lease_token)
         await RunLifecycle(session).hand_back(claim, stored, now())
@@ -171,7 +175,10 @@ async def test_two_executors_never_drive_one_run_twice(
             Executor(db, engine, wakeups, concurrency=8, poll_interval=0.05, name=f"w{i}")
         )
     service = RunService(databases[0], engine, executors[0].wakeups)
-    run_ids = [(await service.create(NewRun("calc", f"run {i}")))[0].id for i in range(count)]
+    run_ids = [
+        (await service.create(NewRun("calc", f"run {i}"), ANONYMOUS_CALLER))[0].id
+        for i in range(count)
+    ]
     try:
         with capture_logs() as logs:
             async with anyio.create_task_group() as group:
@@ -182,7 +189,9 @@ async def test_two_executors_never_drive_one_run_twice(
                 group.start_soon(executors[0].wakeups.poll_changes, changes, 0.05)
                 with anyio.fail_after(60):
                     finished = [
-                        await service.wait_until_resting(await service.get(run_id), 60)
+                        await service.wait_until_resting(
+                            await service.get(run_id, ANONYMOUS_CALLER), 60
+                        )
                         for run_id in run_ids
                     ]
                 for executor in executors:

@@ -23,6 +23,7 @@ from structlog.testing import capture_logs
 
 from app.logs import drop_abandoned_stream_line
 from app.store.runs import RunRepository
+from app.store.tenancy import EVERY_TENANT
 from app.testing import FakeModel, call, calls, text
 from tests.api.conftest import Client, ClientFactory, Live, LiveFactory, services_of
 
@@ -120,7 +121,7 @@ async def test_a_page_of_events_stops_at_its_size(client: Client, fake: FakeMode
     run_id = run.json()["id"]
 
     async with services_of(client).db.read_scope() as session:
-        runs = RunRepository(session)
+        runs = RunRepository(session, EVERY_TENANT)
         everything = await runs.events_after(run_id, 0, limit=200)
         big = [e.seq for e in everything if len(json.dumps(e.data)) > 100_000]
         assert len(big) == 6  # three results, three tool messages

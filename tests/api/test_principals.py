@@ -359,7 +359,10 @@ async def test_roles_from_a_token_decide_all_calls_or_one_tool_s(
         assert answer.status_code == 200
     nested = {"jwt_roles_claim": "realm_access.roles", "jwt_tenant_claim": "org.id"}
     async with hs256_service(make_client, **nested) as client:
-        path, decision = await parked(client, fake, hs256())
+        path, decision = await parked(client, fake, hs256(org={"id": "acme"}))
+        other_tenant = hs256(realm_access={"roles": ["approver"]}, org={"id": "globex"})
+        unseen = await client.post(path, json=decision, headers=bearer(other_tenant))
+        assert unseen.status_code == 404, unseen.text
         realm = hs256(realm_access={"roles": ["approver"]}, org={"id": "acme"})
         with structlog.testing.capture_logs() as logs:
             answer = await client.post(path, json=decision, headers=bearer(realm))

@@ -14,6 +14,7 @@ from sqlalchemy import text as sql
 from app.engine.text import UNSTORABLE
 from app.store.models import Run
 from app.store.runs import RunRepository
+from app.store.tenancy import EVERY_TENANT
 from app.testing import FakeModel, call, text
 from tests.api.conftest import Client, ClientFactory, rested, services_of
 from tests.conftest import is_postgres
@@ -204,7 +205,7 @@ async def test_no_stored_row_makes_a_read_answer_500(client: Client, poisoned_ro
 
 async def test_the_store_reads_back_what_it_holds(client: Client, poisoned_row: str) -> None:
     async with services_of(client).db.read_scope() as session:
-        run = await RunRepository(session).get(poisoned_row)
+        run = await RunRepository(session, EVERY_TENANT).get(poisoned_row)
     assert isinstance(run, Run)
     assert run.run_metadata == {"k": f"{REPLACEMENT} and {REPLACEMENT}"}
 

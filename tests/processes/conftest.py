@@ -25,6 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app.store.database import Database
 from app.store.runs import RunRepository
+from app.store.tenancy import EVERY_TENANT
 from app.testing import FakeModelServer
 from tests.conftest import ROOT, empty_tables, free_port, is_postgres
 
@@ -182,7 +183,9 @@ class Cluster:
             db = Database(self.database_url)
             try:
                 async with db.session_scope() as session:
-                    events = await RunRepository(session).events_after(run_id, 0, limit=100_000)
+                    events = await RunRepository(session, EVERY_TENANT).events_after(
+                        run_id, 0, limit=100_000
+                    )
                     return [(event.seq, event.name, event.data) for event in events]
             finally:
                 await db.dispose()

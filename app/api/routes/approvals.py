@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Request
 
 from app.api import pagination
 from app.api.auth import Approver, decision_rule
-from app.api.deps import ApprovalsDep, RunsDep, caller_name, problems
+from app.api.deps import ApprovalsDep, CallerDep, RunsDep, caller_name, problems
 from app.api.routes.runs import IdempotencyKey, Wait, fingerprint
 from app.api.schemas import ApprovalOut, ApprovalPage, Decide, RunOut
 from app.engine import DecisionInput
@@ -28,6 +28,7 @@ async def decide(
     request: Request,
     approvals: ApprovalsDep,
     runs: RunsDep,
+    caller: CallerDep,
     wait: Wait = 0,
     idempotency_key: IdempotencyKey = None,
 ) -> RunOut:
@@ -39,13 +40,19 @@ async def decide(
         for d in body.decisions
     ]
     idempotency = (
-        Idempotency(idempotency_key, fingerprint(body), caller_name(request) or "")
+        Idempotency(
+            idempotency_key,
+            fingerprint(body),
+            caller_name(request) or "",
+            caller.principal.tenant,
+        )
         if idempotency_key
         else None
     )
     run, _ = await approvals.decide(
         run_id,
         decisions,
+        caller,
         decided_by=caller_name(request),
         idempotency=idempotency,
         may_decide=decision_rule(request),
@@ -57,6 +64,7 @@ async def decide(
 @router.get("/approvals", responses=problems(422))
 async def list_approvals(
     approvals: ApprovalsDep,
+    caller: CallerDep,
     status: Literal["pending", "decided", "all"] = "pending",
     agent: str | None = None,
     tool: str | None = None,
@@ -66,6 +74,7 @@ async def list_approvals(
 ) -> ApprovalPage:
     """Approval requests across runs, newest first, each with the run's last messages."""
     found = await approvals.page(
+        caller,
         statuses=[] if status == "all" else [status],
         agent=agent,
         tool=tool,

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Request
 from sse_starlette import EventSourceResponse
 
-from app.api.deps import ServicesDep, client_of, problems
+from app.api.deps import CallerDep, ServicesDep, client_of, problems
 from app.api.streams import Frames, RunEventsResponse
 from app.services.streams import StreamItem
 
@@ -51,6 +51,7 @@ async def run_events(
     run_id: str,
     request: Request,
     services: ServicesDep,
+    caller: CallerDep,
     last_event_id: Annotated[
         int | None, Header(ge=0, le=MAX_EVENT_ID, description="Resume after this event id.")
     ] = None,
@@ -71,9 +72,9 @@ async def run_events(
     after = last_event_id if last_event_id is not None else (last_event_id_query or 0)
     settings = services.settings
     try:
-        await stream.check(run_id)
+        tenancy = await stream.check(run_id, caller)
         return RunEventsResponse(
-            _sse(stream.events(run_id, after), services.frames),
+            _sse(stream.events(run_id, tenancy, after), services.frames),
             ping=settings.sse_ping_seconds,
             send_timeout=settings.sse_send_timeout_seconds,
             run_id=run_id,

@@ -9,6 +9,7 @@ from app.api.deps import ServicesDep
 from app.observability.metrics import observe_store
 from app.services.lifecycle import now
 from app.store.runs import RunRepository
+from app.store.tenancy import EVERY_TENANT
 
 router = APIRouter(tags=["operations"])
 
@@ -22,7 +23,7 @@ async def metrics(services: ServicesDep) -> Response:
     """Prometheus text format: runs by status, the queue, turn, model-call and tool-call
     latency, tool outcomes, takeovers and webhook deliveries."""
     async with services.db.read_scope() as session:
-        runs = RunRepository(session)
+        runs = RunRepository(session, EVERY_TENANT)
         counts = await runs.status_counts()
         queue = await runs.queue()
     observe_store(counts, queue, now())

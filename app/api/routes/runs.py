@@ -10,7 +10,7 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from pydantic import BaseModel, WithJsonSchema
 
 from app.api import pagination
-from app.api.deps import RunsDep, ServicesDep, caller_name, problems
+from app.api.deps import CallerDep, RunsDep, ServicesDep, caller_name, problems
 from app.api.errors import ApiError
 from app.api.schemas import CreateRun, ProblemError, RunOut, RunPage
 from app.engine.state import RunStatus
@@ -45,7 +45,7 @@ IdempotencyKey = Annotated[
     status_code=201,
     responses={
         200: {"model": RunOut, "description": "A repeat of an earlier request with the same key"},
-        **problems(400, 409, 422),
+        **problems(400, 409, 422, 429),
     },
 )
 async def create_run(
@@ -54,10 +54,11 @@ async def create_run(
     response: Response,
     services: ServicesDep,
     runs: RunsDep,
+    caller: CallerDep,
     wait: Wait = 0,
     idempotency_key: IdempotencyKey = None,
 ) -> RunOut:
-    """Create a run; it is queued for an executor at once."""
+    """Create a run, of the caller's tenant; it is queued for an executor at once."""
     if body.webhook is not None:
         try:
             services.webhook_policy.check_url(body.webhook)
@@ -65,7 +66,12 @@ async def create_run(
             where = ProblemError(loc=["body", "webhook"], msg=str(exc))
             raise ApiError(422, f"body.webhook: {exc}", [where]) from exc
     idempotency = (
-        Idempotency(idempotency_key, fingerprint(body), caller_name(request) or "")
+        Idempotency(
+            idempotency_key,
+            fingerprint(body),
+            caller_name(request) or "",
+            caller.principal.tenant,
+        )
         if idempotency_key
         else None
     )
@@ -79,7 +85,7 @@ async def create_run(
         if_busy=body.if_busy,
         webhook=body.webhook,
     )
-    run, created = await runs.create(new, idempotency)
+    run, created = await runs.create(new, caller, idempotency)
     run = await runs.wait_until_resting(run, wait)
     response.status_code = 201 if created else 200
     response.headers["Location"] = f"/runs/{run.id}"
@@ -89,6 +95,7 @@ async def create_run(
 @router.get("", responses=problems(422))
 async def list_runs(
     runs: RunsDep,
+    caller: CallerDep,
     status: StatusFilter = None,
     agent: Annotated[str | None, Query(description="The agent the run started with.")] = None,
     session_id: str | None = None,
@@ -97,6 +104,7 @@ async def list_runs(
 ) -> RunPage:
     """Runs, newest first."""
     found = await runs.page(
+        caller,
         statuses=status or [],
         agent=agent,
         session_id=session_id,
@@ -108,16 +116,16 @@ async def list_runs(
 
 
 @router.get("/{run_id}", responses=problems(404, 422))
-async def get_run(run_id: str, runs: RunsDep) -> RunOut:
+async def get_run(run_id: str, runs: RunsDep, caller: CallerDep) -> RunOut:
     """The run, whole."""
-    return await runs.show(await runs.get(run_id))
+    return await runs.show(await runs.get(run_id, caller))
 
 
 @router.post("/{run_id}/cancel", status_code=202, responses=problems(404, 409, 422))
-async def cancel_run(run_id: str, runs: RunsDep) -> RunOut:
+async def cancel_run(run_id: str, runs: RunsDep, caller: CallerDep) -> RunOut:
     """Cancel a run that has not ended: queued and parked runs at once, running ones at their
     next await."""
-    return await runs.show(await runs.cancel(run_id))
+    return await runs.show(await runs.cancel(run_id, caller))
 
 
 def fingerprint(body: BaseModel) -> str:

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
-from app.api.deps import RunsDep, problems
+from app.api.deps import CallerDep, RunsDep, problems
 from app.api.schemas import SessionOut
 
 router = APIRouter(prefix="/sessions", tags=["sessions"])
 
 
 @router.get("/{session_id}", responses=problems(404, 422))
-async def get_session(session_id: str, runs: RunsDep) -> SessionOut:
+async def get_session(session_id: str, runs: RunsDep, caller: CallerDep) -> SessionOut:
     """The session's conversation: every stored message of its runs, in order."""
-    view = await runs.get_session(session_id)
+    view = await runs.get_session(session_id, caller)
     return SessionOut(
         id=view.session.id,
         messages=view.messages,
@@ -23,7 +23,7 @@ async def get_session(session_id: str, runs: RunsDep) -> SessionOut:
 
 
 @router.delete("/{session_id}", status_code=204, responses=problems(404, 409, 422))
-async def delete_session(session_id: str, runs: RunsDep) -> Response:
+async def delete_session(session_id: str, runs: RunsDep, caller: CallerDep) -> Response:
     """Forget the session's conversation; refused while a run of it is unfinished."""
-    await runs.delete_session(session_id)
+    await runs.delete_session(session_id, caller)
     return Response(status_code=204)
