@@ -117,6 +117,9 @@ class Run(Base):
         Index(None, "status", "seq"),
         Index(None, "session_id", "seq"),
         Index(None, "agent", "seq"),
+        # The claim walks runs in queue order and stops at its limit (its condition, an OR of
+        # two statuses, uses no index of its own); the queue's head is found by status.
+        Index(None, "queue_rank", "seq"),
         Index(None, "status", "queue_rank"),
         Index(None, "tenant", "status", "queue_rank"),
     )

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from bench.context import Context
 from bench.report import Outcome
-from bench.workloads import ceiling, chaos, engine, hostile, langgraph, w1, w2, w3, w6, w7, w8
+from bench.workloads import ceiling, chaos, engine, hostile, langgraph, w1, w2, w3, w6, w7, w8, w9
 
 WORKLOADS: dict[str, Callable[[Context], Outcome]] = {
     "ceiling": ceiling.run,
@@ -22,4 +22,5 @@ WORKLOADS: dict[str, Callable[[Context], Outcome]] = {
     "chaos": chaos.run,
     "hostile": hostile.run,
     "w8": w8.run,
+    "w9": w9.run,
 }

@@ -37,6 +37,7 @@ def upgrade() -> None:
         sa.Column("queue_rank", sa.BigInteger(), server_default=sa.text("0"), nullable=False),
     )
     op.execute("UPDATE runs SET queue_rank = seq")
+    op.create_index("ix_runs_queue_rank_seq", "runs", ["queue_rank", "seq"])
     op.create_index("ix_runs_status_queue_rank", "runs", ["status", "queue_rank"])
     op.create_index("ix_runs_tenant_status_queue_rank", "runs", ["tenant", "status", "queue_rank"])
     for table in ("approvals", "webhook_deliveries"):
@@ -114,6 +115,7 @@ def downgrade() -> None:
 
     op.drop_index("ix_runs_tenant_status_queue_rank", table_name="runs")
     op.drop_index("ix_runs_status_queue_rank", table_name="runs")
+    op.drop_index("ix_runs_queue_rank_seq", table_name="runs")
     # Dropped in place: SQLite's copy of `runs` would empty every table that cascades from it.
     for column in ("queue_rank", "principal", "tenant"):
         op.execute(f"ALTER TABLE runs DROP COLUMN {column}")
