@@ -99,11 +99,13 @@ class Leases:
         """Take up to `limit` runs, in one statement: queued ones whose session has no earlier
         unfinished run, and running ones whose lease expired. The rows are picked with SKIP
         LOCKED, and the update's guard repeats the pick's condition (SQLite ignores FOR UPDATE
-        but serves a single process). Each claim carries its run as the claim left it."""
+        but serves a single process). Each claim carries its run as the claim left it; the
+        claims come in queue order."""
         expires = now + timedelta(seconds=lease_seconds)
         parameters = {"worker": worker, "limit": limit, "now": now, "expires": expires}
         result = await self.session.execute(_claim_statement(), parameters)
-        claimed = result.all()
+        # RETURNING keeps no order; the executor starts its claims in the queue's.
+        claimed = sorted(result.all(), key=lambda row: (row[0].queue_rank, row[0].seq))
         await expand(self.session, [run for run, _ in claimed])
         return [
             Claim(run.id, run.lease_token, run.takeovers, taken_over=bool(taken_over), run=run)
