@@ -21,6 +21,7 @@ from app.api.routes import (
     docs,
     events,
     health,
+    me,
     metrics,
     runs,
     sessions,
@@ -94,7 +95,7 @@ def create_app(
     app.openapi = lambda: problem_openapi(app)  # type: ignore[method-assign]
     errors.install(app)
     app.state.keys = Keys.from_settings(settings)
-    secured = (runs, events, approvals, agents, sessions, metrics, docs)
+    secured = (runs, events, approvals, agents, sessions, me, metrics, docs)
     for router in (module.router for module in secured):
         app.include_router(router, dependencies=[Authenticated], responses=problems(401))
     app.include_router(health.router)  # probes carry no key

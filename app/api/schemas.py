@@ -176,6 +176,7 @@ class ApprovalOut(BaseModel):
     """A tool call that waits (or waited) for a human, with what a decision card shows."""
 
     run_id: str
+    tenant: str = Field(description="The run's tenant (admins list several).")
     call_id: str
     tool: str
     agent: str
@@ -200,6 +201,14 @@ class SessionOut(BaseModel):
     messages: list[dict[str, Any]]
     created_at: datetime
     updated_at: datetime
+
+
+class MeOut(BaseModel):
+    name: str
+    tenant: str
+    roles: list[str] = Field(
+        description="`approver`, `approver:<tool>`, `admin`, and any other a token names."
+    )
 
 
 class Health(BaseModel):

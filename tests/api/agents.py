@@ -7,7 +7,7 @@ import anyio
 from app import Agent, ApprovalRequest, Principal, RunContext, tool
 
 calls_seen: list[tuple[str, str | None]] = []
-principals_seen: list[Principal] = []
+principals_seen: list[tuple[str, Principal]] = []  # (what saw it, the principal)
 release_slow = anyio.Event()
 slow_started = anyio.Event()
 
@@ -16,7 +16,7 @@ slow_started = anyio.Event()
 def add(a: int, b: int, ctx: RunContext) -> int:
     """Add two integers."""
     calls_seen.append(("add", None))
-    principals_seen.append(ctx.principal)
+    principals_seen.append(("tool", ctx.principal))
     return a + b
 
 
@@ -64,14 +64,21 @@ def refund(amount: int) -> str:
 
 def no_deletes_on_friday(request: ApprovalRequest, ctx: RunContext) -> tuple[bool, str] | None:
     """Rejects deleting record "friday"; asks a human for the others."""
+    principals_seen.append(("approval handler", ctx.principal))
     if request.arguments.get("record_id") == "friday":
         return False, "not on fridays"
     return None
 
 
+def careful_instructions(ctx: RunContext) -> str:
+    principals_seen.append(("instructions", ctx.principal))
+    return f"Delete carefully, for {ctx.principal.name}."
+
+
 careful = Agent(
     name="careful",
     description="Deletes with an approval handler.",
+    instructions=careful_instructions,
     tools=[delete_record, refund],
     approval_handler=no_deletes_on_friday,
 )

@@ -66,9 +66,17 @@ def settings(db_url: str, fake_server: FakeModelServer) -> Settings:
 
 @asynccontextmanager
 async def serving(app: FastAPI) -> AsyncIterator[Client]:
-    """Run the app's lifespan and talk to it in-process."""
+    """Run the app's lifespan and talk to it in-process. A test that fails inside shuts the app
+    down as a passing one does: a failure thrown into the lifespan cancels queries mid-way, and an
+    aiosqlite connection closed that way can leave a task that never ends, hanging the suite."""
+    failure: Exception | None = None
     async with app.router.lifespan_context(app), Client(app) as client:
-        yield client
+        try:
+            yield client
+        except Exception as exc:
+            failure = exc
+    if failure is not None:
+        raise failure
 
 
 # Tests look at runs of whichever tenant made them.

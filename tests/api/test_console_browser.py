@@ -266,6 +266,63 @@ async def test_with_api_keys_the_console_asks_for_one_and_sends_it_only_as_a_bea
     assert all(headers["authorization"] == "Bearer lead-secret" for headers in streams)
 
 
+async def use_key(page: Page, key: str) -> None:
+    dialog = page.get_by_role("dialog")
+    if not await dialog.is_visible():
+        await page.get_by_role("button", name=re.compile("(Enter|Change) key")).click()
+    await dialog.get_by_label("API key").fill(key)
+    await dialog.get_by_role("button", name="Use this key").click()
+
+
+async def test_a_tenant_sees_its_own_runs_and_an_admin_every_tenant_s_with_a_filter(
+    serve_live: LiveFactory, fake: FakeModel, browsing: Browsing
+) -> None:
+    fake.script("m", [call("delete_record", {"record_id": "r_7"}), text("Done.")])
+    keys = {
+        "api_keys": SecretStr("acme/ui:acme-secret, globex/ui:globex-secret"),
+        "admin_api_keys": SecretStr("ops/root:root-secret"),
+    }
+    with serve_live(**keys) as live:
+        acme = pending_run(live, "delete r_7", key="acme-secret")
+        globex = pending_run(live, "delete r_7", key="globex-secret")
+        page = await browsing.open(f"{live.url}/console#/runs")
+        await use_key(page, "acme-secret")
+        who = page.locator("#who")
+        await expect(who).to_have_text("Signed in as ui · acme")
+        runs = page.locator("li.run")
+        await expect(runs).to_have_count(1)
+        await expect(runs).to_contain_text(acme["id"])
+        await expect(runs).not_to_contain_text("tenant")
+        await expect(page.get_by_role("button", name="Apply filters")).to_be_visible()
+        await expect(page.get_by_label("Tenant")).to_have_count(0)
+        await page.goto(f"{live.url}/console#/approvals")
+        await expect(card_of(page, acme["id"])).to_be_visible()
+        await expect(page.locator("article.approval")).to_have_count(1)
+
+        # An admin sees every tenant's, each named, and may narrow them to one.
+        await use_key(page, "root-secret")
+        await expect(who).to_have_text("Signed in as root · ops (admin)")
+        for run in (acme, globex):
+            await expect(card_of(page, run["id"])).to_be_visible()
+        await expect(card_of(page, globex["id"])).to_contain_text("Tenant globex")
+        await page.get_by_label("Tenant").fill("acme")
+        await page.get_by_role("button", name="Apply filters").click()
+        await expect(page).to_have_url(re.compile(r"#/approvals\?tenant=acme$"))
+        await expect(page.locator("article.approval")).to_have_count(1)
+        card = card_of(page, acme["id"])
+        await card.get_by_role("button", name="Approve").click()
+        await expect(card.locator(".outcome")).to_contain_text("Approved")
+
+        await page.goto(f"{live.url}/console#/runs")
+        await expect(runs).to_have_count(2)
+        await page.get_by_label("Tenant").fill("globex")
+        await page.get_by_role("button", name="Apply filters").click()
+        await expect(page).to_have_url(re.compile(r"#/runs\?tenant=globex$"))
+        await expect(runs).to_have_count(1)
+        await expect(runs).to_contain_text(globex["id"])
+        await expect(runs).to_contain_text("tenant globex")
+
+
 async def test_runs_are_listed_by_filter_and_cancelled_from_their_page(
     serve_live: LiveFactory, fake: FakeModel, browsing: Browsing
 ) -> None:

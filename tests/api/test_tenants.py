@@ -178,7 +178,7 @@ async def test_the_queue_goes_round_the_tenants(make_client: ClientFactory) -> N
         assert [run for run in claimed if run in noisy] == noisy[:2]
 
 
-async def test_a_tool_sees_the_principal_that_created_the_run(
+async def test_tools_instructions_and_handlers_see_the_principal_that_created_the_run(
     make_client: ClientFactory, fake: FakeModel
 ) -> None:
     async with make_client(**KEYS) as client:
@@ -186,5 +186,30 @@ async def test_a_tool_sees_the_principal_that_created_the_run(
         body = {"agent": "calc", "input": "add"}
         run = await client.post("/runs", params={"wait": 10}, json=body, headers=as_(ACME))
         assert run.json()["status"] == "completed", run.text
-    [principal] = test_agents.principals_seen
-    assert (principal.name, principal.tenant, principal.roles) == ("ui", "acme", frozenset())
+        [(seen_by, principal)] = test_agents.principals_seen
+        assert seen_by == "tool"
+        assert (principal.name, principal.tenant, principal.roles) == ("ui", "acme", frozenset())
+
+        # Resumed by an approver's decision, the run still acts for the one who created it.
+        test_agents.principals_seen.clear()
+        fake.script("m", [call("delete_record", {"record_id": "r1"}), text("done")])
+        body = {"agent": "careful", "input": "delete"}
+        parked = await client.post("/runs", params={"wait": 10}, json=body, headers=as_(GLOBEX))
+        assert parked.json()["status"] == "pending_approval", parked.text
+        call_id = parked.json()["pending_approvals"][0]["call_id"]
+        decision = {"decisions": [{"call_id": call_id, "approved": True}]}
+        decided = await client.post(
+            f"/runs/{parked.json()['id']}/approvals",
+            params={"wait": 10},
+            json=decision,
+            headers=as_(GLOBEX_LEAD),
+        )
+        assert decided.json()["status"] == "completed", decided.text
+        system = fake.requests_for("m")[-1]["messages"][0]
+        assert system == {"role": "system", "content": "Delete carefully, for ui."}
+    seen = [(by, p.name, p.tenant) for by, p in test_agents.principals_seen]
+    assert seen == [
+        ("instructions", "ui", "globex"),
+        ("approval handler", "ui", "globex"),
+        ("instructions", "ui", "globex"),
+    ]

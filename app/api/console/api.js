@@ -37,10 +37,32 @@ export function getKey() {
 
 export function setKey(key) {
   sessionStorage.setItem(KEY_NAME, key);
+  principal = null;
 }
 
 export function forgetKey() {
   sessionStorage.removeItem(KEY_NAME);
+  principal = null;
+}
+
+let principal = null; // {key, promise}: who the service took the key for
+
+/** Who the service takes this tab's key for (`GET /me`: name, tenant, roles), asked once per key. */
+export function whoAmI() {
+  const key = getKey();
+  if (principal === null || principal.key !== key) {
+    const promise = request("GET", "/me").catch((error) => {
+      if (principal?.promise === promise) principal = null; // asked again next time
+      throw error;
+    });
+    principal = { key, promise };
+  }
+  return principal.promise;
+}
+
+/** Whether the principal acts across tenants: the console then shows tenants and filters by one. */
+export function isAdmin(who) {
+  return Boolean(who?.roles?.includes("admin"));
 }
 
 function urlOf(path, params = {}) {

@@ -1,7 +1,7 @@
 // The console's shell: hash routes to views, the API key prompt, the count of pending approvals
 // in the navigation, and spoken announcements.
 
-import { forgetKey, getKey, onUnauthorized, request, setKey } from "./api.js";
+import { forgetKey, getKey, isAdmin, onUnauthorized, request, setKey, whoAmI } from "./api.js";
 import { h, replace } from "./dom.js";
 import { showInbox } from "./inbox.js";
 import { showRun } from "./run.js";
@@ -17,6 +17,7 @@ const keyReason = document.getElementById("key-reason");
 const keyButton = document.getElementById("key-button");
 const forgetButton = document.getElementById("forget-key");
 const pendingCount = document.getElementById("pending-count");
+const who = document.getElementById("who");
 
 // As the inbox: one small query every 2 s while the tab is shown, and at once after a decision.
 const COUNT_POLL_MS = 2000;
@@ -85,9 +86,22 @@ function render({ focus }) {
 }
 
 function showKeyState() {
-  const held = Boolean(getKey());
+  const held = getKey();
   keyButton.textContent = held ? "Change key" : "Enter key";
   forgetButton.hidden = !held;
+  who.hidden = true;
+  whoAmI()
+    .then((principal) => {
+      if (getKey() !== held) return; // the key changed meanwhile: its own answer shows
+      replace(
+        who,
+        h("span", { class: "visually-hidden" }, "Signed in as "),
+        `${principal.name} · ${principal.tenant}`,
+        isAdmin(principal) ? " (admin)" : "",
+      );
+      who.hidden = false;
+    })
+    .catch(() => {}); // a refused key shows in the prompt and the page
 }
 
 function askForKey(reason, { asked = false } = {}) {

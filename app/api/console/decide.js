@@ -60,7 +60,8 @@ function argumentsProblem(text) {
  * `item`: a `GET /approvals` item; `tool`: the tool as `GET /agents` shows it, or null.
  * Returns {element, settled(), touched(), markGone(), append(...nodes)}.
  * `onDecided(item, approved, run)` hears a success; `onSettled()` hears that nothing is left
- * to decide here (decided here, or a conflict).
+ * to decide here (decided here, or a conflict). `showTenant`: name the run's tenant (an
+ * admin's inbox spans tenants).
  */
 export function decisionCard(
   item,
@@ -70,6 +71,7 @@ export function decisionCard(
     onDecided = () => {},
     onSettled = () => {},
     heading = "h3",
+    showTenant = false,
   } = {},
 ) {
   const ids = { title: uid("approval"), args: uid("arguments"), error: uid("arguments-error") };
@@ -108,7 +110,7 @@ export function decisionCard(
     h(
       "p",
       { class: "meta" },
-      "Run ",
+      showTenant ? `Tenant ${item.tenant} · run ` : "Run ",
       h("a", { href: `#/runs/${encodeURIComponent(item.run_id)}` }, item.run_id),
       item.requested_at ? [" · requested ", time(item.requested_at)] : null,
       ` · call ${item.call_id}`,

@@ -40,6 +40,24 @@ export function uid(prefix) {
   return `${prefix}-${ids}`;
 }
 
+/** An admin's "Tenant" filter: a label and its field, named `tenant` as the API's query. */
+export function tenantField(query) {
+  const id = uid("tenant");
+  return [
+    h("label", { for: id }, "Tenant"),
+    h("input", {
+      id,
+      name: "tenant",
+      type: "text",
+      value: query.get("tenant") ?? "",
+      placeholder: "every tenant",
+      pattern: "[A-Za-z0-9_\\-]{1,64}",
+      title: "A tenant's name: letters, digits, - and _",
+      autocomplete: "off",
+    }),
+  ];
+}
+
 export function pretty(value) {
   return JSON.stringify(value, null, 2);
 }

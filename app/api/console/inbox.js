@@ -1,10 +1,10 @@
 // The approvals inbox: every pending tool call across runs, newest first, kept current,
 // filtered by agent and tool.
 
-import { request } from "./api.js";
+import { isAdmin, request, whoAmI } from "./api.js";
 import { messageView } from "./conversation.js";
 import { decisionCard } from "./decide.js";
-import { h, problemView, refreshAges, replace, uid } from "./dom.js";
+import { h, problemView, refreshAges, replace, tenantField, uid } from "./dom.js";
 import { toolTable } from "./runs.js";
 
 // The contract streams events per run only, so `GET /approvals` is the one feed across runs.
@@ -38,7 +38,7 @@ function choices(name, label, chosen, values, any) {
   ];
 }
 
-function filtersForm(query, tools) {
+function filtersForm(query, tools, admin) {
   const agents = [...tools.keys()].map((key) => key.split(" ")[0]);
   const names = [...tools.values()].map((tool) => tool.name);
   const form = h(
@@ -46,6 +46,7 @@ function filtersForm(query, tools) {
     { class: "filters", role: "search", "aria-label": "Filter approvals" },
     choices("agent", "Agent", query.get("agent"), agents, "any agent"),
     choices("tool", "Tool", query.get("tool"), names, "any tool"),
+    admin ? tenantField(query) : null,
     h(
       "div",
       { class: "actions" },
@@ -70,9 +71,14 @@ export function showInbox(main, { announce, query }) {
   const summary = h("p", { class: "summary" }, "Loading…");
   const problems = h("div");
   const filters = h("div");
-  const filter = { agent: query.get("agent"), tool: query.get("tool") };
-  const filtered = Boolean(filter.agent || filter.tool);
+  const filter = {
+    agent: query.get("agent"),
+    tool: query.get("tool"),
+    tenant: query.get("tenant"),
+  };
+  const filtered = Boolean(filter.agent || filter.tool || filter.tenant);
   let tools = new Map();
+  let admin = false; // an admin's inbox spans tenants: each card names its own
   let first = true;
   let lastProblem = null;
   let timer = null;
@@ -112,6 +118,7 @@ export function showInbox(main, { announce, query }) {
       context: context(item),
       tool: tools.get(`${item.agent} ${item.tool}`) ?? null,
       heading: "h2",
+      showTenant: admin,
       onDecided: (decided, approved) =>
         announce(
           `${approved ? "Approved" : "Rejected"} ${decided.tool} for agent ${decided.agent}.`,
@@ -202,10 +209,12 @@ export function showInbox(main, { announce, query }) {
 
   document.addEventListener("visibilitychange", onVisibility);
   // The tools' descriptions and rules go in every card: read once, before the first poll.
-  toolTable(controller.signal).then((table) => {
+  const adminCaller = whoAmI().then(isAdmin, () => false);
+  Promise.all([toolTable(controller.signal), adminCaller]).then(([table, isAdminCaller]) => {
     if (controller.signal.aborted) return;
     tools = table;
-    replace(filters, filtersForm(query, tools));
+    admin = isAdminCaller;
+    replace(filters, filtersForm(query, tools, admin));
     poll();
   });
   return () => {

@@ -1,8 +1,18 @@
 // The runs list, filtered as `GET /runs` allows (status, agent, session), newest first, paged,
 // kept current: each run's input, its error when it failed, and its age.
 
-import { request } from "./api.js";
-import { age, h, inputText, problemView, refreshAges, replace, statusBadge, uid } from "./dom.js";
+import { isAdmin, request, whoAmI } from "./api.js";
+import {
+  age,
+  h,
+  inputText,
+  problemView,
+  refreshAges,
+  replace,
+  statusBadge,
+  tenantField,
+  uid,
+} from "./dom.js";
 
 // As the inbox: the list has no stream of its own, so it asks again every 2 s while shown.
 const POLL_MS = 2000;
@@ -46,7 +56,7 @@ export async function toolTable(signal) {
   return table;
 }
 
-function filtersForm(query, agents) {
+function filtersForm(query, agents, admin) {
   const chosen = new Set(query.getAll("status"));
   const agentId = uid("agent");
   const sessionId = uid("session");
@@ -87,6 +97,7 @@ function filtersForm(query, agents) {
       value: query.get("session_id") ?? "",
       autocomplete: "off",
     }),
+    admin ? tenantField(query) : null,
     h(
       "div",
       { class: "actions" },
@@ -100,7 +111,8 @@ function excerpt(text) {
   return text.length > EXCERPT ? `${text.slice(0, EXCERPT)}…` : text;
 }
 
-function runItem(run) {
+/** `showTenant`: the list spans tenants (an admin's), so each run says whose it is. */
+function runItem(run, showTenant) {
   const asked = inputText(run.input);
   const output = typeof run.final_output === "string" ? run.final_output : null;
   return h(
@@ -112,6 +124,7 @@ function runItem(run) {
     h(
       "p",
       { class: "meta" },
+      showTenant ? `tenant ${run.tenant} · ` : "",
       `agent ${run.agent}`,
       run.session_id ? ` · session ${run.session_id}` : "",
       " · created ",
@@ -149,7 +162,10 @@ export function showRuns(main, { query }) {
     status: query.getAll("status"),
     agent: query.get("agent"),
     session_id: query.get("session_id"),
+    tenant: query.get("tenant"),
   };
+  // Admins list every tenant's runs: each entry then names its tenant.
+  const admin = whoAmI().then(isAdmin, () => false);
   const entries = new Map(); // run id -> {element, shown}
   let wanted = PAGE; // runs kept current: the newest page, and older ones asked for, up to 100
   let cursor = null; // past those, the next older page
@@ -178,12 +194,13 @@ export function showRuns(main, { query }) {
       return;
     }
     replace(problems);
+    const showTenant = await admin;
     const seen = new Set();
     const order = page.items.map((run) => {
       seen.add(run.id);
       let entry = entries.get(run.id);
       if (!entry || entry.shown !== shown(run)) {
-        const element = runItem(run);
+        const element = runItem(run, showTenant);
         entry?.element.replaceWith(element);
         entry = { element, shown: shown(run) };
         entries.set(run.id, entry);
@@ -211,7 +228,9 @@ export function showRuns(main, { query }) {
   async function loadOlder() {
     try {
       const page = await request("GET", "/runs", { params: { ...params, cursor }, signal });
-      older.append(...page.items.filter((run) => !entries.has(run.id)).map(runItem));
+      const showTenant = await admin;
+      const olderRuns = page.items.filter((run) => !entries.has(run.id));
+      older.append(...olderRuns.map((run) => runItem(run, showTenant)));
       cursor = page.next_cursor;
       more.hidden = !cursor;
     } catch (error) {
@@ -240,21 +259,19 @@ export function showRuns(main, { query }) {
     if (!polling) poll();
   });
 
-  agentNames(signal)
-    .catch(() => [])
-    .then((agents) => {
-      if (signal.aborted) return;
-      const form = filtersForm(query, agents);
-      form.addEventListener("submit", (event) => {
-        event.preventDefault();
-        const chosen = new URLSearchParams();
-        for (const [name, value] of new FormData(form)) if (value) chosen.append(name, value);
-        const search = chosen.toString();
-        const hash = `#/runs${search ? `?${search}` : ""}`;
-        if (hash !== location.hash) location.hash = hash;
-      });
-      replace(filters, form);
+  Promise.all([agentNames(signal).catch(() => []), admin]).then(([agents, isAdminCaller]) => {
+    if (signal.aborted) return;
+    const form = filtersForm(query, agents, isAdminCaller);
+    form.addEventListener("submit", (event) => {
+      event.preventDefault();
+      const chosen = new URLSearchParams();
+      for (const [name, value] of new FormData(form)) if (value) chosen.append(name, value);
+      const search = chosen.toString();
+      const hash = `#/runs${search ? `?${search}` : ""}`;
+      if (hash !== location.hash) location.hash = hash;
     });
+    replace(filters, form);
+  });
   document.addEventListener("visibilitychange", onVisibility);
   poll();
   return () => {
