@@ -25,6 +25,7 @@ from app.api.routes import (
     metrics,
     runs,
     sessions,
+    tenants,
 )
 from app.api.streams import Frames, StreamSlots
 from app.runtime import Runtime
@@ -95,7 +96,7 @@ def create_app(
     app.openapi = lambda: problem_openapi(app)  # type: ignore[method-assign]
     errors.install(app)
     app.state.keys = Keys.from_settings(settings)
-    secured = (runs, events, approvals, agents, sessions, me, metrics, docs)
+    secured = (runs, events, approvals, agents, sessions, tenants, me, metrics, docs)
     for router in (module.router for module in secured):
         app.include_router(router, dependencies=[Authenticated], responses=problems(401))
     app.include_router(health.router)  # probes carry no key

@@ -193,6 +193,19 @@ async def authorize_approver(request: Request, credentials: Credentials) -> None
         raise Forbidden(f"{principal.name!r} may not decide approvals.")
 
 
+async def authorize_admin(request: Request, credentials: Credentials) -> None:
+    """Acting on a whole tenant: an admin, once any key or token is configured (an open
+    service lets anyone, as it does everything else)."""
+    keys = _keys(request)
+    principal = await _identify(request, credentials)
+    if not keys.configured:
+        return
+    if principal is None:
+        raise Unauthenticated("This needs an admin's API key.", invalid_token=False)
+    if not principal.is_admin:
+        raise Forbidden(f"{principal.name!r} is not an admin.")
+
+
 def principal_of(request: Request) -> Principal:
     """The caller, once authenticated: `anonymous` of tenant `default` on an open service."""
     found = getattr(request.state, "principal", None)
@@ -206,3 +219,4 @@ def decision_rule(request: Request) -> Callable[[str], bool] | None:
 
 Authenticated = Depends(authenticate)
 Approver = Depends(authorize_approver)
+Admin = Depends(authorize_admin)

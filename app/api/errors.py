@@ -30,6 +30,7 @@ from app.services.errors import (
     IdempotencyKeyReused,
     NotAllowed,
     NotFound,
+    RunNotEnded,
     SessionBusy,
     TooManyRuns,
 )
@@ -49,6 +50,7 @@ _DOMAIN: list[tuple[type[EngineError], int, str, str]] = [
     (CallAlreadyDecided, 409, "call-already-decided", "Call already decided"),
     (UnknownCall, 422, "validation-error", "Unknown tool call"),
     (InvalidDecision, 422, "validation-error", "Invalid decision"),
+    (RunNotEnded, 409, "run-not-ended", "Run has not ended"),
     (SessionBusy, 409, "session-busy", "Session is busy"),
     (TooManyRuns, 429, "too-many-runs", "Too many runs"),
     (IdempotencyKeyInUse, 409, "idempotency-key-in-use", "Idempotency key in use"),

@@ -211,6 +211,13 @@ class MeOut(BaseModel):
     )
 
 
+class TenantErased(BaseModel):
+    tenant: str
+    runs: int = Field(description="Runs forgotten, each with everything of it.")
+    sessions: int
+    idempotency_keys: int = Field(description="Keys no run held (a run's go with it).")
+
+
 class Health(BaseModel):
     status: Literal["ok", "ready"]
 

@@ -21,6 +21,10 @@ class NotAllowed(EngineError):
     """The caller may not do this (decide a call of that tool, say)."""
 
 
+class RunNotEnded(EngineError):
+    """The run is queued, running or waiting for a person: only an ended run is forgotten."""
+
+
 class SessionBusy(EngineError):
     """The session has an unfinished run."""
 

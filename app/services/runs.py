@@ -18,22 +18,32 @@ from app.engine.principal import Principal
 from app.engine.state import RunStatus
 from app.resources import RunOut
 from app.services.callers import Caller
-from app.services.errors import RunNotFound, SessionBusy, SessionNotFound, TooManyRuns
+from app.services.errors import (
+    RunNotEnded,
+    RunNotFound,
+    SessionBusy,
+    SessionNotFound,
+    TooManyRuns,
+)
 from app.services.idempotency import Idempotency, once
 from app.services.lifecycle import cancel_resting_run, now
 from app.store.database import Database
+from app.store.erasure import Erasure
 from app.store.lifecycle import RunLifecycle
 from app.store.models import Run, Session, WebhookDelivery
 from app.store.runs import RunRepository
 from app.store.sessions import SessionRepository
 from app.store.status import ENDED, RESTING
-from app.store.tenancy import Tenancy, lock_tenant
+from app.store.tenancy import EVERY_TENANT, Tenancy, lock_tenant
 from app.store.wakeups import Delta, Stored, Wakeups
 from app.store.webhooks import WebhookRepository
 
 IfBusy = Literal["enqueue", "reject", "interrupt"]
 
 CREATE_SCOPE = "runs.create"
+
+# Rows forgotten per transaction when a tenant is erased: short transactions, few locks held.
+ERASURE_BATCH = 500
 
 
 @dataclass(frozen=True)
@@ -46,6 +56,16 @@ class NewRun:
     metadata: dict[str, Any] = field(default_factory=dict)
     if_busy: IfBusy = "enqueue"
     webhook: str | None = None
+
+
+@dataclass(frozen=True)
+class Erased:
+    """What erasing a tenant forgot: its runs (each with everything of it), its sessions and
+    the idempotency keys no run held."""
+
+    runs: int
+    sessions: int
+    idempotency_keys: int
 
 
 @dataclass(frozen=True)
@@ -184,6 +204,18 @@ class RunService:
             await self._cancel_locked(session, run)
         return run
 
+    async def delete(self, run_id: str, caller: Caller) -> None:
+        """Forget an ended run and everything of it, in one transaction."""
+        async with self.db.session_scope() as session:
+            run = await RunRepository(session, caller.tenancy).get(run_id, for_update=True)
+            if run is None:
+                raise RunNotFound(f"no run has id {run_id!r}")
+            if run.status not in ENDED:
+                raise RunNotEnded(
+                    f"run {run_id} has not ended ({run.status}): cancel it first, then delete it"
+                )
+            await Erasure(session, caller.tenancy).runs([run_id])
+
     async def _cancel_locked(self, session: AsyncSession, run: Run) -> None:
         """Cancel a locked run: at once when it rests, by its executor when it runs (told at
         once, whichever process it is in, and by the stored flag at its next heartbeat)."""
@@ -241,7 +273,11 @@ class RunService:
                 raise SessionNotFound(f"no session has id {session_id!r}")
             return SessionView(found, await sessions.messages(session_id))
 
-    async def delete_session(self, session_id: str, caller: Caller) -> None:
+    async def delete_session(
+        self, session_id: str, caller: Caller, *, forget_runs: bool = False
+    ) -> None:
+        """Forget the session's conversation, and with `forget_runs` its runs too (each with
+        everything of it), in one transaction; refused while a run of it has not ended."""
         tenant = caller.home
         async with self.db.session_scope() as session:
             sessions = SessionRepository(session, tenant)
@@ -252,4 +288,37 @@ class RunService:
             if unfinished:
                 ids = ", ".join(run.id for run in unfinished)
                 raise SessionBusy(f"session {session_id!r} has unfinished runs: {ids}")
+            if forget_runs:
+                erasure = Erasure(session, Tenancy(tenant))
+                await erasure.runs(await erasure.run_ids_of_session(tenant, session_id))
             await sessions.delete(session_id)
+
+    async def erase_tenant(self, tenant: str) -> Erased:
+        """Forget every ended run, every session and every idempotency key of the tenant, in
+        batches, each its own transaction (a big tenant's rows are never held at once); refused
+        while a run of it has not ended. Repeating it after a failure part way goes on."""
+        async with self.db.read_scope() as session:
+            unfinished = await Erasure(session, EVERY_TENANT).unfinished_of_tenant(tenant)
+        if unfinished:
+            raise RunNotEnded(
+                f"tenant {tenant!r} has {unfinished} runs that have not ended: cancel them first"
+            )
+        runs = sessions = 0
+        while True:
+            async with self.db.session_scope() as session:
+                erasure = Erasure(session, EVERY_TENANT)
+                batch = await erasure.ended_runs_of_tenant(tenant, ERASURE_BATCH)
+                runs += await erasure.runs(batch)
+            if len(batch) < ERASURE_BATCH:
+                break
+        while True:
+            async with self.db.session_scope() as session:
+                forgotten = await Erasure(session, EVERY_TENANT).some_sessions_of_tenant(
+                    tenant, ERASURE_BATCH
+                )
+            sessions += forgotten
+            if forgotten < ERASURE_BATCH:
+                break
+        async with self.db.session_scope() as session:
+            keys = await Erasure(session, EVERY_TENANT).keys_of_tenant(tenant)
+        return Erased(runs=runs, sessions=sessions, idempotency_keys=keys)

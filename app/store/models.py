@@ -225,6 +225,9 @@ class IdempotencyKey(Base):
     run_id: Mapped[str | None] = mapped_column(String(40))
     created_at: Mapped[datetime]
 
+    # Forgetting a run forgets the keys bound to it.
+    __table_args__ = (Index(None, "run_id"),)
+
 
 class Approval(Base):
     """A tool call that waited (or waits) for a human's decision, for `GET /approvals`."""

@@ -173,6 +173,11 @@ def expectations(who: Who, acme: Acme) -> Iterator[Expect]:
         "DELETE", "/sessions/{session_id}", "/sessions/s-done", acme_s(204), params=acme_only
     )
     yield Expect("POST", "/runs/{run_id}/cancel", f"/runs/{to_cancel}/cancel", acme_s(202))
+    yield Expect("DELETE", "/runs/{run_id}", f"/runs/{done}", acme_s(204))
+    # Erasing a whole tenant is an admin's (a tenant with nothing: the matrix's rows stay).
+    yield Expect(
+        "DELETE", "/tenants/{tenant}", "/tenants/initech", keyed(200 if who.admin else 403)
+    )
     call_id = acme.parked["pending_approvals"][0]["call_id"]
     decision = {"decisions": [{"call_id": call_id, "approved": True}]}
     if not who.decides:

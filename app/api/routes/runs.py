@@ -128,6 +128,15 @@ async def cancel_run(run_id: str, runs: RunsDep, caller: CallerDep) -> RunOut:
     return await runs.show(await runs.cancel(run_id, caller))
 
 
+@router.delete("/{run_id}", status_code=204, responses=problems(404, 409, 422))
+async def delete_run(run_id: str, runs: RunsDep, caller: CallerDep) -> Response:
+    """Forget an ended run and everything of it: its events, approval requests, webhook
+    deliveries and the idempotency keys bound to it. A run that has not ended is 409 (cancel
+    it first). A session keeps the messages the run added to it."""
+    await runs.delete(run_id, caller)
+    return Response(status_code=204)
+
+
 def fingerprint(body: BaseModel) -> str:
     """Equal for bodies that mean the same, whatever their key order or spacing."""
     canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response
 
 from app.api.deps import CallerDep, RunsDep, problems
 from app.api.schemas import SessionOut
@@ -23,7 +25,19 @@ async def get_session(session_id: str, runs: RunsDep, caller: CallerDep) -> Sess
 
 
 @router.delete("/{session_id}", status_code=204, responses=problems(404, 409, 422))
-async def delete_session(session_id: str, runs: RunsDep, caller: CallerDep) -> Response:
-    """Forget the session's conversation; refused while a run of it is unfinished."""
-    await runs.delete_session(session_id, caller)
+async def delete_session(
+    session_id: str,
+    runs: RunsDep,
+    caller: CallerDep,
+    forget_runs: Annotated[
+        bool,
+        Query(
+            description="Forget the session's runs too, each with everything of it, as "
+            "`DELETE /runs/{id}` would."
+        ),
+    ] = False,
+) -> Response:
+    """Forget the session's conversation (and with `forget_runs` its runs), in one
+    transaction; refused while a run of it has not ended."""
+    await runs.delete_session(session_id, caller, forget_runs=forget_runs)
     return Response(status_code=204)
