@@ -86,6 +86,19 @@ class WebhookDeliveryOut(BaseModel):
     delivered_at: datetime | None
 
 
+class HistoryOut(Shown):
+    """Which of its session's messages a run loaded: the newest `config.max_history_messages`
+    (all when null), cut so no tool result goes without the assistant message that asked for
+    it. They open the run's `messages`, and the model got them."""
+
+    stored: int = Field(description="How many messages the session held when the run started.")
+    sent: int = Field(description="How many of them, the newest, the run loaded and sent.")
+    first_position: int = Field(
+        description="The first loaded message's place in the session (counted from 0; "
+        "`stored` when none was loaded)."
+    )
+
+
 # A schema apart from the request's `RunConfig`, whose defaults rightly make its fields optional.
 class RunConfigOut(RunConfig, Shown):
     """How the run executes, every value shown as stored."""
@@ -111,7 +124,14 @@ class RunOut(BaseModel):
     config: RunConfigOut
     metadata: dict[str, Any]
     final_output: str | None
-    messages: list[dict[str, Any]]
+    messages: list[dict[str, Any]] = Field(
+        description="The whole conversation: the session's history the run loaded (see "
+        "`history`), the input, and every new message."
+    )
+    history: HistoryOut | None = Field(
+        description="The session's messages the run loaded; null for a run without a session "
+        "and until the run starts."
+    )
     steps: list[Step]
     usage: Usage
     pending_approvals: list[PendingApproval]
@@ -140,6 +160,7 @@ class RunOut(BaseModel):
             metadata=run.run_metadata,
             final_output=run.final_output,
             messages=state.messages if state else list(run.input),
+            history=_history(state) if state and run.session_id is not None else None,
             steps=[_step(step.agent, step.duration_ms, step.tool_calls) for step in state.steps]
             if state
             else [],
@@ -172,6 +193,14 @@ class RunOut(BaseModel):
             started_at=run.started_at,
             finished_at=run.finished_at,
         )
+
+
+def _history(state: RunState) -> HistoryOut:
+    return HistoryOut(
+        stored=state.history_from + state.history_length,
+        sent=state.history_length,
+        first_position=state.history_from,
+    )
 
 
 def _step(agent: str, duration_ms: float, calls: list[ToolCall]) -> Step:

@@ -26,4 +26,11 @@ class RunConfig(BaseModel):
     tool_errors: ToolErrors = Field(
         "continue", description="`continue`: the model sees the error; `fail`: the run fails."
     )
+    max_history_messages: int | None = Field(
+        None,
+        ge=0,
+        description="The most of its session's stored messages the model sees, the newest "
+        "(null: all); a tool result is never sent without the assistant message that asked "
+        "for it. The session keeps every message.",
+    )
     debug: bool = Field(False, description="Log every model request, response and tool call.")

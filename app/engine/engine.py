@@ -12,6 +12,7 @@ from app.engine.config import RunConfig
 from app.engine.deps import TurnDeps
 from app.engine.errors import RunEnded
 from app.engine.events import NullObserver, RunEvent, RunObserver
+from app.engine.history import history_window
 from app.engine.instruments import Instruments, NoInstruments
 from app.engine.outcomes import TurnResult, goes_on
 from app.engine.principal import ANONYMOUS, Principal
@@ -58,19 +59,25 @@ class Engine:
         run_input: str | Sequence[Message],
         *,
         history: Sequence[Message] = (),
+        history_from: int = 0,
         config: RunConfig | None = None,
         variables: dict[str, Any] | None = None,
         run_id: str | None = None,
         session_id: str | None = None,
     ) -> RunState:
-        """A new run's state; raises `UnknownAgent`."""
+        """A new run's state; raises `UnknownAgent`. `history` is a session's conversation,
+        or its newest messages from place `history_from` on; the run keeps of it what
+        `config.max_history_messages` lets the model see."""
         self.agents.get(agent)
+        config = config or RunConfig()
+        start = history_window(history, config.max_history_messages)
         return RunState(
             agent=agent,
             current_agent=agent,
-            config=config or RunConfig(),
-            messages=[*(dict(m) for m in history), *input_messages(run_input)],
-            history_length=len(history),
+            config=config,
+            messages=[*(dict(m) for m in history[start:]), *input_messages(run_input)],
+            history_length=len(history) - start,
+            history_from=history_from + start,
             variables=dict(variables or {}),
             run_id=run_id,
             session_id=session_id,

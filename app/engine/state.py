@@ -160,6 +160,7 @@ class RunState:
     config: RunConfig
     messages: list[Message]
     history_length: int = 0  # messages loaded from earlier runs; the rest are this run's
+    history_from: int = 0  # the first loaded message's place in its session: earlier ones held back
     variables: dict[str, Any] = field(default_factory=dict)
     run_id: str | None = None
     session_id: str | None = None

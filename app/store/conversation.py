@@ -14,8 +14,9 @@ longer the run. The store keeps instead:
   message's place), an open step's at the event that carried it (`output_event`);
   `output_events` remembers those events from one checkpoint to the next, until the step closes;
 - the history a session gave the run is not copied: `history_through` is the last session
-  message it holds, and the session's messages are read up to it (a run stored before this
-  layout holds its history as rows of its own, read first).
+  message it holds, and the session's messages are read up to it, from the place of its first
+  (`history_from`: a run whose model may see only the newest holds only those; a run stored
+  before this layout holds its history as rows of its own, read first).
 
 `stored_form` splits a state for a write, walking only the steps the write may change;
 `expand` gives runs read from the store their whole state back, in one query each for the
@@ -248,14 +249,15 @@ async def write_rows(
         await session.execute(insert(_RUN_STEPS), step_rows)
 
 
-async def history_through(session: AsyncSession, run: Run, length: int) -> int | None:
-    """The last of the run's session's first `length` messages: the history it was given."""
+async def history_through(session: AsyncSession, run: Run, first: int, length: int) -> int | None:
+    """The last of the `length` messages of the run's session from place `first` on: the
+    history it was given."""
     if run.session_id is None or length == 0:
         return None
     query = select(func.max(SessionMessage.id)).where(
         SessionMessage.tenant == run.tenant,
         SessionMessage.session_id == run.session_id,
-        SessionMessage.position < length,
+        SessionMessage.position < first + length,
     )
     found: int | None = await session.scalar(query)
     return found
@@ -336,24 +338,26 @@ async def _histories(
     session: AsyncSession, runs: Sequence[Run], own: dict[str, dict[int, dict[str, Any]]]
 ) -> dict[tuple[str, str], list[tuple[int, int, dict[str, Any]]]]:
     """For each session (tenant, id) some run refers to: its messages as far as any of those
-    runs needs, as (position, id, message)."""
-    needed: dict[tuple[str, str], tuple[int, int]] = {}
+    runs needs, from the first any of them holds, as (position, id, message)."""
+    needed: dict[tuple[str, str], tuple[int, int, int]] = {}
     for run in runs:
         state = cast(dict[str, Any], run.state)
         length, through = state.get("history_length", 0), state.get("history_through")
         if length == 0 or through is None or run.session_id is None:
             continue
+        first = state.get("history_from", 0)
         key = (run.tenant, run.session_id)
-        known = needed.get(key, (0, 0))
-        needed[key] = (max(known[0], length), max(known[1], through))
+        known = needed.get(key, (first, 0, 0))
+        needed[key] = (min(known[0], first), max(known[1], first + length), max(known[2], through))
     found: dict[tuple[str, str], list[tuple[int, int, dict[str, Any]]]] = {}
-    for (tenant, session_id), (length, through) in needed.items():
+    for (tenant, session_id), (first, end, through) in needed.items():
         result = await session.execute(
             select(SessionMessage.position, SessionMessage.id, SessionMessage.message)
             .where(
                 SessionMessage.tenant == tenant,
                 SessionMessage.session_id == session_id,
-                SessionMessage.position < length,
+                SessionMessage.position >= first,
+                SessionMessage.position < end,
                 SessionMessage.id <= through,
             )
             .order_by(SessionMessage.position)
@@ -374,8 +378,13 @@ def _whole(
         history = [own[position] for position in range(length)]
     else:
         through = state.get("history_through") or 0
+        first = state.get("history_from", 0)
         # A forgotten session leaves the run its own messages only.
-        history = [m for position, id_, m in history_rows if position < length and id_ <= through]
+        history = [
+            m
+            for position, id_, m in history_rows
+            if first <= position < first + length and id_ <= through
+        ]
     steps = []
     for step in [*earlier, *state.get("steps", [])]:
         calls = []

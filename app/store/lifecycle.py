@@ -270,8 +270,8 @@ class RunLifecycle:
             raise ValueError(f"run {run.id} was read without its messages")
         through = None
         if previous is None:
-            history = state.get("history_length", 0)
-            through = await history_through(self.session, run, history)
+            first, length = state.get("history_from", 0), state.get("history_length", 0)
+            through = await history_through(self.session, run, first, length)
         split = stored_form(state, previous, through, events, last_seq - len(events) + 1)
         stored = {**values, "state": split.compact}
         return stored, {**values, "state": split.carried}, split

@@ -50,6 +50,27 @@ class SessionRepository:
         )
         return list(await self.session.scalars(query))
 
+    async def newest(self, session_id: str, limit: int | None) -> tuple[list[dict[str, Any]], int]:
+        """The session's newest `limit` messages (every one when None), in order, and the
+        place of the first (the number of messages when none is given)."""
+        if limit is None:
+            return await self.messages(session_id), 0
+        of_session = (SessionMessage.tenant == self.tenant, SessionMessage.session_id == session_id)
+        rows = (
+            await self.session.execute(
+                select(SessionMessage.position, SessionMessage.message)
+                .where(*of_session)
+                .order_by(SessionMessage.position.desc())
+                .limit(limit)
+            )
+        ).all()
+        if rows:
+            return [message for _, message in reversed(rows)], rows[-1][0]
+        last = await self.session.scalar(
+            select(func.max(SessionMessage.position)).where(*of_session)
+        )
+        return [], 0 if last is None else last + 1
+
     async def append(
         self, session_id: str, messages: Sequence[dict[str, Any]], run_id: str, now: datetime
     ) -> None:

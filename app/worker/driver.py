@@ -55,6 +55,20 @@ def lease_lost(exc: BaseException) -> bool:
     return raised(exc, lambda e: isinstance(e, LeaseLost))
 
 
+History = tuple[list[Message], int]
+"""Messages of a session, and the place in it of the first."""
+NO_HISTORY: History = ([], 0)
+
+
+async def session_history(session: AsyncSession, run: Run) -> History:
+    """What a new run of a session starts with: its newest messages, as many as the run's
+    model may see (the engine cuts them at a turn's edge), read without the older ones."""
+    if run.state is not None or run.session_id is None:
+        return NO_HISTORY
+    limit = RunConfig.model_validate(run.config).max_history_messages
+    return await SessionRepository(session, run.tenant).newest(run.session_id, limit)
+
+
 class RunDriver:
     def __init__(
         self,
@@ -151,20 +165,18 @@ class RunDriver:
             self.log.exception("run.crashed", error_id=error_id)
             await self._fail(state, observer, exc, error_id)
 
-    async def _load(self) -> tuple[Run, list[Message]]:
+    async def _load(self) -> tuple[Run, History]:
         """The run (as claimed, when the claim carries it), and the session's history when
         the run has not started yet."""
         run = None if self._reload else self.claim.run
         if run is not None and (run.state is not None or run.session_id is None):
             self._run = run
-            return run, []
+            return run, NO_HISTORY
         async with self.db.session_scope() as session:
             run = await RunRepository(session, EVERY_TENANT).get(self.claim.run_id)
             if run is None:
                 raise LeaseLost(f"run {self.claim.run_id} vanished")
-            history = []
-            if run.state is None and run.session_id is not None:
-                history = await SessionRepository(session, run.tenant).messages(run.session_id)
+            history = await session_history(session, run)
         self._run = run
         return run, history
 
@@ -175,9 +187,7 @@ class RunDriver:
         run = self.claim.run
         if run is None or self.claim.takeovers > self.max_takeovers:
             return
-        history: list[Message] = []
-        if run.state is None and run.session_id is not None:
-            history = await SessionRepository(session, run.tenant).messages(run.session_id)
+        history = await session_history(session, run)
         try:
             state, progress, records = self._opening(run, history)
         except Exception:
@@ -195,9 +205,7 @@ class RunDriver:
         self._started = None
         self._reload = True
 
-    def _opening(
-        self, run: Run, history: list[Message]
-    ) -> tuple[RunState, Progress, list[EventRecord]]:
+    def _opening(self, run: Run, history: History) -> tuple[RunState, Progress, list[EventRecord]]:
         """The engine state a new run starts with (and its first events), or the one it resumes."""
         if run.state is not None:
             state = RunState.from_json(run.state)
@@ -205,7 +213,8 @@ class RunDriver:
         state = self.engine.start(
             run.agent,
             run.input,
-            history=history,
+            history=history[0],
+            history_from=history[1],
             config=RunConfig.model_validate(run.config),
             variables=run.context,
             run_id=run.id,
@@ -214,7 +223,7 @@ class RunDriver:
         records = [(e.name, e.data) for e in map(message, state.new_messages)]
         return state, Progress(state.to_json(), state.current_agent, state.turns), records
 
-    async def _start(self, run: Run, history: list[Message]) -> RunState:
+    async def _start(self, run: Run, history: History) -> RunState:
         """Give a new run its engine state (with the session's history), or resume one."""
         first = run.state is None
         state, progress, records = self._opening(run, history)

@@ -93,12 +93,19 @@ def _history(state: dict[str, Any], own: dict[int, Any]) -> list[Any]:
     if all(position in own for position in range(length)):
         return [own[position] for position in range(length)]
     through = state.get("history_through")
+    # A run whose model saw only a session's newest messages holds those from `history_from`.
+    first = state.get("history_from", 0)
     rows = op.get_bind().execute(
         sa.text(
             "SELECT message FROM session_messages WHERE session_id = :session"
-            " AND position < :length AND id <= :through ORDER BY position"
+            " AND position >= :first AND position < :end AND id <= :through ORDER BY position"
         ),
-        {"session": state.get("session_id"), "length": length, "through": through or 0},
+        {
+            "session": state.get("session_id"),
+            "first": first,
+            "end": first + length,
+            "through": through or 0,
+        },
     )
     return [_json(message) for (message,) in rows]
 

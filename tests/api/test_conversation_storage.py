@@ -420,3 +420,81 @@ async def test_a_downgrade_puts_back_what_is_stored_once(migrated_url: str, tmp_
         async with db.session_scope() as session:
             await session.execute(text("DELETE FROM runs WHERE id = 'run_d'"))
         await db.dispose()
+
+
+async def test_a_downgrade_gives_a_run_the_window_of_history_its_model_saw(
+    migrated_url: str, tmp_path: Path
+) -> None:
+    """A run that loaded only its session's newest messages (`max_history_messages`) refers to
+    them from `history_from`: the layout before rows gets those back, not the session's first."""
+    said = ["zero", "one", "two", "three", "next", "ok"]
+    session_messages = [
+        {"role": "user" if i % 2 == 0 else "assistant", "content": content}
+        for i, content in enumerate(said)
+    ]
+    compact = {
+        "agent": "calc",
+        "current_agent": "calc",
+        "config": {"max_history_messages": 2},
+        "message_count": 4,
+        "history_length": 2,
+        "history_from": 2,
+        "run_id": "run_w",
+        "session_id": "s_w",
+        "status": "completed",
+        "turns": 1,
+        "steps": [{"agent": "calc", "duration_ms": 0.0, "tool_calls": []}],
+        "open_step": False,
+        "usage": {"requests": 1},
+    }
+    own_file = not migrated_url.startswith("postgresql")
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'w.db'}" if own_file else migrated_url)
+    try:
+        await upgrade(db.engine, "head")
+        async with db.session_scope() as session:
+            await session.execute(
+                text(
+                    "INSERT INTO sessions (id, created_at, updated_at)"
+                    " VALUES ('s_w', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+                )
+            )
+            for position, message in enumerate(session_messages):
+                await session.execute(
+                    text(
+                        "INSERT INTO session_messages (session_id, position, message, created_at)"
+                        " VALUES ('s_w', :position, :message, CURRENT_TIMESTAMP)"
+                    ),
+                    {"position": position, "message": json.dumps(message)},
+                )
+            compact["history_through"] = await session.scalar(
+                text("SELECT id FROM session_messages WHERE session_id = 's_w' AND position = 3")
+            )
+            await insert_run(session, "run_w", "completed", compact, event_seq=0)
+            await session.execute(text("UPDATE runs SET session_id = 's_w' WHERE id = 'run_w'"))
+            for position, message in enumerate(session_messages[4:], start=2):
+                await session.execute(
+                    text(
+                        "INSERT INTO run_messages (run_id, position, message)"
+                        " VALUES ('run_w', :position, :message)"
+                    ),
+                    {"position": position, "message": json.dumps(message)},
+                )
+        async with db.read_scope() as session:
+            run = await RunRepository(session, EVERY_TENANT).get("run_w")
+            assert run is not None
+            assert run.state is not None
+            assert run.state["messages"] == session_messages[2:]
+
+        await downgrade(db.engine, "0006")
+
+        async with db.read_scope() as session:
+            back = await session.scalar(text("SELECT state FROM runs WHERE id = 'run_w'"))
+            back = json.loads(back) if isinstance(back, str) else back
+            assert back["messages"] == session_messages[2:]
+            assert back["history_length"] == 2
+    finally:
+        await upgrade(db.engine, "head")
+        async with db.session_scope() as session:
+            await session.execute(text("DELETE FROM runs WHERE id = 'run_w'"))
+            await session.execute(text("DELETE FROM sessions WHERE id = 's_w'"))
+        await db.dispose()

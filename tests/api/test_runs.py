@@ -46,6 +46,8 @@ async def test_create_with_wait_completes(client: Client, fake: FakeModel) -> No
     assert run["input"] == [{"role": "user", "content": "2+3?"}]
     assert run["context"] == {"u": 1}
     assert run["config"]["max_turns"] == 30
+    assert run["config"]["max_history_messages"] is None
+    assert run["history"] is None  # no session
     assert [m["role"] for m in run["messages"]] == ["user", "assistant", "tool", "assistant"]
     assert run["steps"][0]["tool_calls"][0] | {"call_id": None} == {
         "call_id": None,
@@ -113,6 +115,15 @@ async def test_wait_returns_at_pending_approval(client: Client, fake: FakeModel)
         ({"agent": "calc", "input": []}, {}, 422, ["body", "input"]),
         ({"agent": "calc", "input": "x", "config": {"max_turns": 0}}, {}, 422, None),
         ({"agent": "calc", "input": "x", "config": {"tool_errors": "explode"}}, {}, 422, None),
+        *(
+            (
+                {"agent": "calc", "input": "x", "config": {"max_history_messages": bad}},
+                {},
+                422,
+                ["body", "config", "max_history_messages"],
+            )
+            for bad in (-1, "many", 2.5, [3])
+        ),
         ({"agent": "calc", "input": "x", "surprise": 1}, {}, 422, ["body", "surprise"]),
         ({"agent": "calc", "input": "x", "if_busy": "shout"}, {}, 422, ["body", "if_busy"]),
         ({"agent": "calc", "input": "x", "session_id": "has space"}, {}, 422, None),
