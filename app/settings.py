@@ -247,7 +247,11 @@ class Settings(BaseSettings):
         "deletes at a time).",
     )
     retention_batch_size: int = Field(
-        500, ge=1, le=100_000, description="Rows of one kind deleted per transaction."
+        500,
+        ge=1,
+        le=100_000,
+        description="The most rows of one kind deleted per transaction (fewer when rows weigh "
+        "more: each transaction is kept near a tenth of a second).",
     )
     webhook_allowed_hosts: str = Field(
         "",
