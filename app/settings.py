@@ -2,14 +2,37 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import json
+import re
+from datetime import timedelta
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, BeforeValidator, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.engine.providers.chat_request import OptionalField
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./agent-runs.db"
+
+_DURATION = re.compile(r"(\d+)([smhd])")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+RETAINED_STATUSES = ("completed", "failed", "cancelled")
+
+
+def parse_duration(value: object) -> timedelta:
+    """`45s`, `90m`, `12h`, `30d`: the contract's ages, a whole number of one unit, above 0."""
+    if isinstance(value, timedelta):
+        return value
+    found = _DURATION.fullmatch(value.strip()) if isinstance(value, str) else None
+    if found is None or int(found[1]) == 0:
+        raise ValueError(
+            f"{value!r} is not a duration: a whole number above 0 and s, m, h or d "
+            "(45s, 90m, 12h, 30d)"
+        )
+    return timedelta(**{_UNITS[found[2]]: int(found[1])})
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
 
 
 class ProviderSettings(BaseModel):
@@ -202,6 +225,34 @@ class Settings(BaseSettings):
         description="A tool's output is cut at this many bytes (UTF-8), ending with a marker "
         "that says how much was cut: the model gets it on every later turn.",
     )
+    run_retention: Annotated[dict[str, timedelta], NoDecode] = Field(
+        default_factory=dict,
+        description='JSON: ended status -> age, `{"completed": "30d", "failed": "90d"}`; runs '
+        "ended longer ago are deleted with everything of them (absent: kept forever).",
+    )
+    session_retention: Duration | None = Field(
+        None,
+        description="A session whose last run ended longer ago, with no unfinished run, is "
+        "deleted (default: kept forever).",
+    )
+    idempotency_key_ttl: Duration = Field(
+        timedelta(hours=24),
+        description="An older Idempotency-Key is forgotten: a repeat then creates a new run.",
+    )
+    retention_interval_seconds: float = Field(
+        30,
+        gt=0,
+        le=3600,
+        description="How often an executor looks for rows past their retention (one process "
+        "deletes at a time).",
+    )
+    retention_batch_size: int = Field(
+        500,
+        ge=1,
+        le=100_000,
+        description="The most rows of one kind deleted per transaction (fewer when rows weigh "
+        "more: each transaction is kept near a tenth of a second).",
+    )
     webhook_allowed_hosts: str = Field(
         "",
         description="Comma-separated hosts webhooks may call (`hooks.example.com`, "
@@ -230,6 +281,24 @@ class Settings(BaseSettings):
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
+
+    @field_validator("run_retention", mode="before")
+    @classmethod
+    def _run_retention(cls, value: object) -> dict[str, timedelta]:
+        if isinstance(value, str):
+            try:
+                value = json.loads(value) if value.strip() else {}
+            except json.JSONDecodeError as exc:
+                raise ValueError(f'not JSON ({exc.msg}); write {{"completed": "30d"}}') from None
+        if not isinstance(value, dict):
+            raise ValueError('a JSON object of status -> age is needed: {"completed": "30d"}')
+        unknown = [status for status in value if status not in RETAINED_STATUSES]
+        if unknown:
+            raise ValueError(
+                f"{unknown[0]!r} is not an ended status; retention is for "
+                f"{', '.join(RETAINED_STATUSES)}"
+            )
+        return {status: parse_duration(age) for status, age in value.items()}
 
     @model_validator(mode="after")
     def _webhooks_signed(self) -> Settings:

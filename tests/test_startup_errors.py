@@ -50,6 +50,26 @@ def test_unusable_keys_or_token_settings(
     assert value not in line
 
 
+@pytest.mark.parametrize(
+    ("setting", "value", "words"),
+    [
+        ("RUN_RETENTION", '{"queued": "1d"}', ("RUN_RETENTION", "'queued' is not an ended status")),
+        ("RUN_RETENTION", '{"completed": "30 days"}', ("RUN_RETENTION", "not a duration")),
+        ("RUN_RETENTION", "30d", ("RUN_RETENTION", "not JSON")),
+        ("SESSION_RETENTION", "1w", ("SESSION_RETENTION", "'1w' is not a duration")),
+        ("IDEMPOTENCY_KEY_TTL", "0s", ("IDEMPOTENCY_KEY_TTL", "45s, 90m, 12h, 30d")),
+    ],
+)
+def test_retention_that_is_not_an_age_per_ended_status(
+    tmp_path: Path, setting: str, value: str, words: tuple[str, ...]
+) -> None:
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    result = agent_runs("serve", DATABASE_URL=url, PORT=str(free_port()), **{setting: value})
+
+    one_line_refusal(result, *words)
+    assert not (tmp_path / "x.db").exists()
+
+
 @pytest.mark.parametrize("command", ["serve", "migrate"])
 def test_a_sqlite_file_in_a_missing_folder(command: str, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'missing' / 'x.db'}"

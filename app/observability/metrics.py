@@ -52,6 +52,12 @@ WEBHOOK_DELIVERIES = Counter(
     "Webhook delivery attempts by outcome.",
     ["outcome"],
 )
+RETENTION_DELETED = Counter(
+    "agent_runs_retention_deleted_total",
+    "Rows this process deleted past their retention, by kind: runs (each with everything of "
+    "it), sessions, idempotency_keys.",
+    ["kind"],
+)
 RUNS = Gauge("agent_runs_runs", "Runs in the store by status.", ["status"])
 QUEUE_DEPTH = Gauge("agent_runs_queue_depth", "Queued runs an executor may claim now.")
 OLDEST_QUEUED = Gauge(

@@ -1,8 +1,9 @@
 """One process's runtime, built once from its settings: what `serve` and `worker` both run.
 
 The database (and SQLite's file lock), the schema, the agents and the engine, the wake-up hub
-with its channel, the services the API calls, the executor and the webhook sender; then the
-tasks that follow other processes (PostgreSQL), drive runs and send webhooks, until it stops:
+with its channel, the services the API calls, the executor, the webhook sender and the purger;
+then the tasks that follow other processes (PostgreSQL), drive runs, send webhooks and delete
+what is past its retention, until it stops:
 the executor hands its runs back first, while the channel still tells other executors.
 """
 
@@ -30,6 +31,7 @@ from app.store.wakeups import Wakeups, store_changes
 from app.webhooks.policy import WebhookPolicy
 from app.webhooks.sender import WebhookSender
 from app.worker.executor import Executor, worker_name
+from app.worker.retention import Purger, RetentionPolicy
 
 log = structlog.get_logger("app.runtime")
 
@@ -85,8 +87,14 @@ class Runtime:
                 db,
                 engine,
                 wakeups,
-                RunService(db, engine, wakeups, max_active_runs=settings.tenant_max_active_runs),
-                ApprovalService(db, engine),
+                RunService(
+                    db,
+                    engine,
+                    wakeups,
+                    max_active_runs=settings.tenant_max_active_runs,
+                    idempotency_key_ttl=settings.idempotency_key_ttl,
+                ),
+                ApprovalService(db, engine, idempotency_key_ttl=settings.idempotency_key_ttl),
                 RunEventStream(db, wakeups),
                 _executor(settings, db, engine, wakeups, name) if executor else None,
                 WebhookPolicy(settings.webhook_allowed_hosts),
@@ -99,6 +107,7 @@ class Runtime:
                 if runtime.executor is not None:
                     group.start_soon(runtime.executor.run)
                     group.start_soon(runtime._sender().run)
+                    group.start_soon(_purger(settings, db).run)
                 yield runtime
                 if runtime.executor is not None:
                     runtime.executor.stop()
@@ -156,6 +165,20 @@ def _executor(
         shutdown_grace=settings.shutdown_grace_seconds,
         max_takeovers=settings.max_takeovers,
         name=name,
+    )
+
+
+def _purger(settings: Settings, db: Database) -> Purger:
+    policy = RetentionPolicy(
+        runs=settings.run_retention,
+        sessions=settings.session_retention,
+        idempotency_keys=settings.idempotency_key_ttl,
+    )
+    return Purger(
+        db,
+        policy,
+        interval=settings.retention_interval_seconds,
+        batch=settings.retention_batch_size,
     )
 
 

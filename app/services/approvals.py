@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from datetime import timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -21,9 +22,12 @@ from app.store.status import ENDED
 
 
 class ApprovalService:
-    def __init__(self, db: Database, engine: Engine) -> None:
+    def __init__(
+        self, db: Database, engine: Engine, *, idempotency_key_ttl: timedelta | None = None
+    ) -> None:
         self.db = db
         self.engine = engine
+        self.idempotency_key_ttl = idempotency_key_ttl
 
     async def decide(
         self,
@@ -47,7 +51,9 @@ class ApprovalService:
             return await self._apply(session, run_id, decisions, caller, decided_by, may_decide)
 
         scope = f"runs.{run_id}.approvals"
-        return await once(self.db, scope, idempotency, apply, caller.tenancy)
+        return await once(
+            self.db, scope, idempotency, apply, caller.tenancy, ttl=self.idempotency_key_ttl
+        )
 
     async def _apply(
         self,

@@ -41,12 +41,18 @@ class Idempotency:
 
 
 async def once(
-    db: Database, scope: str, idempotency: Idempotency | None, effect: Effect, tenancy: Tenancy
+    db: Database,
+    scope: str,
+    idempotency: Idempotency | None,
+    effect: Effect,
+    tenancy: Tenancy,
+    *,
+    ttl: timedelta | None = None,
 ) -> tuple[Run, bool]:
-    """Run `effect` in a transaction, once per key: the run, and False for a repeat (read as
-    the caller may see it)."""
+    """Run `effect` in a transaction, once per key (one older than `ttl` is forgotten): the
+    run, and False for a repeat (read as the caller may see it)."""
     if idempotency is not None:
-        earlier = await _reserve(db, scope, idempotency, tenancy)
+        earlier = await _reserve(db, scope, idempotency, tenancy, ttl)
         if earlier is not None:
             return earlier, False
     try:
@@ -70,7 +76,7 @@ async def once(
 
 
 async def _reserve(
-    db: Database, scope: str, idempotency: Idempotency, tenancy: Tenancy
+    db: Database, scope: str, idempotency: Idempotency, tenancy: Tenancy, ttl: timedelta | None
 ) -> Run | None:
     """Reserve the key, or answer for the request that holds it."""
     async with db.session_scope() as session:
@@ -81,6 +87,10 @@ async def _reserve(
             return None
         held = await keys.get(owner, scope, key, for_update=True)
         assert held is not None
+        if ttl is not None and stamp - held.created_at >= ttl:
+            # Forgotten, though retention has not deleted it yet: the key is this request's.
+            held.request_hash, held.run_id, held.created_at = idempotency.request_hash, None, stamp
+            return None
         if held.request_hash != idempotency.request_hash:
             raise IdempotencyKeyReused()
         if held.run_id is None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any, Literal
 
 import anyio
@@ -86,12 +87,14 @@ class RunService:
         wakeups: Wakeups,
         *,
         max_active_runs: int | None = None,
+        idempotency_key_ttl: timedelta | None = None,
     ) -> None:
         self.db = db
         self.engine = engine
         self.wakeups = wakeups
         # TENANT_MAX_ACTIVE_RUNS: a tenant's queued and running runs at most.
         self.max_active_runs = max_active_runs
+        self.idempotency_key_ttl = idempotency_key_ttl
 
     async def create(
         self, new: NewRun, caller: Caller, idempotency: Idempotency | None = None
@@ -103,7 +106,9 @@ class RunService:
         async def insert(session: AsyncSession) -> Run:
             return await self._insert(session, new, caller.principal)
 
-        return await once(self.db, CREATE_SCOPE, idempotency, insert, caller.tenancy)
+        return await once(
+            self.db, CREATE_SCOPE, idempotency, insert, caller.tenancy, ttl=self.idempotency_key_ttl
+        )
 
     async def _insert(self, session: AsyncSession, new: NewRun, creator: Principal) -> Run:
         tenant = creator.tenant

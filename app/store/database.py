@@ -294,6 +294,18 @@ async def lock_for_transaction(session: AsyncSession, name: str) -> None:
         await session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:name))"), {"name": name})
 
 
+async def try_lock_for_transaction(session: AsyncSession, name: str) -> bool:
+    """Take the lock named `name` until the transaction ends if nobody holds it; False (at once,
+    without waiting) if another transaction does. SQLite's write transaction holds the whole
+    database, and one process serves it."""
+    if session.get_bind().dialect.name != "postgresql":
+        return True
+    taken = await session.scalar(
+        text("SELECT pg_try_advisory_xact_lock(hashtext(:name))"), {"name": name}
+    )
+    return bool(taken)
+
+
 def load_stored_json(text: str) -> Any:
     """A JSON column's value as read. Rows an older release stored may hold a NUL or a lone
     surrogate; they are read with those replaced, so no stored row makes a read fail."""

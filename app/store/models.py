@@ -122,6 +122,8 @@ class Run(Base):
         Index(None, "queue_rank", "seq"),
         Index(None, "status", "queue_rank"),
         Index(None, "tenant", "status", "queue_rank"),
+        # Retention finds the runs of a status that ended longest ago.
+        Index(None, "status", "finished_at"),
     )
 
 
@@ -185,6 +187,9 @@ class Session(Base):
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
 
+    # Retention finds the sessions idle longest.
+    __table_args__ = (Index(None, "updated_at"),)
+
 
 class SessionMessage(Base):
     """One message of a session's stored conversation, in order."""
@@ -225,8 +230,8 @@ class IdempotencyKey(Base):
     run_id: Mapped[str | None] = mapped_column(String(40))
     created_at: Mapped[datetime]
 
-    # Forgetting a run forgets the keys bound to it.
-    __table_args__ = (Index(None, "run_id"),)
+    # Forgetting a run forgets the keys bound to it; retention, the keys past their age.
+    __table_args__ = (Index(None, "run_id"), Index(None, "created_at"))
 
 
 class Approval(Base):

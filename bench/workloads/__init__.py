@@ -8,7 +8,21 @@ from collections.abc import Callable
 
 from bench.context import Context
 from bench.report import Outcome
-from bench.workloads import ceiling, chaos, engine, hostile, langgraph, w1, w2, w3, w6, w7, w8, w9
+from bench.workloads import (
+    ceiling,
+    chaos,
+    engine,
+    hostile,
+    langgraph,
+    w1,
+    w2,
+    w3,
+    w6,
+    w7,
+    w8,
+    w9,
+    w10,
+)
 
 WORKLOADS: dict[str, Callable[[Context], Outcome]] = {
     "ceiling": ceiling.run,
@@ -23,4 +37,5 @@ WORKLOADS: dict[str, Callable[[Context], Outcome]] = {
     "hostile": hostile.run,
     "w8": w8.run,
     "w9": w9.run,
+    "w10": w10.run,
 }
