@@ -18,7 +18,8 @@ PROBLEM = "application/problem+json"
     [
         ("DELETE", "/runs", "GET, POST"),
         ("PUT", "/runs", "GET, POST"),
-        ("DELETE", "/runs/run_x", "GET"),
+        ("PUT", "/runs/run_x", "DELETE, GET"),
+        ("GET", "/tenants/acme", "DELETE"),
         ("GET", "/runs/run_x/cancel", "POST"),
         ("PATCH", "/sessions/s1", "DELETE, GET"),
         ("POST", "/healthz", "GET, HEAD"),
