@@ -1,4 +1,4 @@
-"""`agent-runs serve | worker | migrate | fake-model | check-model | openapi`."""
+"""`agent-runs serve | worker | migrate | backup | fake-model | check-model | openapi`."""
 
 from __future__ import annotations
 
@@ -223,6 +223,34 @@ def migrate(debug: Debug = False) -> None:
     with _refusals(debug):
         anyio.run(apply)
     typer.echo("migrations applied")
+
+
+@cli.command()
+def backup(
+    target: Annotated[
+        Path, typer.Argument(help="A new file: the copy, itself a database to serve from.")
+    ],
+) -> None:
+    """Copy the SQLite database to TARGET, consistent, while the service runs (SQLite's online
+    backup). On PostgreSQL use pg_dump."""
+    import sqlite3
+    from contextlib import closing
+
+    from sqlalchemy.engine import make_url
+
+    url = make_url(_settings().database_url)
+    if not url.drivername.startswith("sqlite") or url.database in (None, "", ":memory:"):
+        raise _fail("backup copies a SQLite file; back up PostgreSQL with pg_dump")
+    source = Path(str(url.database))
+    if not source.is_file():
+        raise _fail(f"there is no database at {source}")
+    if target.exists():
+        raise _fail(f"{target} exists: give the copy a new file")
+    # The backup API copies page by page and starts again when a writer changes a page it
+    # copied: the copy is the database as of one moment, whatever the service writes meanwhile.
+    with closing(sqlite3.connect(source)) as original, closing(sqlite3.connect(target)) as copy:
+        original.backup(copy)
+    typer.echo(f"{source} copied to {target}")
 
 
 @cli.command("fake-model")

@@ -195,3 +195,42 @@ def test_fake_model_refuses_an_unknown_dialect() -> None:
 
     assert result.returncode == 2
     assert "unknown dialect 'nosuch'; one of: anthropic-openai, azure" in result.stderr
+
+
+def test_backup_copies_a_served_sqlite_database_while_it_runs(
+    fake_model_process: str, tmp_path: Path
+) -> None:
+    database = f"sqlite:///{tmp_path / 'serve.db'}"
+    port = free_port()
+    process = subprocess.Popen(
+        [AGENT_RUNS, "serve", "--port", str(port)],
+        env=env(DATABASE_URL=database, OPENAI_BASE_URL=fake_model_process),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    copy = tmp_path / "copy.db"
+    try:
+        wait_until_listening(process, port)
+        run = httpx.post(
+            f"http://127.0.0.1:{port}/runs",
+            params={"wait": 20},
+            json={"agent": "triage", "input": "please add 2 and 3"},
+            timeout=30,
+        ).json()
+        result = agent_runs("backup", str(copy), DATABASE_URL=database)
+        again = agent_runs("backup", str(copy), DATABASE_URL=database)
+    finally:
+        stop(process, signal.SIGTERM)
+
+    assert result.returncode == 0, result.stderr
+    with sqlite3.connect(copy) as connection:
+        stored = connection.execute("SELECT status FROM runs WHERE id = ?", (run["id"],)).fetchall()
+    assert stored == [("completed",)]
+    assert again.returncode == 2
+    assert "exists" in again.stderr
+    refused = agent_runs(
+        "backup", str(tmp_path / "pg.db"), DATABASE_URL="postgresql://u@127.0.0.1:1/db"
+    )
+    assert refused.returncode == 2
+    assert "pg_dump" in refused.stderr
