@@ -13,14 +13,19 @@ from contextlib import (
     asynccontextmanager,
     contextmanager,
 )
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import anyio
 import anyio.to_thread
 import httpx
 import pytest
 from fastapi import FastAPI
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from app.api.app import create_app
 from app.api.deps import Services
@@ -221,3 +226,39 @@ def start_worker(
         if process.poll() is None:
             process.kill()
             process.wait(timeout=10)
+
+
+@dataclass
+class Receiver:
+    """A webhook receiver on 127.0.0.1 that answers `fail` errors first, then 204s."""
+
+    fail: int = 0
+    delay: float = 0
+    received: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
+    answered: int = 0
+    changed: threading.Condition = field(default_factory=threading.Condition)
+    url: str = ""
+
+    async def hook(self, request: Request) -> Response:
+        body = await request.body()
+        await anyio.sleep(self.delay)
+        with self.changed:
+            self.answered += 1
+            failing = self.answered <= self.fail
+            if not failing:
+                self.received.append((dict(request.headers), body))
+            self.changed.notify_all()
+        return Response(status_code=500 if failing else 204)
+
+    def wait_for(self, count: int, timeout: float = 10) -> bool:
+        with self.changed:
+            return self.changed.wait_for(lambda: len(self.received) >= count, timeout)
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    receiver = Receiver()
+    app = Starlette(routes=[Route("/hook", receiver.hook, methods=["POST"])])
+    with ThreadedServer(app) as server:
+        receiver.url = f"{server.url}/hook"
+        yield receiver

@@ -3,14 +3,11 @@ everything of it in one transaction, and refuses one that has not ended."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from pydantic import SecretStr
 from sqlalchemy import func, select
-from starlette.applications import Starlette
-from starlette.routing import Route
 
 from app.store.models import (
     Approval,
@@ -21,9 +18,8 @@ from app.store.models import (
     WebhookDelivery,
 )
 from app.testing import FakeModel, Rule, Script, call, text
-from app.testing.server import ThreadedServer
-from tests.api.conftest import Client, ClientFactory, services_of
-from tests.api.test_webhooks import Receiver, deliveries_once
+from tests.api.conftest import Client, ClientFactory, Receiver, services_of
+from tests.api.test_webhooks import deliveries_once
 
 pytestmark = pytest.mark.anyio
 
@@ -35,15 +31,6 @@ SCRIPT = Script(
     ]
 )
 OF_A_RUN = (RunMessage, RunStep, StoredEvent, Approval, WebhookDelivery, IdempotencyKey)
-
-
-@pytest.fixture
-def hook() -> Iterator[Receiver]:
-    receiver = Receiver()
-    app = Starlette(routes=[Route("/hook", receiver.hook, methods=["POST"])])
-    with ThreadedServer(app) as server:
-        receiver.url = f"{server.url}/hook"
-        yield receiver
 
 
 async def rows_of(client: Client, run_id: str) -> dict[str, int]:
@@ -61,7 +48,7 @@ async def rows_of(client: Client, run_id: str) -> dict[str, int]:
 
 
 async def test_an_ended_run_is_forgotten_with_everything_of_it(
-    make_client: ClientFactory, fake: FakeModel, hook: Receiver
+    make_client: ClientFactory, fake: FakeModel, receiver: Receiver
 ) -> None:
     fake.script("m", SCRIPT)
     webhooks: dict[str, Any] = {
@@ -69,7 +56,7 @@ async def test_an_ended_run_is_forgotten_with_everything_of_it(
         "webhook_secret": SecretStr("whsec-test-0123456789"),
     }
     async with make_client(**webhooks) as client:
-        body = {"agent": "calc", "input": "park", "session_id": "s1", "webhook": hook.url}
+        body = {"agent": "calc", "input": "park", "session_id": "s1", "webhook": receiver.url}
         first = {"Idempotency-Key": "create-1"}
         parked = (await client.post("/runs", params={"wait": 10}, json=body, headers=first)).json()
         run_id = parked["id"]

@@ -3,7 +3,6 @@ old idempotency keys past their age, a batch at a time, one process at a time, a
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -11,18 +10,15 @@ import anyio
 import pytest
 from pydantic import SecretStr
 from sqlalchemy import func, select
-from starlette.applications import Starlette
-from starlette.routing import Route
 
 from app.store.database import try_lock_for_transaction
 from app.store.models import IdempotencyKey
 from app.testing import FakeModel
-from app.testing.server import ThreadedServer
 from app.worker.retention import LOCK, Purger, RetentionPolicy
-from tests.api.conftest import Client, ClientFactory, services_of
+from tests.api.conftest import Client, ClientFactory, Receiver, services_of
 from tests.api.test_forgetting import OF_A_RUN, SCRIPT, rows_of
 from tests.api.test_metrics import scrape, value
-from tests.api.test_webhooks import Receiver, deliveries_once
+from tests.api.test_webhooks import deliveries_once
 from tests.conftest import is_postgres
 
 pytestmark = pytest.mark.anyio
@@ -30,15 +26,6 @@ pytestmark = pytest.mark.anyio
 DELETED = "agent_runs_retention_deleted_total"
 # Sweeps of the executor's own, for the tests that call `sweep` themselves: one at start only.
 NO_SWEEPS = 3600.0
-
-
-@pytest.fixture
-def hook() -> Iterator[Receiver]:
-    receiver = Receiver()
-    app = Starlette(routes=[Route("/hook", receiver.hook, methods=["POST"])])
-    with ThreadedServer(app) as server:
-        receiver.url = f"{server.url}/hook"
-        yield receiver
 
 
 def purger(client: Client, policy: RetentionPolicy, batch: int = 500) -> Purger:
@@ -91,7 +78,7 @@ async def until_ended_ago(client: Client, run_id: str, age: timedelta) -> None:
 
 
 async def test_the_executor_deletes_ended_runs_past_retention_with_everything_of_them(
-    make_client: ClientFactory, fake: FakeModel, hook: Receiver
+    make_client: ClientFactory, fake: FakeModel, receiver: Receiver
 ) -> None:
     fake.script("m", SCRIPT)
     settings: dict[str, Any] = {
@@ -106,7 +93,7 @@ async def test_the_executor_deletes_ended_runs_past_retention_with_everything_of
         assert (await client.post(f"/runs/{cancelled['id']}/cancel")).status_code == 202
         unfinished = await run(client, "park")
         assert unfinished["status"] == "pending_approval"
-        forgotten = await parked_then_completed(client, hook.url)
+        forgotten = await parked_then_completed(client, receiver.url)
         assert all((await rows_of(client, forgotten)).values())
 
         await gone(client, forgotten)
@@ -122,7 +109,7 @@ async def test_the_executor_deletes_ended_runs_past_retention_with_everything_of
         # Its idempotency key went with it: the same request makes a new run.
         repeat = await client.post(
             "/runs",
-            json={"agent": "calc", "input": "park", "webhook": hook.url},
+            json={"agent": "calc", "input": "park", "webhook": receiver.url},
             headers={"Idempotency-Key": "create-1"},
         )
         assert repeat.status_code == 201

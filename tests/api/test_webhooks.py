@@ -11,9 +11,7 @@ import hashlib
 import hmac
 import ipaddress
 import json
-import threading
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
@@ -21,56 +19,15 @@ import httpx
 import pytest
 import structlog
 from pydantic import SecretStr
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
 
 from app.testing import FakeModel, call, text
-from app.testing.server import ThreadedServer
 from app.webhooks.policy import WebhookPolicy, WebhookRefused, _public
-from tests.api.conftest import Client, ClientFactory, LiveFactory, rested
+from tests.api.conftest import Client, ClientFactory, LiveFactory, Receiver, rested
 
 pytestmark = pytest.mark.anyio
 
 SECRET = "whsec-test-0123456789"
 PROBLEM = "application/problem+json"
-
-
-@dataclass
-class Receiver:
-    """An HTTP receiver on 127.0.0.1 that answers `fail` errors first, then 204s."""
-
-    fail: int = 0
-    delay: float = 0
-    received: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
-    answered: int = 0
-    changed: threading.Condition = field(default_factory=threading.Condition)
-    url: str = ""
-
-    async def hook(self, request: Request) -> Response:
-        body = await request.body()
-        await anyio.sleep(self.delay)
-        with self.changed:
-            self.answered += 1
-            failing = self.answered <= self.fail
-            if not failing:
-                self.received.append((dict(request.headers), body))
-            self.changed.notify_all()
-        return Response(status_code=500 if failing else 204)
-
-    def wait_for(self, count: int, timeout: float = 10) -> bool:
-        with self.changed:
-            return self.changed.wait_for(lambda: len(self.received) >= count, timeout)
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    receiver = Receiver()
-    app = Starlette(routes=[Route("/hook", receiver.hook, methods=["POST"])])
-    with ThreadedServer(app) as server:
-        receiver.url = f"{server.url}/hook"
-        yield receiver
 
 
 @pytest.fixture
