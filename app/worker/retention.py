@@ -7,8 +7,9 @@ the lock taken leaves the sweep to its holder until its next interval. No lock o
 batch, so a killed sweeper holds nobody up. A batch is at most `batch` rows, fewer when rows
 weigh more (runs of many events): the next batch halves after one that took longer than
 BATCH_SECONDS, and grows back after quick ones, so no transaction holds locks (or SQLite's one
-connection) for long. After a full batch the sweeper pauses as long as the batch took: a backlog
-of millions drains at half of one connection's time, with the runs' transactions in between.
+connection) for long. After a full batch the sweeper pauses IDLE_PER_BUSY times as long as the
+batch took: a backlog of millions drains in a quarter of one connection's time, with the runs'
+transactions in between (at half, W10 measured runs/s 26% lower while a million runs went).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ log = structlog.get_logger("app.worker")
 
 LOCK = "retention"
 BATCH_SECONDS = 0.1
+IDLE_PER_BUSY = 3
 
 Kind = Literal["runs", "sessions", "idempotency_keys"]
 
@@ -91,7 +93,7 @@ class Purger:
                     self._resize(took)
                     if count < limit:
                         break
-                    await anyio.sleep(took)
+                    await anyio.sleep(took * IDLE_PER_BUSY)
         except Exception as exc:
             if is_transient(exc):  # an outage: one line; the next sweep goes on
                 log.warning("retention.sweep_failed", error=type(exc).__name__)
