@@ -10,8 +10,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from app.engine.providers.chat_request import OptionalField
 from app.engine.output import StructuredOutput
+from app.engine.providers.chat_request import OptionalField
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./agent-runs.db"
 
@@ -87,8 +87,8 @@ class Settings(BaseSettings):
     model_providers: dict[str, ProviderSettings] = Field(
         default_factory=dict,
         description='JSON: {"name": {"base_url": ..., "api_key": ..., "headers": {...}, '
-        '"query": {...}, "body": {...}, "api_key_header": ..., "options": {...}, "structured_output": "response_format" | '
-        '"tool"}}.',
+        '"query": {...}, "body": {...}, "api_key_header": ..., "options": {...}, '
+        '"structured_output": "response_format" | "tool"}}.',
     )
     default_model: str = Field("gpt-4o-mini", description="Model of agents that name none.")
     agents_module: str = Field(

@@ -10,8 +10,8 @@ from typing import Any
 
 from app.engine import calls, events
 from app.engine.events import RunEvent
-from app.engine.output import FINAL_OUTPUT_TOOL, InvalidOutput, OutputSpec, repair_message
 from app.engine.outcomes import Completed, Failed, RunAgain, TurnOutcome
+from app.engine.output import FINAL_OUTPUT_TOOL, InvalidOutput, OutputSpec, repair_message
 from app.engine.state import CallStatus, Message, RunError, RunState
 
 Answer = tuple[TurnOutcome, list[RunEvent]]

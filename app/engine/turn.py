@@ -21,7 +21,6 @@ from app.engine.errors import EngineError, ModelError
 from app.engine.events import RunEvent, RunObserver, TextDelta
 from app.engine.execution import run_queued_calls
 from app.engine.model import ModelRequest, ModelResponse, unusable
-from app.engine.output import OutputSpec, schema_spec
 from app.engine.outcomes import (
     Completed,
     Failed,
@@ -31,6 +30,7 @@ from app.engine.outcomes import (
     TurnOutcome,
     outcome_name,
 )
+from app.engine.output import OutputSpec, schema_spec
 from app.engine.principal import Principal
 from app.engine.state import CallStatus, RunError, RunState, RunStatus, StepRecord, ToolCall
 from app.engine.text import storable_json

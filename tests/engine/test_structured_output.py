@@ -49,9 +49,7 @@ def lookup(city: str) -> str:
 
 def repairing(first: Any, *, then: Any) -> Script:
     """A script whose first answer is `first` and whose answer to a repair is `then`."""
-    return Script(
-        rules=[Rule(match="did not validate", replies=[then]), Rule(replies=[first])]
-    )
+    return Script(rules=[Rule(match="did not validate", replies=[then]), Rule(replies=[first])])
 
 
 @pytest.mark.parametrize(
@@ -107,7 +105,8 @@ async def test_a_repair_sends_the_errors_and_takes_the_fixed_answer(
     )
     repair = fake.requests_for("m")[1]["messages"][-1]
     assert repair["role"] == "user"
-    assert "total" in repair["content"] and "integer" in repair["content"]
+    assert "total" in repair["content"]
+    assert "integer" in repair["content"]
     assert json.dumps(SUM_SCHEMA) in repair["content"]  # a server that ignored it sees it now
     assert state.messages[-2] == repair
 
@@ -122,7 +121,8 @@ async def test_answers_that_never_validate_fail_with_output_invalid(
     result = await engine.run(state)
 
     assert isinstance(result.outcome, Failed)
-    assert state.error is not None and state.error.code == "output_invalid"
+    assert state.error is not None
+    assert state.error.code == "output_invalid"
     assert "not JSON" in state.error.message
     assert len(fake.requests_for("m")) == 2  # the answer and one repair
     assert state.final_output is None
@@ -135,7 +135,8 @@ async def test_no_retries_fails_at_the_first_invalid_answer(
     engine = make_engine([Agent(name="a", model="m", output_type=Weather)])
     state = engine.start("a", "Go", config=RunConfig(output_retries=0))
     await engine.run(state)
-    assert state.error is not None and "celsius" in state.error.message
+    assert state.error is not None
+    assert "celsius" in state.error.message
     assert len(fake.requests_for("m")) == 1
 
 
@@ -177,10 +178,16 @@ async def test_the_tool_mechanism_offers_final_output_and_repairs_through_its_re
     offered = {t["function"]["name"]: t["function"] for t in first["tools"]}
     assert offered["final_output"]["parameters"] == SUM_SCHEMA
     outputs = [c.output for c in state.steps[0].tool_calls]
-    assert "did not validate" in (outputs[0] or "") and "Not run" in (outputs[1] or "")
+    assert "did not validate" in (outputs[0] or "")
+    assert "Not run" in (outputs[1] or "")
     # Every call got its result: the conversation stays valid for a model (and a session).
     assert [m["role"] for m in state.messages] == [
-        "user", "assistant", "tool", "tool", "assistant", "tool",
+        "user",
+        "assistant",
+        "tool",
+        "tool",
+        "assistant",
+        "tool",
     ]
     names = [e.name for e in recorder.events]
     assert names.count("tool_call.completed") == 3
@@ -246,7 +253,8 @@ async def test_a_restored_state_repairs_with_the_same_count(
     restored = RunState.from_json(saved)
     await make_engine([agent]).run(restored)
 
-    assert restored.error is not None and restored.error.code == "output_invalid"
+    assert restored.error is not None
+    assert restored.error.code == "output_invalid"
     assert len(fake.requests_for("m")) == 3  # the first answer, then two repairs, not three
 
 

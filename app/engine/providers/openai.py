@@ -10,8 +10,8 @@ import openai
 import structlog
 
 from app.engine.errors import ModelError
-from app.engine.output import StructuredOutput
 from app.engine.model import ModelProvider, ModelRequest, ModelResponse, TextSink
+from app.engine.output import StructuredOutput
 from app.engine.providers.assembly import Assembler
 from app.engine.providers.chat_request import refused_field, request_body
 from app.engine.providers.failures import model_error, server_message
@@ -27,13 +27,14 @@ class OpenAIProvider(ModelProvider):
     `thinking`); `api_key_header` sends the key in that header instead of `Authorization: Bearer`
     (Azure's `api-key`); `omit` names optional fields the server refuses (`stream_options`,
     `parallel_tool_calls`, `temperature`, `max_tokens`, `response_format`). A 400 that names
-    `stream_options`, `parallel_tool_calls`, `response_format` or a field sent back on messages (Groq refuses the `reasoning` it
-    streamed) is asked once more without it (once per field); when that answer comes, the field
-    is left out of that model's requests from then on. Per model, because a refusal can be the
-    model's (o-series models refuse `parallel_tool_calls`, gpt-4o on the same server takes it);
-    and only after an answer, because a 400 about something else may quote the request and name
-    a field it did not refuse. `structured_output="tool"` asks for a structured final answer
-    as a `final_output` tool call instead of with `response_format`.
+    `stream_options`, `parallel_tool_calls`, `response_format` or a field sent back on messages
+    (Groq refuses the `reasoning` it streamed) is asked once more without it (once per field);
+    when that answer comes, the field is left out of that model's requests from then on. Per
+    model, because a refusal can be the model's (o-series models refuse `parallel_tool_calls`,
+    gpt-4o on the same server takes it); and only after an answer, because a 400 about
+    something else may quote the request and name a field it did not refuse.
+    `structured_output="tool"` asks for a structured final answer as a `final_output` tool
+    call instead of with `response_format`.
     """
 
     def __init__(
