@@ -11,10 +11,10 @@ import pytest
 from pydantic import BaseModel
 
 from app import Agent, tool
-from app.engine import Completed, Failed, OpenAIProvider, RunConfig, RunStatus
+from app.engine import Completed, Engine, Failed, ModelRouter, OpenAIProvider, RunConfig, RunStatus
 from app.engine.output import InvalidSchema, output_spec, schema_spec
 from app.engine.state import RunState
-from app.testing import FakeModel, call, calls, text
+from app.testing import Dialect, FakeModel, FakeModelServer, call, calls, text
 from app.testing.script import Rule, Script
 from tests.engine.conftest import EngineFactory, Recorder
 
@@ -277,3 +277,20 @@ def test_nan_is_not_a_json_answer() -> None:
     with pytest.raises(ValueError, match="not JSON"):
         spec.validate_text("NaN")
     assert spec.validate_text("```json\n4.5\n```") == 4.5
+
+
+async def test_a_server_that_refuses_response_format_is_asked_without_it_and_repaired() -> None:
+    """The answer is validated either way; the repair names the schema the server never saw."""
+    fake = FakeModel(
+        {"m": repairing(text("Three."), then=text('{"total": 3}'))},
+        dialect=Dialect("no-json", refuses=("response_format",)),
+    )
+    with FakeModelServer(fake) as server:
+        provider = OpenAIProvider(base_url=server.base_url, max_retries=0)
+        engine = Engine([Agent(name="a", model="m", output_type=SUM_SCHEMA)], ModelRouter(provider))
+        state = engine.start("a", "Add")
+        await engine.run(state)
+        await provider.aclose()
+
+    assert state.final_output == {"total": 3}
+    assert ["response_format" in body for body in fake.requests] == [True, False, False]
