@@ -3,8 +3,8 @@
 It reads the conversation as a model would, in a small way: the numbers it is asked to add, the
 record to delete and the amount to refund in the last user message, then the tool results that
 came back (a rejection and its reason, the result of arguments a person edited), so that what it
-says follows what happened. It is no language model: anything else gets a short help text. Asked for structured output,
-it gives its answer the shape of the schema.
+says follows what happened. It is no language model: anything else gets a short help text.
+Asked for structured output, it gives its answer the shape of the schema.
 """
 
 from __future__ import annotations
