@@ -121,7 +121,9 @@ def schema_spec(schema: dict[str, Any]) -> OutputSpec:
     try:
         jsonschema_rs.meta.validate(schema)
         validator = jsonschema_rs.validator_for(schema, offline=True)
-    except (jsonschema_rs.ValidationError, jsonschema_rs.ReferencingError, ValueError) as exc:
+    # Whatever the validator cannot compile is the schema's fault (a body a client sent):
+    # a 422, never a 500.
+    except (jsonschema_rs.ReferencingError, ValueError, TypeError, RecursionError) as exc:
         reason = str(exc).split("\n", 1)[0]
         raise InvalidSchema(f"not a valid JSON Schema: {reason}") from exc
     title = schema.get("title")

@@ -94,6 +94,10 @@ class OpenAIProvider(ModelProvider):
             self._refused[request.model] = refused | dropped
         return response
 
+    def refused(self, model: str) -> frozenset[str]:
+        """The optional fields left out of `model`'s requests: by `omit`, or refused so far."""
+        return self._omit | self._refused.get(model, frozenset())
+
     async def _call_without_refused(
         self, request: ModelRequest, omit: frozenset[str], on_text: TextSink | None
     ) -> tuple[ModelResponse, frozenset[str]]:
