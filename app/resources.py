@@ -123,7 +123,14 @@ class RunOut(BaseModel):
     context: dict[str, Any] = Field(description="The context variables as posted.")
     config: RunConfigOut
     metadata: dict[str, Any]
-    final_output: str | None
+    output_schema: dict[str, Any] | None = Field(
+        description="The run's own JSON Schema for its final answer, as posted (null: its "
+        "agents' output types, if any, decide)."
+    )
+    final_output: Any = Field(
+        description="Once completed: the final answer's text, or, with structured output "
+        "(an agent's output type or the run's `output_schema`), its validated JSON value."
+    )
     messages: list[dict[str, Any]] = Field(
         description="The whole conversation: the session's history the run loaded (see "
         "`history`), the input, and every new message."
@@ -158,7 +165,8 @@ class RunOut(BaseModel):
             context=run.context,
             config=RunConfigOut.model_validate(run.config),
             metadata=run.run_metadata,
-            final_output=run.final_output,
+            output_schema=run.output_schema,
+            final_output=state.final_output if state else run.final_output,
             messages=state.messages if state else list(run.input),
             history=_history(state) if state and run.session_id is not None else None,
             steps=[_step(step.agent, step.duration_ms, step.tool_calls) for step in state.steps]

@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.engine.output import StructuredOutput
 from app.engine.providers.chat_request import OptionalField
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./agent-runs.db"
@@ -58,6 +59,11 @@ class ProviderSettings(BaseModel):
         default_factory=dict,
         description="`false` leaves that optional request field out (the server refuses it)",
     )
+    structured_output: StructuredOutput | None = Field(
+        None,
+        description="how a structured final answer is asked: `response_format` (default for "
+        "OpenAI-compatible servers) or `tool`, a `final_output` tool (default for Anthropic)",
+    )
 
     @property
     def omitted(self) -> set[str]:
@@ -81,7 +87,8 @@ class Settings(BaseSettings):
     model_providers: dict[str, ProviderSettings] = Field(
         default_factory=dict,
         description='JSON: {"name": {"base_url": ..., "api_key": ..., "headers": {...}, '
-        '"query": {...}, "body": {...}, "api_key_header": ..., "options": {...}}}.',
+        '"query": {...}, "body": {...}, "api_key_header": ..., "options": {...}, '
+        '"structured_output": "response_format" | "tool"}}.',
     )
     default_model: str = Field("gpt-4o-mini", description="Model of agents that name none.")
     agents_module: str = Field(

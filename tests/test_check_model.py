@@ -11,7 +11,7 @@ import pytest
 from app.cli import EXAMPLE_SCRIPT
 from app.runtime.providers import describe
 from app.settings import Settings
-from app.testing import FakeModel, FakeModelServer, load_scripts, text
+from app.testing import Dialect, FakeModel, FakeModelServer, Rule, Script, call, load_scripts, text
 from tests.test_cli import agent_runs
 
 
@@ -78,3 +78,41 @@ def test_an_anthropic_entry_without_the_extra_says_what_to_install(tmp_path: Pat
 
     assert result.returncode == 2, result.stderr
     assert "agent-runs[anthropic]" in result.stderr
+
+
+def structured_line(stdout: str) -> str:
+    return next(line for line in stdout.splitlines() if line[6:25].strip() == "structured output")
+
+
+def test_a_server_that_refuses_response_format_is_told_to_use_the_tool() -> None:
+    fake = FakeModel(
+        load_scripts(EXAMPLE_SCRIPT), dialect=Dialect("x", refuses=("response_format",))
+    )
+    with FakeModelServer(fake) as server:
+        providers = json.dumps({"local": {"base_url": server.base_url}})
+        result = agent_runs("check-model", "local/llama3.2", MODEL_PROVIDERS=providers)
+
+    assert result.returncode == 0, result.stdout + result.stderr  # not essential
+    line = structured_line(result.stdout)
+    assert line.startswith("  no  ")
+    assert '"structured_output": "tool"' in line
+
+
+def test_an_entry_asking_by_tool_is_checked_by_tool() -> None:
+    script = Script(
+        rules=[
+            Rule(match="JSON", replies=[call("final_output", {"sum": 5})]),
+            Rule(replies=[text("Hi.")]),
+        ]
+    )
+    fake = FakeModel({"m": script})
+    with FakeModelServer(fake) as server:
+        providers = json.dumps({"t": {"base_url": server.base_url, "structured_output": "tool"}})
+        result = agent_runs("check-model", "t/m", MODEL_PROVIDERS=providers)
+
+    line = structured_line(result.stdout)
+    assert line.startswith("  yes ")
+    assert 'final_output({"sum": 5})' in line
+    asked = fake.requests[-1]
+    assert "response_format" not in asked
+    assert asked["tools"][0]["function"]["name"] == "final_output"

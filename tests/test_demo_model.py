@@ -143,3 +143,30 @@ def test_the_banner_on_a_terminal_says_whether_a_key_is_set_never_the_key() -> N
     assert "OpenAI's API, key set" in shown.getvalue()
     assert "sk-secret-1" not in shown.getvalue()
     assert "demo model" not in shown.getvalue()
+
+
+async def test_asked_for_structured_output_it_shapes_its_answer_to_the_schema() -> None:
+    schema = {
+        "type": "object",
+        "properties": {
+            "sum": {"type": "integer"},
+            "explanation": {"type": "string"},
+            "steps": {"type": "array", "items": {"$ref": "#/$defs/Step"}},
+        },
+        "$defs": {"Step": {"type": "object", "properties": {"ok": {"type": "boolean"}}}},
+    }
+    messages = [
+        {"role": "user", "content": "add 10 and 20"},
+        assistant_call("add", {"a": 10, "b": 20}),
+        {"role": "tool", "tool_call_id": "c1", "content": "30"},
+    ]
+    response_format = {"type": "json_schema", "json_schema": {"name": "Sum", "schema": schema}}
+    request = ModelRequest("demo", messages, TOOLS, response_format=response_format)
+
+    done = (await DemoModel(pause=0).complete(request)).message
+
+    assert json.loads(done["content"]) == {
+        "sum": 30,
+        "explanation": "10 + 20 = 30.",
+        "steps": [{"ok": True}],
+    }

@@ -78,4 +78,5 @@ def test_serve_alone_plays_the_readme_walkthrough_on_the_demo_model(tmp_path: Pa
         '"final_output":"I did not refund 250 euros: the call was rejected. '
         'Reason given: over the limit"' in output
     )
+    assert '"final_output":{"sum":30,"explanation":"10 + 20 = 30."}' in output
     assert '"model_error"' not in output

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from typing import Any
 
 import pydantic
 import pytest
@@ -12,7 +13,7 @@ from app import Agent
 from app.engine import Completed
 from app.runtime.agents import AgentsModule, build_engine
 from app.settings import Settings
-from app.testing import FakeModel, FakeModelServer, text
+from app.testing import FakeModel, FakeModelServer, call, text
 
 pytestmark = pytest.mark.anyio
 
@@ -100,3 +101,38 @@ def test_a_refused_entry_is_not_printed_back() -> None:
         Settings(model_providers={"a": entry})
 
     assert "sk-ant-1" not in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("entry", "asked_by_tool"),
+    [
+        ({"structured_output": "tool"}, True),
+        ({}, False),
+        ({"kind": "anthropic", "api_key": "k"}, True),  # every Claude model takes tools
+        ({"kind": "anthropic", "api_key": "k", "structured_output": "response_format"}, False),
+    ],
+    ids=["openai-tool", "openai-default", "anthropic-default", "anthropic-response-format"],
+)
+async def test_an_entry_says_how_structured_output_is_asked(
+    entry: dict[str, Any], asked_by_tool: bool
+) -> None:
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    reply = call("final_output", {"n": 1}) if asked_by_tool else text('{"n": 1}')
+    fake = FakeModel({"x": [reply]})
+    with FakeModelServer(fake) as server:
+        base_url = server.url if entry.get("kind") == "anthropic" else server.base_url
+        settings = Settings(model_providers={"p": {**entry, "base_url": base_url}})
+        engine = build_engine(
+            settings, AgentsModule([Agent(name="a", model="p/x", output_type=schema)])
+        )
+        try:
+            state = engine.start("a", "hi")
+            await engine.run(state)
+        finally:
+            await engine.models.aclose()
+
+    assert state.final_output == {"n": 1}
+    sent = fake.requests[0]
+    tools = [t.get("name") or t["function"]["name"] for t in sent.get("tools", [])]
+    assert ("final_output" in tools) is asked_by_tool
+    assert ("response_format" in sent or "output_config" in sent) is not asked_by_tool

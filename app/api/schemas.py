@@ -6,10 +6,18 @@ import math
 from datetime import datetime
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from app.engine import RunConfig
+from app.engine.output import InvalidSchema, schema_spec
 from app.engine.text import UNSTORABLE, describe, storable_text
 from app.engine.tools import ApprovalMode, ToolEffect
 
@@ -120,6 +128,22 @@ class CreateRun(Body):
         "WEBHOOK_ALLOWED_HOSTS.",
     )
 
+    output_schema: dict[str, Any] | None = Field(
+        None,
+        description="A JSON Schema the run's final answer must follow (in place of its agents' "
+        "output types): `final_output` is then the validated JSON value.",
+    )
+
+    @field_validator("output_schema")
+    @classmethod
+    def _valid_schema(cls, schema: dict[str, Any] | None) -> dict[str, Any] | None:
+        if schema is not None:
+            try:
+                schema_spec(schema)
+            except InvalidSchema as exc:
+                raise ValueError(str(exc)) from exc
+        return schema
+
     def input_value(self) -> str | list[dict[str, Any]]:
         if isinstance(self.input, str):
             return self.input
@@ -170,6 +194,10 @@ class AgentOut(BaseModel):
     model: str
     tools: list[ToolOut]
     handoffs: list[str]
+    output_schema: dict[str, Any] | None = Field(
+        description="The JSON Schema of the agent's structured final answer (its "
+        "`output_type`); null: it answers with text."
+    )
 
 
 class ApprovalOut(BaseModel):

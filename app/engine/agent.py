@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from app.engine.config import RunConfig
 from app.engine.context import RunContext
+from app.engine.output import OutputSpec, output_spec
 from app.engine.schema import function_schema
 from app.engine.tools import Tool, as_tool, check_tool_name
 
@@ -34,6 +35,8 @@ class Agent:
 
     `tools` may hold `@tool` objects or plain functions; `handoffs` are offered to the model as
     `transfer_to_<name>` tools. `model` is `"model"` (default provider) or `"provider/model"`.
+    `output_type` (a pydantic model, a dataclass or a JSON Schema dict) makes the final answer
+    of a run this agent ends a validated JSON value instead of text.
     """
 
     name: str
@@ -46,9 +49,13 @@ class Agent:
     max_tokens: int | None = None
     parallel_tool_calls: bool | None = None
     approval_handler: ApprovalHandler | None = None
+    output_type: type | dict[str, Any] | None = None
+    output: OutputSpec | None = field(init=False, default=None, repr=False)
 
     def __post_init__(self) -> None:
         check_tool_name(HANDOFF_PREFIX + self.name)
+        # Built now, so a bad type or schema fails where the agent is defined, not in a run.
+        self.output = None if self.output_type is None else output_spec(self.output_type)
         self.tools = [as_tool(candidate) for candidate in self.tools]
         self.handoffs = list(self.handoffs)
         self.tool_table()

@@ -33,4 +33,11 @@ class RunConfig(BaseModel):
         "(null: all); a tool result is never sent without the assistant message that asked "
         "for it. The session keeps every message.",
     )
+    output_retries: int = Field(
+        2,
+        ge=0,
+        le=10,
+        description="Times a structured final answer that does not validate is sent back to "
+        "the model with the errors before the run fails with `output_invalid`.",
+    )
     debug: bool = Field(False, description="Log every model request, response and tool call.")

@@ -15,6 +15,7 @@ from app.engine.events import NullObserver, RunEvent, RunObserver
 from app.engine.history import history_window
 from app.engine.instruments import Instruments, NoInstruments
 from app.engine.outcomes import TurnResult, goes_on
+from app.engine.output import schema_spec
 from app.engine.principal import ANONYMOUS, Principal
 from app.engine.providers.router import ModelRouter
 from app.engine.registry import AgentRegistry
@@ -64,11 +65,16 @@ class Engine:
         variables: dict[str, Any] | None = None,
         run_id: str | None = None,
         session_id: str | None = None,
+        output_schema: dict[str, Any] | None = None,
     ) -> RunState:
-        """A new run's state; raises `UnknownAgent`. `history` is a session's conversation,
-        or its newest messages from place `history_from` on; the run keeps of it what
-        `config.max_history_messages` lets the model see."""
+        """A new run's state; raises `UnknownAgent`, or `InvalidSchema` for a bad
+        `output_schema` (the run's final answer, in place of its agents' output types).
+        `history` is a session's conversation, or its newest messages from place
+        `history_from` on; the run keeps of it what `config.max_history_messages` lets the
+        model see."""
         self.agents.get(agent)
+        if output_schema is not None:
+            schema_spec(output_schema)
         config = config or RunConfig()
         start = history_window(history, config.max_history_messages)
         return RunState(
@@ -81,6 +87,7 @@ class Engine:
             variables=dict(variables or {}),
             run_id=run_id,
             session_id=session_id,
+            output_schema=output_schema,
         )
 
     async def advance(

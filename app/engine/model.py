@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from app.engine.output import StructuredOutput
 from app.engine.state import Message, Usage
 
 TextSink = Callable[[str], Awaitable[None]]
@@ -43,8 +44,12 @@ class ModelProvider(abc.ABC):
     """A model backend. Subclass it to bring one of your own; raise `ModelError` on failure.
 
     `complete` should hand each piece of text to `on_text` as it is generated when it can; the
-    returned message must hold the whole text either way.
+    returned message must hold the whole text either way. `structured_output` says how the
+    loop asks it for a structured final answer: with `response_format`, or with a tool named
+    `final_output` whose parameters are the schema.
     """
+
+    structured_output: StructuredOutput = "response_format"
 
     @abc.abstractmethod
     async def complete(

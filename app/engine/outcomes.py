@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from app.engine.events import RunEvent
 from app.engine.state import ApprovalRequest, RunError, RunState
@@ -23,9 +24,9 @@ class HandedOff:
 
 @dataclass(frozen=True, slots=True)
 class Completed:
-    """The model answered with text and no tool calls."""
+    """The model gave its final answer: text, or the validated value of structured output."""
 
-    output: str
+    output: Any
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,9 @@ from app.engine.text import storable_text
 Message = dict[str, Any]
 """A Chat Completions message, stored exactly as sent to the model."""
 
-ErrorCode = Literal["max_turns_exceeded", "timeout", "model_error", "tool_error", "internal_error"]
+ErrorCode = Literal[
+    "max_turns_exceeded", "timeout", "model_error", "tool_error", "output_invalid", "internal_error"
+]
 DecisionSource = Literal["human", "handler", "remember"]
 
 
@@ -27,7 +29,7 @@ class RunStatus(enum.StrEnum):
     QUEUED = "queued"  # waits for an executor to claim it
     RUNNING = "running"  # an executor drives it; another `advance` continues it
     PENDING_APPROVAL = "pending_approval"  # waits for decisions on its pending calls
-    COMPLETED = "completed"  # ended with a text answer
+    COMPLETED = "completed"  # ended with a final answer (text, or a validated JSON value)
     FAILED = "failed"  # ended with `error`
     CANCELLED = "cancelled"  # ended by a cancel
 
@@ -172,7 +174,9 @@ class RunState:
     decisions: list[Decision] = field(default_factory=list)
     remembered_tools: list[str] = field(default_factory=list)
     elapsed_ms: float = 0.0
-    final_output: str | None = None
+    output_schema: dict[str, Any] | None = None  # the run's own, in place of its agents' types
+    output_repairs: int = 0  # final answers sent back for not validating, of `output_retries`
+    final_output: Any = None  # text, or the validated JSON value of structured output
     error: RunError | None = None
 
     @property

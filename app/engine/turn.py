@@ -13,6 +13,7 @@ import structlog
 
 from app.engine import calls, events
 from app.engine.agent import Agent
+from app.engine.answers import final_answer
 from app.engine.approvals import ask_handler, record_decision
 from app.engine.context import RunContext
 from app.engine.deps import TurnDeps
@@ -29,6 +30,7 @@ from app.engine.outcomes import (
     TurnOutcome,
     outcome_name,
 )
+from app.engine.output import OutputSpec, schema_spec
 from app.engine.principal import Principal
 from app.engine.state import CallStatus, RunError, RunState, RunStatus, StepRecord, ToolCall
 from app.engine.text import storable_json
@@ -131,8 +133,9 @@ class Turn:
             message = f"the instructions of agent {agent.name!r} raised {type(exc).__name__}: {exc}"
             return Failed(RunError("internal_error", message))
         tools = agent.tool_table()
+        spec = self._output_spec(agent)
         try:
-            response = await self._call_model(agent, instructions, tools)
+            response, tool_mode = await self._call_model(agent, instructions, tools, spec)
         except ModelError as exc:
             self.log.warning("model.failed", error=str(exc))
             return Failed(RunError("model_error", str(exc)))
@@ -142,27 +145,46 @@ class Turn:
         state.steps.append(StepRecord(agent=agent.name))
         self.emit(events.message(assistant))
         raw_calls = calls.with_unique_ids(assistant.get("tool_calls") or [], state.turns)
-        if not raw_calls:
+        if spec is not None:
+            answer = final_answer(state, spec, assistant, raw_calls, tool=tool_mode)
+            if answer is not None:
+                outcome, emitted = answer
+                self._emit_all(emitted)
+                return outcome
+        elif not raw_calls:
             return Completed(assistant.get("content") or "")
         state.open_step = True
         for raw_call in raw_calls:
             await self._plan_call(agent, tools, calls.parse_call(raw_call))
         return None
 
+    def _output_spec(self, agent: Agent) -> OutputSpec | None:
+        """The run's own schema, else the type of the agent taking the turn (after a handoff,
+        the agent that answers last decides)."""
+        if self.state.output_schema is not None:
+            return schema_spec(self.state.output_schema)
+        return agent.output
+
     async def _call_model(
-        self, agent: Agent, instructions: str, tools: dict[str, Tool]
-    ) -> ModelResponse:
+        self, agent: Agent, instructions: str, tools: dict[str, Tool], spec: OutputSpec | None
+    ) -> tuple[ModelResponse, bool]:
+        """The model's answer, and whether a structured answer was asked as a tool call."""
         state, config = self.state, self.state.config
         provider, model = self.deps.models.resolve(agent.model)
         system = [{"role": "system", "content": instructions}] if instructions else []
         parallel = agent.calls_in_parallel(config)
+        tool_mode = spec is not None and provider.structured_output == "tool"
+        specs = [tool.spec for tool in tools.values()]
+        if spec is not None and tool_mode:
+            specs.append(spec.tool_spec())
         request = ModelRequest(
             model=model,
             messages=[*system, *state.messages],
-            tools=[tool.spec for tool in tools.values()],
+            tools=specs,
             temperature=agent.temperature if config.temperature is None else config.temperature,
             max_tokens=agent.max_tokens if config.max_tokens is None else config.max_tokens,
             parallel_tool_calls=parallel,
+            response_format=spec.response_format() if spec and not tool_mode else None,
         )
         if config.debug:
             self.log.info("model.request", model=agent.model, request=request)
@@ -185,7 +207,7 @@ class Turn:
         if (problem := unusable(response)) is not None:
             state.usage.add(response.usage)  # spent all the same
             raise ModelError(f"model {model!r}: {problem}")
-        return response
+        return response, tool_mode
 
     async def _plan_call(self, agent: Agent, tools: dict[str, Tool], call: ToolCall) -> None:
         """Add the call to the step: failed at once, queued, decided, or awaiting a human."""

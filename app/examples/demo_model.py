@@ -4,6 +4,7 @@ It reads the conversation as a model would, in a small way: the numbers it is as
 record to delete and the amount to refund in the last user message, then the tool results that
 came back (a rejection and its reason, the result of arguments a person edited), so that what it
 says follows what happened. It is no language model: anything else gets a short help text.
+Asked for structured output, it gives its answer the shape of the schema.
 """
 
 from __future__ import annotations
@@ -72,6 +73,9 @@ class DemoModel(ModelProvider):
             }
             return ModelResponse(message, _usage(prompt_tokens, 10), "tool_calls")
         slow = reply == SLOW
+        schema = _asked_schema(request)
+        if schema is not None:
+            reply = json.dumps(_shaped(reply, schema, schema))
         words = reply.split(" ")
         for index, word in enumerate(words):
             if slow:
@@ -80,6 +84,52 @@ class DemoModel(ModelProvider):
                 await on_text(word if index == 0 else f" {word}")
         message = {"role": "assistant", "content": reply}
         return ModelResponse(message, _usage(prompt_tokens, len(words)), "stop")
+
+
+def _asked_schema(request: ModelRequest) -> dict[str, Any] | None:
+    """The JSON Schema a structured answer must follow, when one is asked for."""
+    response_format = request.response_format or {}
+    schema = (response_format.get("json_schema") or {}).get("schema")
+    return schema if isinstance(schema, dict) else None
+
+
+def _shaped(reply: str, schema: dict[str, Any], root: dict[str, Any]) -> Any:
+    """The text answer as a value of `schema`: strings hold the sentence, numbers its last
+    number (the sum the walkthrough asks for), so a structured answer says what the text does."""
+    ref = schema.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#/"):
+        target: Any = root
+        for part in ref[2:].split("/"):
+            target = target.get(part, {}) if isinstance(target, dict) else {}
+        return _shaped(reply, target, root)
+    if "const" in schema:
+        return schema["const"]
+    if schema.get("enum"):
+        return schema["enum"][0]
+    for key in ("anyOf", "oneOf", "allOf"):
+        if schema.get(key):
+            return _shaped(reply, schema[key][0], root)
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    numbers = NUMBER.findall(reply)
+    last = float(numbers[-1]) if numbers else 0.0
+    match kind:
+        case "object":
+            properties = schema.get("properties") or {}
+            return {name: _shaped(reply, sub, root) for name, sub in properties.items()}
+        case "array":
+            return [_shaped(reply, schema.get("items") or {}, root)]
+        case "integer":
+            return int(last)
+        case "number":
+            return last
+        case "boolean":
+            return True
+        case "null":
+            return None
+        case _:
+            return reply
 
 
 def _reply(asked: str, results: list[_Result], tools: set[str]) -> _Call | str:

@@ -28,6 +28,7 @@ def build_provider(entry: ProviderSettings, settings: Settings) -> ModelProvider
             body=entry.body,
             max_retries=settings.model_max_retries,
             timeout_seconds=settings.model_timeout_seconds,
+            structured_output=entry.structured_output or "tool",
         )
     return OpenAIProvider(
         base_url=entry.base_url,
@@ -39,6 +40,7 @@ def build_provider(entry: ProviderSettings, settings: Settings) -> ModelProvider
         omit=entry.omitted,
         max_retries=settings.model_max_retries,
         timeout_seconds=settings.model_timeout_seconds,
+        structured_output=entry.structured_output or "response_format",
     )
 
 

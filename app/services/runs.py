@@ -57,6 +57,7 @@ class NewRun:
     metadata: dict[str, Any] = field(default_factory=dict)
     if_busy: IfBusy = "enqueue"
     webhook: str | None = None
+    output_schema: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -137,6 +138,7 @@ class RunService:
             context=new.context,
             run_metadata=new.metadata,
             webhook=new.webhook,
+            output_schema=new.output_schema,
             state=None,
             created_at=stamp,
             updated_at=stamp,

@@ -36,7 +36,8 @@ def status_event(
     state: dict[str, Any] | None,
 ) -> EventRecord:
     """`run.queued`, `run.started`, `run.completed`... with the contract's data; the usage is
-    the stored state's (none before the run starts)."""
+    the stored state's (none before the run starts). `run.completed` carries the final output
+    too (a structured one as its JSON value), so a stream's reader needs no other call."""
     usage = {**_NO_USAGE, **((state or {}).get("usage") or {})}
     data = {
         "run_id": run_id,
@@ -45,6 +46,8 @@ def status_event(
         "error": error,
         "usage": usage,
     }
+    if status == "completed":
+        data["final_output"] = (state or {}).get("final_output")
     return name, data
 
 

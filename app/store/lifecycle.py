@@ -17,6 +17,7 @@ a write: on the hot path the ORM's unit of work costs more than the SQL it sends
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -84,7 +85,7 @@ class Rest:
 
     status: RunStatus
     error: dict[str, str] | None = None
-    final_output: str | None = None
+    final_output: Any = None  # text, or a structured output's JSON value
 
 
 _RUNS = cast(Table, Run.__table__)
@@ -155,7 +156,7 @@ class RunLifecycle:
         if rest is not None:
             values |= {"status": rest.status, "error": rest.error, **_NO_LEASE}
             if rest.status in ENDED:
-                values |= {"final_output": rest.final_output, "finished_at": now}
+                values |= {"final_output": _output_text(rest.final_output), "finished_at": now}
             agent = progress.current_agent if progress else run.current_agent
             state = progress.state if progress else run.state
             name = f"run.{rest.status}"
@@ -371,3 +372,9 @@ def _apply(run: Run, values: dict[str, Any]) -> None:
     """Keep the caller's copy of the run as stored, without making it a pending change."""
     for key, value in values.items():
         set_committed_value(run, key, value)
+
+
+def _output_text(output: Any) -> str | None:
+    """The final output as its text column keeps it: a structured value as JSON text (the
+    run's state keeps the value itself, which the run resource shows)."""
+    return output if output is None or isinstance(output, str) else json.dumps(output)

@@ -95,6 +95,9 @@ class Run(Base):
     context: Mapped[dict[str, Any]]
     run_metadata: Mapped[dict[str, Any]] = mapped_column("metadata", JSON)
     state: Mapped[dict[str, Any] | None]
+    # The run's own structured-output schema, as posted: its state takes it when it starts.
+    output_schema: Mapped[dict[str, Any] | None]
+    # A structured output is stored as its JSON text; the run's state holds the value itself.
     final_output: Mapped[str | None] = mapped_column(Text)
     error: Mapped[dict[str, Any] | None]
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)

@@ -219,6 +219,7 @@ class RunDriver:
             variables=run.context,
             run_id=run.id,
             session_id=run.session_id,
+            output_schema=run.output_schema,
         )
         records = [(e.name, e.data) for e in map(message, state.new_messages)]
         return state, Progress(state.to_json(), state.current_agent, state.turns), records

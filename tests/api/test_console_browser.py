@@ -666,3 +666,29 @@ async def test_a_call_in_doubt_says_so_as_the_reason_a_person_is_asked(
         await expect(card.locator(".warning")).to_have_text(
             "In doubt: approving runs it again; rejecting tells the model it was not done."
         )
+
+
+async def test_a_structured_output_shows_as_indented_json_text_never_markup(
+    serve_live: LiveFactory, fake: FakeModel, browsing: Browsing
+) -> None:
+    value = {"total": 3, "note": "<b>not bold</b>"}
+    fake.script("m", [text(json.dumps(value))])
+    schema = {"type": "object", "properties": {"total": {"type": "integer"}}}
+    with serve_live() as live:
+        with api(live) as client:
+            run = client.post(
+                "/runs",
+                params={"wait": 10},
+                json={"agent": "calc", "input": "1+2", "output_schema": schema},
+            ).json()
+        assert run["final_output"] == value, run
+
+        page = await browsing.open(f"{live.url}/console#/runs")
+        entry = page.locator(f"li.run[data-run-id='{run['id']}']")
+        compact = json.dumps(value, separators=(",", ":"))
+        await expect(entry.locator(".excerpt")).to_have_text(f"Output: {compact}")
+
+        page = await browsing.open(f"{live.url}/console#/runs/{run['id']}")
+        shown = page.locator("pre.structured-output")
+        await expect(shown).to_have_text(json.dumps(value, indent=2))
+        assert await page.locator(".summary b").count() == 0

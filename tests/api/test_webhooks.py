@@ -256,3 +256,18 @@ def test_hosts_are_allowed_as_they_go_on_the_wire() -> None:
     policy.check_url("http://[::1]:8080/hook")
     with pytest.raises(WebhookRefused, match=r"'fass\.de' is not in"):
         policy.check_url("https://fass.de/hook")  # another name IDNA 2003 would map it to
+
+
+async def test_a_structured_output_is_delivered_as_its_json_value(
+    hooked: Client, fake: FakeModel, receiver: Receiver
+) -> None:
+    fake.script("m", [text('{"total": 2}')])
+    schema = {"type": "object", "properties": {"total": {"type": "integer"}}}
+    body = {"agent": "calc", "input": "1+1", "webhook": receiver.url, "output_schema": schema}
+    run = (await hooked.post("/runs", json=body)).json()
+
+    [(_, delivery)] = await delivered(receiver, 1)
+
+    assert delivery["event"] == "run.completed"
+    assert delivery["run"]["id"] == run["id"]
+    assert delivery["run"]["final_output"] == {"total": 2}

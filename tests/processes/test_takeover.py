@@ -244,3 +244,41 @@ def test_a_killed_sqlite_service_takes_its_runs_over_when_it_starts_again(
         assert second.log_events("runs.orphans_taken_over")[0]["count"] == 1
     finally:
         cluster.stop_all()
+
+
+def test_a_run_taken_over_mid_repair_goes_on_with_its_repair_count(
+    cluster: Cluster, fake: FakeModel, connect: Connect
+) -> None:
+    """Structured output: the repair and its count are in the stored state, so the new owner
+    asks the model again (the call in flight is repeated) and counts the repair already spent:
+    with one retry allowed, the answer that still does not validate fails the run."""
+    fake.script(
+        "m",
+        Script(
+            rules=[
+                Rule(
+                    match="did not validate",
+                    replies=[text("still not JSON", delay=STEP_SECONDS)],
+                ),
+                Rule(replies=[text("not JSON")]),
+            ]
+        ),
+    )
+    api = connect(cluster.api())
+    first = cluster.worker()
+    schema = {"type": "object", "properties": {"total": {"type": "integer"}}}
+    run = api.create("shape", output_schema=schema, config={"output_retries": 1})
+    assert fake.wait_for_requests(2)  # the answer, then the repair, in flight
+
+    first.kill()
+    second = cluster.worker()
+    finished = api.rested(run["id"])
+
+    assert finished["status"] == "failed"
+    assert finished["error"]["code"] == "output_invalid"
+    assert "(2 tries)" in finished["error"]["message"]
+    assert len(fake.requests_for("m")) == 3  # the repair asked again, not a repair more
+    repairs = [m for m in finished["messages"] if "did not validate" in str(m.get("content"))]
+    assert len(repairs) == 1
+    assert_one_owner_at_a_time(cluster, run["id"])
+    assert second.metric("agent_runs_takeovers_total") == 1

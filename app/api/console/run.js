@@ -93,12 +93,20 @@ function summaryView(run) {
       run.error ? ["Error", `${run.error.code}: ${run.error.message}`] : null,
       metadata ? ["Metadata", h("pre", { class: "json" }, pretty(run.metadata))] : null,
     ]),
-    run.final_output
-      ? [h("h3", {}, "Final output"), h("div", { class: "final text" }, run.final_output)]
-      : null,
+    finalOutputView(run.final_output),
     h("h3", {}, "Steps"),
     stepsView(run.steps),
   ];
+}
+
+/** Text as text; a structured output (any JSON value, `false` and `0` too) as indented JSON. */
+function finalOutputView(output) {
+  if (output === null || output === undefined || output === "") return null;
+  const shown =
+    typeof output === "string"
+      ? h("div", { class: "final text" }, output)
+      : h("pre", { class: "final json structured-output" }, pretty(output));
+  return [h("h3", {}, "Final output"), shown];
 }
 
 export function showRun(main, { id, announce }) {

@@ -114,7 +114,13 @@ function excerpt(text) {
 /** `showTenant`: the list spans tenants (an admin's), so each run says whose it is. */
 function runItem(run, showTenant) {
   const asked = inputText(run.input);
-  const output = typeof run.final_output === "string" ? run.final_output : null;
+  // A structured output is any JSON value: its excerpt is its JSON text, never markup.
+  const output =
+    run.final_output === null || run.final_output === undefined
+      ? null
+      : typeof run.final_output === "string"
+        ? run.final_output
+        : JSON.stringify(run.final_output);
   return h(
     "li",
     { class: "run", "data-run-id": run.id },

@@ -59,4 +59,5 @@ def _agent_out(agent: Agent, default_model: str) -> AgentOut:
             for tool in agent.tool_table().values()
         ],
         handoffs=[target.name for target in agent.handoffs],
+        output_schema=agent.output.schema if agent.output else None,
     )

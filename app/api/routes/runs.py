@@ -84,6 +84,7 @@ async def create_run(
         metadata=body.metadata,
         if_busy=body.if_busy,
         webhook=body.webhook,
+        output_schema=body.output_schema,
     )
     run, created = await runs.create(new, caller, idempotency)
     run = await runs.wait_until_resting(run, wait)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from app.engine.errors import ModelError
 from app.engine.model import ModelProvider, ModelRequest, ModelResponse, TextSink
+from app.engine.output import StructuredOutput
 from app.engine.providers.anthropic_messages import chat_response, messages_request
 from app.engine.providers.failures import model_error
 
@@ -28,7 +29,9 @@ class AnthropicProvider(ModelProvider):
     set none (the API needs one). `headers` go with every request (`anthropic-beta` for beta
     features), and `body`'s fields in every request body: prompt caching is the user's to ask
     for there (`cache_control`), and `thinking` (its blocks and signatures go back as the API
-    requires).
+    requires). A structured final answer is asked as a `final_output` tool call by default:
+    every Claude model takes tools, while only some take `output_config`'s JSON schema
+    (`structured_output="response_format"` asks that way).
     """
 
     def __init__(
@@ -42,8 +45,10 @@ class AnthropicProvider(ModelProvider):
         max_tokens: int = 8192,
         max_retries: int = 2,
         timeout_seconds: float = 60.0,
+        structured_output: StructuredOutput = "tool",
         client: anthropic.AsyncAnthropic | None = None,
     ) -> None:
+        self.structured_output = structured_output
         self._sdk = _sdk()
         self._client = client or self._sdk.AsyncAnthropic(
             api_key=api_key,

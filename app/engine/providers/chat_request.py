@@ -9,13 +9,17 @@ from typing import Any, Literal, get_args
 from app.engine.model import ModelRequest
 from app.engine.providers.fields import outgoing_messages, sent_back
 
-OptionalField = Literal["stream_options", "parallel_tool_calls", "temperature", "max_tokens"]
+OptionalField = Literal[
+    "stream_options", "parallel_tool_calls", "temperature", "max_tokens", "response_format"
+]
 OPTIONAL_FIELDS: frozenset[str] = frozenset(get_args(OptionalField))
 
-# Left out and asked again when a server's 400 names them: neither changes what an answer means
-# (without `stream_options` some servers send no usage; the engine runs a sequential agent's
-# calls one at a time whatever the model asks). A refused temperature or max_tokens would.
-DROPPABLE_FIELDS = ("stream_options", "parallel_tool_calls")
+# Left out and asked again when a server's 400 names them: none changes what the run takes as
+# an answer (without `stream_options` some servers send no usage; the engine runs a sequential
+# agent's calls one at a time whatever the model asks; a structured answer is validated by the
+# engine either way, and one that fails is sent back with the schema). A refused temperature
+# or max_tokens would.
+DROPPABLE_FIELDS = ("stream_options", "parallel_tool_calls", "response_format")
 
 
 def request_body(request: ModelRequest, omit: Collection[str] = ()) -> dict[str, Any]:
@@ -36,7 +40,7 @@ def request_body(request: ModelRequest, omit: Collection[str] = ()) -> dict[str,
     if request.max_tokens is not None:
         optional["max_tokens"] = request.max_tokens
     if request.response_format is not None:
-        body["response_format"] = request.response_format
+        optional["response_format"] = request.response_format
     body.update((name, value) for name, value in optional.items() if name not in omit)
     return body
 

@@ -11,6 +11,7 @@ import structlog
 
 from app.engine.errors import ModelError
 from app.engine.model import ModelProvider, ModelRequest, ModelResponse, TextSink
+from app.engine.output import StructuredOutput
 from app.engine.providers.assembly import Assembler
 from app.engine.providers.chat_request import refused_field, request_body
 from app.engine.providers.failures import model_error, server_message
@@ -25,13 +26,15 @@ class OpenAIProvider(ModelProvider):
     query), and `body`'s fields in every request body (`reasoning_effort`, DeepSeek's
     `thinking`); `api_key_header` sends the key in that header instead of `Authorization: Bearer`
     (Azure's `api-key`); `omit` names optional fields the server refuses (`stream_options`,
-    `parallel_tool_calls`, `temperature`, `max_tokens`). A 400 that names `stream_options`,
-    `parallel_tool_calls` or a field sent back on messages (Groq refuses the `reasoning` it
-    streamed) is asked once more without it (once per field); when that answer comes, the field
-    is left out of that model's requests from then on. Per model, because a refusal can be the
-    model's (o-series models refuse `parallel_tool_calls`, gpt-4o on the same server takes it);
-    and only after an answer, because a 400 about something else may quote the request and name
-    a field it did not refuse.
+    `parallel_tool_calls`, `temperature`, `max_tokens`, `response_format`). A 400 that names
+    `stream_options`, `parallel_tool_calls`, `response_format` or a field sent back on messages
+    (Groq refuses the `reasoning` it streamed) is asked once more without it (once per field);
+    when that answer comes, the field is left out of that model's requests from then on. Per
+    model, because a refusal can be the model's (o-series models refuse `parallel_tool_calls`,
+    gpt-4o on the same server takes it); and only after an answer, because a 400 about
+    something else may quote the request and name a field it did not refuse.
+    `structured_output="tool"` asks for a structured final answer as a `final_output` tool
+    call instead of with `response_format`.
     """
 
     def __init__(
@@ -46,8 +49,10 @@ class OpenAIProvider(ModelProvider):
         omit: Collection[str] = (),
         max_retries: int = 2,
         timeout_seconds: float = 60.0,
+        structured_output: StructuredOutput = "response_format",
         client: openai.AsyncOpenAI | None = None,
     ) -> None:
+        self.structured_output = structured_output
         default_headers = dict(headers or {})
         # The SDK omits a header only when a request says so: the key goes in its own header.
         self._options: openai.RequestOptions = {}
@@ -88,6 +93,10 @@ class OpenAIProvider(ModelProvider):
         if dropped:
             self._refused[request.model] = refused | dropped
         return response
+
+    def refused(self, model: str) -> frozenset[str]:
+        """The optional fields left out of `model`'s requests: by `omit`, or refused so far."""
+        return self._omit | self._refused.get(model, frozenset())
 
     async def _call_without_refused(
         self, request: ModelRequest, omit: frozenset[str], on_text: TextSink | None

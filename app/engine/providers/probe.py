@@ -9,6 +9,8 @@ from typing import Any
 from app.engine.calls import with_unique_ids
 from app.engine.errors import ModelError
 from app.engine.model import ModelProvider, ModelRequest, ModelResponse, unusable
+from app.engine.output import FINAL_OUTPUT_TOOL, schema_spec
+from app.engine.providers.openai import OpenAIProvider
 from app.engine.state import Message, Usage
 from app.engine.tools import tool
 
@@ -26,19 +28,19 @@ def add(a: int, b: int) -> int:
 
 ADD_TOOL = add.spec
 """Built as agents' tools are, so the check sends what an agent's request would."""
+SUM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"sum": {"type": "integer"}},
+    "required": ["sum"],
+    "additionalProperties": False,
+}
 SUM_FORMAT = {
     "type": "json_schema",
-    "json_schema": {
-        "name": "sum",
-        "strict": True,
-        "schema": {
-            "type": "object",
-            "properties": {"sum": {"type": "integer"}},
-            "required": ["sum"],
-            "additionalProperties": False,
-        },
-    },
+    "json_schema": {"name": "sum", "strict": True, "schema": SUM_SCHEMA},
 }
+REFUSED_FORMAT = (
+    'the server refuses response_format: give its MODEL_PROVIDERS entry "structured_output": "tool"'
+)
 ESSENTIAL = ("text answer", "tool call", "tool result")
 """What every agent needs; the rest only some."""
 
@@ -119,13 +121,38 @@ class _Probe:
         return Finding("parallel calls", False, f"one call per answer: {shown or _said(response)}")
 
     async def structured(self) -> Finding:
+        """Asked as runs ask the provider: with `response_format`, or a `final_output` tool."""
+        if self.provider.structured_output == "tool":
+            return await self._structured_by_tool()
         try:
             response, _ = await self.ask([_user(JSON_PROMPT)], response_format=SUM_FORMAT)
         except ModelError as exc:
             return Finding("structured output", False, str(exc))
+        provider = self.provider
+        if isinstance(provider, OpenAIProvider) and "response_format" in provider.refused(
+            self.model
+        ):
+            # Runs would still validate and repair, but the schema never reaches the model.
+            return Finding("structured output", False, REFUSED_FORMAT)
         content = response.message.get("content") or ""
         works = _arguments(content) == {"sum": 5}
         return Finding("structured output", works, f"{content[:80]!r}")
+
+    async def _structured_by_tool(self) -> Finding:
+        final_output = schema_spec(SUM_SCHEMA).tool_spec()
+        try:
+            response, _ = await self.ask([_user(JSON_PROMPT)], tools=[final_output])
+        except ModelError as exc:
+            return Finding("structured output", False, str(exc))
+        calls = response.message.get("tool_calls") or []
+        call = next((c for c in calls if c["function"]["name"] == FINAL_OUTPUT_TOOL), None)
+        if call is None:
+            return Finding(
+                "structured output", False, f"no call of final_output: {_said(response)}"
+            )
+        arguments = call["function"]["arguments"]
+        works = _arguments(arguments) == {"sum": 5}
+        return Finding("structured output", works, f"final_output({arguments})")
 
     def usage_finding(self) -> Finding:
         usage = self.usage
