@@ -10,7 +10,8 @@ from app.engine.agent import Agent
 from app.engine.approvals import DecisionInput, apply_decisions
 from app.engine.config import RunConfig
 from app.engine.deps import TurnDeps
-from app.engine.errors import RunEnded
+from app.engine.errors import RunEnded, ToolClash
+from app.engine.external import clashing_names
 from app.engine.events import NullObserver, RunEvent, RunObserver
 from app.engine.history import history_window
 from app.engine.instruments import Instruments, NoInstruments
@@ -18,7 +19,7 @@ from app.engine.outcomes import TurnResult, goes_on
 from app.engine.principal import ANONYMOUS, Principal
 from app.engine.providers.router import ModelRouter
 from app.engine.registry import AgentRegistry
-from app.engine.state import Message, RunError, RunState, RunStatus
+from app.engine.state import Message, RunError, RunState, RunStatus, RunTool
 from app.engine.turn import Turn, ensure_running
 
 
@@ -64,10 +65,12 @@ class Engine:
         variables: dict[str, Any] | None = None,
         run_id: str | None = None,
         session_id: str | None = None,
+        tools: Sequence[RunTool] = (),
     ) -> RunState:
         """A new run's state; raises `UnknownAgent`. `history` is a session's conversation,
         or its newest messages from place `history_from` on; the run keeps of it what
-        `config.max_history_messages` lets the model see."""
+        `config.max_history_messages` lets the model see. `tools` are the run's own tools,
+        which the client runs (see `check_run_tools`)."""
         self.agents.get(agent)
         config = config or RunConfig()
         start = history_window(history, config.max_history_messages)
@@ -81,7 +84,15 @@ class Engine:
             variables=dict(variables or {}),
             run_id=run_id,
             session_id=session_id,
+            tools=list(tools),
         )
+
+    def check_run_tools(self, tools: Sequence[RunTool]) -> None:
+        """Refuse a run's own tools whose names some agent's tool has (`ToolClash`): a call
+        would be ambiguous in whichever agent the run reaches."""
+        clashes = clashing_names((spec.name for spec in tools), self.agents)
+        if clashes:
+            raise ToolClash(f"an agent already has a tool named {', '.join(map(repr, clashes))}")
 
     async def advance(
         self,
@@ -124,7 +135,9 @@ class Engine:
         Raises `RunEnded`, `RunNotPending`, `UnknownCall`, `CallAlreadyDecided` or
         `InvalidDecision`, and then changes nothing.
         """
-        return apply_decisions(state, self.agents, decisions, decided_by)
+        return apply_decisions(
+            state, self.agents, decisions, decided_by, self.max_tool_output_bytes
+        )
 
     async def aclose(self) -> None:
         """Close the model providers' connections."""

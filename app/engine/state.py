@@ -17,6 +17,8 @@ Message = dict[str, Any]
 
 ErrorCode = Literal["max_turns_exceeded", "timeout", "model_error", "tool_error", "internal_error"]
 DecisionSource = Literal["human", "handler", "remember"]
+PendingKind = Literal["approval", "external", "guardrail"]
+"""Why a pending item waits: a call needing approval, a call the client runs, a guardrail."""
 
 
 class RunStatus(enum.StrEnum):
@@ -98,6 +100,7 @@ class ToolCall:
     handoff_to: str | None = None  # the agent this call hands off to
     tool_failed: bool = False  # bad arguments, unknown tool or a raising tool
     truncated: bool = False  # the output was cut at the engine's limit
+    external: bool = False  # the client runs it: it waits for a decision carrying its output
 
     def message(self) -> Message:
         return {"role": "tool", "tool_call_id": self.call_id, "content": self.output or ""}
@@ -121,6 +124,7 @@ class ApprovalRequest:
     arguments: dict[str, Any]
     agent: str
     in_doubt: bool = False
+    kind: PendingKind = "approval"
 
 
 @dataclass(slots=True)
@@ -134,6 +138,16 @@ class Decision:
     decided_by: str | None
     decided_at: datetime
     source: DecisionSource
+    output: str | None = None  # the call's result, supplied by a person or the client
+
+
+@dataclass(slots=True)
+class RunTool:
+    """A tool the client runs, declared by the run itself (`POST /runs` `tools`)."""
+
+    name: str
+    description: str
+    parameters: dict[str, Any]  # the JSON Schema of its arguments, as posted
 
 
 @dataclass(slots=True)
@@ -171,6 +185,7 @@ class RunState:
     usage: Usage = field(default_factory=Usage)
     decisions: list[Decision] = field(default_factory=list)
     remembered_tools: list[str] = field(default_factory=list)
+    tools: list[RunTool] = field(default_factory=list)  # offered by every agent of the run
     elapsed_ms: float = 0.0
     final_output: str | None = None
     error: RunError | None = None
@@ -189,7 +204,14 @@ class RunState:
     def pending_approvals(self) -> list[ApprovalRequest]:
         agent = self.steps[-1].agent if self.open_step else self.current_agent
         return [
-            ApprovalRequest(call.call_id, call.name, call.arguments or {}, agent, call.in_doubt)
+            ApprovalRequest(
+                call.call_id,
+                call.name,
+                call.arguments or {},
+                agent,
+                call.in_doubt,
+                "external" if call.external else "approval",
+            )
             for call in self.current_calls
             if call.status is CallStatus.AWAITING_APPROVAL
         ]
