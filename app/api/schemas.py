@@ -6,10 +6,19 @@ import math
 from datetime import datetime
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from app.engine import RunConfig
+from app.engine.external import parameters_problems
+from app.engine.state import PendingKind
 from app.engine.text import UNSTORABLE, describe, storable_text
 from app.engine.tools import ApprovalMode, ToolEffect
 
@@ -91,12 +100,54 @@ class Body(BaseModel):
         raise ValidationError.from_exception_data(cls.__name__, [error])
 
 
+MAX_RUN_TOOLS = 128
+
+
+class RunToolIn(BaseModel):
+    """A tool the client runs: the model is offered it; a call parks the run until a decision
+    brings its output."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(
+        pattern=r"^[a-zA-Z0-9_-]{1,64}$",
+        description="1-64 of a-z A-Z 0-9 _ -, as a model API takes.",
+    )
+    description: str = Field("", max_length=4096, description="What the model is told it does.")
+    parameters: dict[str, Any] = Field(
+        default_factory=lambda: {"type": "object", "properties": {}},
+        description='The JSON Schema of its arguments ("type": "object").',
+    )
+
+    @model_validator(mode="after")
+    def _valid_schema(self) -> RunToolIn:
+        problems = parameters_problems(self.parameters)
+        if problems:
+            raise ValueError(f"tool {self.name!r}: {'; '.join(problems)}")
+        return self
+
+
+def _distinct_names(tools: list[RunToolIn]) -> list[RunToolIn]:
+    names = [tool.name for tool in tools]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise ValueError(f"two tools are named {', '.join(map(repr, twice))}")
+    return tools
+
+
 class CreateRun(Body):
     agent: str = Field(min_length=1, max_length=64, description="The agent the run starts with.")
     input: str | Annotated[list[ChatMessage], Field(max_length=MAX_INPUT_MESSAGES)] = Field(
         description="One user message, or Chat Completions messages "
         f"(at most {MAX_INPUT_MESSAGES}; the whole body at most MAX_REQUEST_BYTES).",
         min_length=1,
+    )
+    tools: Annotated[
+        list[RunToolIn], Field(max_length=MAX_RUN_TOOLS), AfterValidator(_distinct_names)
+    ] = Field(
+        default_factory=list,
+        description="Tools the client runs, offered by every agent the run goes through; a "
+        "name an agent's tool (or handoff) has is refused.",
     )
     session_id: str | None = Field(
         None,
@@ -139,6 +190,11 @@ class DecisionIn(BaseModel):
     remember: bool = Field(
         False, description="Approve this tool's other calls of the turn and later ones of the run."
     )
+    output: str | None = Field(
+        None,
+        description="Approve with this as the call's result: the tool is not run (done by hand). "
+        "Required to approve an external call.",
+    )
 
 
 class Decide(Body):
@@ -162,6 +218,7 @@ class ToolOut(BaseModel):
     parameters: dict[str, Any] = Field(description="The JSON schema of the arguments.")
     effect: ToolEffect
     needs_approval: ApprovalMode
+    external: bool = Field(description="The client runs it: a call waits for its output.")
 
 
 class AgentOut(BaseModel):
@@ -180,6 +237,10 @@ class ApprovalOut(BaseModel):
     call_id: str
     tool: str
     agent: str
+    kind: PendingKind = Field(
+        description="`approval`: a call to approve; `external`: a call the client runs (answer "
+        "with its output); `guardrail`: a guardrail asks a person."
+    )
     arguments: dict[str, Any]
     in_doubt: bool = Field(description="Started before a crash with no stored result.")
     status: Literal["pending", "decided"]

@@ -11,8 +11,8 @@ from app.engine.approvals import DecisionInput, apply_decisions
 from app.engine.config import RunConfig
 from app.engine.deps import TurnDeps
 from app.engine.errors import RunEnded, ToolClash
-from app.engine.external import clashing_names
 from app.engine.events import NullObserver, RunEvent, RunObserver
+from app.engine.external import clashing_names
 from app.engine.history import history_window
 from app.engine.instruments import Instruments, NoInstruments
 from app.engine.outcomes import TurnResult, goes_on

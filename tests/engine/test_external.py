@@ -179,7 +179,8 @@ async def test_a_long_output_is_cut_like_a_tool_result(
     engine.decide(state, [DecisionInput(pending.call_id, True, output="x" * 50)])
 
     [the_call] = state.steps[0].tool_calls
-    assert the_call.truncated and the_call.output is not None
+    assert the_call.truncated
+    assert the_call.output is not None
     assert the_call.output.startswith("x" * 10 + "\n[output truncated")
     assert state.decisions[0].output == the_call.output
 
