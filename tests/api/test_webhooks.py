@@ -256,3 +256,28 @@ def test_hosts_are_allowed_as_they_go_on_the_wire() -> None:
     policy.check_url("http://[::1]:8080/hook")
     with pytest.raises(WebhookRefused, match=r"'fass\.de' is not in"):
         policy.check_url("https://fass.de/hook")  # another name IDNA 2003 would map it to
+
+
+async def test_a_run_parked_on_a_call_the_client_runs_is_delivered(
+    hooked: Client, fake: FakeModel, receiver: Receiver
+) -> None:
+    fake.script("m", [call("take_photo", {"subject": "cat"}), text("nice cat")])
+    run = (
+        await hooked.post(
+            "/runs",
+            params={"wait": 10},
+            json={"agent": "calc", "input": "photo", "webhook": receiver.url},
+        )
+    ).json()
+    [(_, parked)] = await delivered(receiver, 1)
+    assert parked["event"] == "run.pending_approval"
+    [pending] = parked["run"]["pending_approvals"]
+    assert (pending["kind"], pending["tool"]) == ("external", "take_photo")
+
+    decision = {"call_id": pending["call_id"], "approved": True, "output": "cat.jpg"}
+    await hooked.post(f"/runs/{run['id']}/approvals", json={"decisions": [decision]})
+    await rested(hooked, run["id"])
+    bodies = await delivered(receiver, 2)
+
+    assert bodies[1][1]["event"] == "run.completed"
+    assert bodies[1][1]["run"]["decisions"][0]["output"] == "cat.jpg"
