@@ -1,9 +1,11 @@
 """The demo model: plays the bundled example agents in process when no model is configured.
 
 It reads the conversation as a model would, in a small way: the numbers it is asked to add, the
-record to delete and the amount to refund in the last user message, then the tool results that
-came back (a rejection and its reason, the result of arguments a person edited), so that what it
-says follows what happened. It is no language model: anything else gets a short help text.
+record to delete and the amount to refund in the last user message (or "call <tool> with
+{json}" for any tool it is offered, such as a run's own tools the client runs), then the tool
+results that came back (a rejection and its reason, the result of arguments a person edited, an
+output a person or the client gave), so that what it says follows what happened. It is no
+language model: anything else gets a short help text.
 """
 
 from __future__ import annotations
@@ -23,11 +25,13 @@ Message = dict[str, Any]
 HELP = (
     "Hello! I am the demo model (no model is configured). Ask me to add numbers "
     '("add 10 and 20"), to delete a record ("delete record r_42"), to refund you '
-    '("refund 250 euros"), or to answer slowly.'
+    '("refund 250 euros"), to call a tool I am offered ("call get_weather with '
+    '{"city": "Oslo"}"), or to answer slowly.'
 )
 SLOW = "This answer takes its time, word by word, so you can watch it stream."
 REJECTED = ("The tool call was rejected", "The tool call was not done")
 NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+CALL_BY_NAME = re.compile(r"\bcall\s+([a-zA-Z0-9_-]{1,64})")
 
 
 @dataclass(frozen=True)
@@ -98,6 +102,9 @@ def _first_step(asked: str, tools: set[str]) -> _Call | str:
     numbers = NUMBER.findall(asked)
     if "slow" in text:
         return SLOW
+    named = _named_call(asked, tools)
+    if named is not None:
+        return named
     if "delete" in text:
         record = re.search(r"\b(?:record\s+)?([a-z]+_\w+)", asked, re.IGNORECASE)
         if record is None:
@@ -119,6 +126,22 @@ def _first_step(asked: str, tools: set[str]) -> _Call | str:
             "I cannot add: this agent has no tool for it."
         )
     return HELP
+
+
+def _named_call(asked: str, tools: set[str]) -> _Call | None:
+    """'call <tool> with {json}': that tool, with the first JSON object after its name."""
+    found = CALL_BY_NAME.search(asked)
+    if found is None or found.group(1) not in tools:
+        return None
+    rest = asked[found.end() :]
+    start = rest.find("{")
+    arguments: Any = {}
+    if start >= 0:
+        try:
+            arguments, _ = json.JSONDecoder().raw_decode(rest[start:])
+        except json.JSONDecodeError:
+            arguments = {}
+    return _Call(found.group(1), arguments if isinstance(arguments, dict) else {})
 
 
 def _use(tools: set[str], name: str, arguments: dict[str, Any]) -> _Call | None:
@@ -148,7 +171,9 @@ def _report(result: _Result) -> str:
         return f"I could not {_action(result)}. {output}"
     if result.name == "add":
         return f"{result.arguments.get('a')} + {result.arguments.get('b')} = {output}."
-    return f"Done: {output}."
+    if result.name in ("delete_record", "refund"):
+        return f"Done: {output}."
+    return f"{result.name} gave: {output}."
 
 
 def _action(result: _Result) -> str:
