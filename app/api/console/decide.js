@@ -39,7 +39,14 @@ function toolFacts(item, tool) {
     tool?.effect && item.kind !== "external"
       ? h("p", { class: "effect" }, h("strong", {}, "Effect: "), EFFECTS[tool.effect] ?? tool.effect)
       : null,
-    why ? h("p", { class: "why" }, h("strong", {}, "Why approval is needed: "), why) : null,
+    why
+      ? h(
+          "p",
+          { class: "why" },
+          h("strong", {}, item.kind === "external" ? "Why it waits: " : "Why approval is needed: "),
+          why,
+        )
+      : null,
   );
 }
 
