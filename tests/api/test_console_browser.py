@@ -108,7 +108,7 @@ async def test_start_a_run_approve_it_edited_in_the_inbox_and_watch_it_stream_to
         arguments = card.get_by_label(ARGUMENTS)
         await arguments.fill('{"record_id": ')
         await card.get_by_role("button", name="Approve").click()
-        await expect(card.locator(".field-error")).to_contain_text("Not valid JSON")
+        await expect(card.locator(".field-error:visible")).to_contain_text("Not valid JSON")
         assert not [r for r in browsing.api_requests() if r.url.endswith("/approvals")]
         await arguments.fill('{"record_id": "r_2"}')
         await card.get_by_role("button", name="Approve").click()

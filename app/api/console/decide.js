@@ -169,8 +169,8 @@ export function decisionCard(
       "label",
       { for: outputIds.field },
       external
-        ? "Output (required: what the tool gave; the model gets it as the call's result)"
-        : "Done by hand: output (optional; when given, the tool is not run and the model gets this)",
+        ? "Output (required: what the client got; the model gets it as the call's result)"
+        : "Done by hand: output (optional; when given, nothing is run and the model gets this)",
     ),
     output,
     outputError,
