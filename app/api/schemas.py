@@ -7,11 +7,11 @@ from datetime import datetime
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
     ValidationError,
+    field_validator,
     model_validator,
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
@@ -127,14 +127,6 @@ class RunToolIn(BaseModel):
         return self
 
 
-def _distinct_names(tools: list[RunToolIn]) -> list[RunToolIn]:
-    names = [tool.name for tool in tools]
-    twice = sorted({name for name in names if names.count(name) > 1})
-    if twice:
-        raise ValueError(f"two tools are named {', '.join(map(repr, twice))}")
-    return tools
-
-
 class CreateRun(Body):
     agent: str = Field(min_length=1, max_length=64, description="The agent the run starts with.")
     input: str | Annotated[list[ChatMessage], Field(max_length=MAX_INPUT_MESSAGES)] = Field(
@@ -142,13 +134,22 @@ class CreateRun(Body):
         f"(at most {MAX_INPUT_MESSAGES}; the whole body at most MAX_REQUEST_BYTES).",
         min_length=1,
     )
-    tools: Annotated[
-        list[RunToolIn], Field(max_length=MAX_RUN_TOOLS), AfterValidator(_distinct_names)
-    ] = Field(
+    tools: list[RunToolIn] = Field(
         default_factory=list,
+        max_length=MAX_RUN_TOOLS,
         description="Tools the client runs, offered by every agent the run goes through; a "
         "name an agent's tool (or handoff) has is refused.",
     )
+
+    @field_validator("tools")
+    @classmethod
+    def _distinct_names(cls, tools: list[RunToolIn]) -> list[RunToolIn]:
+        names = [tool.name for tool in tools]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise ValueError(f"two tools are named {', '.join(map(repr, twice))}")
+        return tools
+
     session_id: str | None = Field(
         None,
         min_length=1,

@@ -176,6 +176,7 @@ class RunState:
     history_length: int = 0  # messages loaded from earlier runs; the rest are this run's
     history_from: int = 0  # the first loaded message's place in its session: earlier ones held back
     variables: dict[str, Any] = field(default_factory=dict)
+    tools: list[RunTool] = field(default_factory=list)  # offered by every agent of the run
     run_id: str | None = None
     session_id: str | None = None
     status: RunStatus = RunStatus.RUNNING
@@ -185,7 +186,6 @@ class RunState:
     usage: Usage = field(default_factory=Usage)
     decisions: list[Decision] = field(default_factory=list)
     remembered_tools: list[str] = field(default_factory=list)
-    tools: list[RunTool] = field(default_factory=list)  # offered by every agent of the run
     elapsed_ms: float = 0.0
     final_output: str | None = None
     error: RunError | None = None

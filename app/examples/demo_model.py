@@ -1,11 +1,9 @@
 """The demo model: plays the bundled example agents in process when no model is configured.
 
 It reads the conversation as a model would, in a small way: the numbers it is asked to add, the
-record to delete and the amount to refund in the last user message (or "call <tool> with
-{json}" for any tool it is offered, such as a run's own tools the client runs), then the tool
-results that came back (a rejection and its reason, the result of arguments a person edited, an
-output a person or the client gave), so that what it says follows what happened. It is no
-language model: anything else gets a short help text.
+record to delete and the amount to refund in the last user message, then the tool results that
+came back (a rejection and its reason, the result of arguments a person edited), so that what it
+says follows what happened. It is no language model: anything else gets a short help text.
 """
 
 from __future__ import annotations
@@ -129,7 +127,8 @@ def _first_step(asked: str, tools: set[str]) -> _Call | str:
 
 
 def _named_call(asked: str, tools: set[str]) -> _Call | None:
-    """'call <tool> with {json}': that tool, with the first JSON object after its name."""
+    """'call <tool> with {json}': that tool, with the first JSON object after its name, so a
+    tool only the client runs (a run's own, which the demo knows nothing of) can be shown."""
     found = CALL_BY_NAME.search(asked)
     if found is None or found.group(1) not in tools:
         return None

@@ -216,10 +216,10 @@ class RunDriver:
             history=history[0],
             history_from=history[1],
             config=RunConfig.model_validate(run.config),
+            tools=[RunTool(**spec) for spec in run.tools or []],
             variables=run.context,
             run_id=run.id,
             session_id=run.session_id,
-            tools=[RunTool(**spec) for spec in run.tools or []],
         )
         records = [(e.name, e.data) for e in map(message, state.new_messages)]
         return state, Progress(state.to_json(), state.current_agent, state.turns), records
