@@ -12,7 +12,15 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 from app.engine import RunConfig, RunState
-from app.engine.state import CallStatus, DecisionSource, ErrorCode, RunStatus, ToolCall, Usage
+from app.engine.state import (
+    CallStatus,
+    DecisionSource,
+    ErrorCode,
+    PendingKind,
+    RunStatus,
+    ToolCall,
+    Usage,
+)
 from app.store.models import Run, WebhookDelivery
 
 STATUSES = [status.value for status in RunStatus]
@@ -54,6 +62,10 @@ class PendingApproval(BaseModel):
     arguments: dict[str, Any]
     agent: str
     in_doubt: bool
+    kind: PendingKind = Field(
+        description="`approval`: a call to approve; `external`: a call the client runs (answer "
+        "with its output); `guardrail`: a guardrail asks a person."
+    )
 
 
 class DecisionOut(BaseModel):
@@ -64,6 +76,15 @@ class DecisionOut(BaseModel):
     decided_by: str | None
     decided_at: datetime
     source: DecisionSource
+    output: str | None = Field(
+        None, description="The call's result as the decision supplied it (the tool was not run)."
+    )
+
+
+class RunToolOut(BaseModel):
+    name: str
+    description: str
+    parameters: dict[str, Any]
 
 
 class RunErrorOut(BaseModel):
@@ -144,6 +165,7 @@ class RunOut(BaseModel):
     pending_approvals: list[PendingApproval]
     decisions: list[DecisionOut]
     error: RunErrorOut | None
+    tools: list[RunToolOut] = Field(description="The run's own tools, which the client runs.")
     webhook: str | None
     webhook_deliveries: list[WebhookDeliveryOut]
     created_at: datetime
@@ -183,6 +205,7 @@ class RunOut(BaseModel):
             if state
             else [],
             error=RunErrorOut.model_validate(run.error) if run.error else None,
+            tools=[RunToolOut.model_validate(spec) for spec in run.tools or []],
             webhook=run.webhook,
             webhook_deliveries=[
                 WebhookDeliveryOut.model_validate(

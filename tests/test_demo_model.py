@@ -170,3 +170,24 @@ async def test_asked_for_structured_output_it_shapes_its_answer_to_the_schema() 
         "explanation": "10 + 20 = 30.",
         "steps": [{"ok": True}],
     }
+
+
+async def test_it_calls_a_tool_it_is_offered_when_asked_by_name() -> None:
+    weather = {"type": "function", "function": {"name": "get_weather"}}
+    asked = {"role": "user", "content": 'Please call get_weather with {"city": "Oslo"}'}
+    request = ModelRequest("demo", [asked], [*TOOLS, weather])
+    first = (await DemoModel(pause=0).complete(request)).message
+    function = first["tool_calls"][0]["function"]
+    assert (function["name"], json.loads(function["arguments"])) == (
+        "get_weather",
+        {"city": "Oslo"},
+    )
+
+    done = await answer(
+        asked,
+        assistant_call("get_weather", {"city": "Oslo"}),
+        {"role": "tool", "tool_call_id": "c1", "content": "-3 C, snow"},
+    )
+    assert done["content"] == "get_weather gave: -3 C, snow."
+    unknown = await answer({"role": "user", "content": "call get_weather"})
+    assert unknown["content"].startswith("Hello! I am the demo model")

@@ -74,6 +74,9 @@ def test_serve_alone_plays_the_readme_walkthrough_on_the_demo_model(tmp_path: Pa
     assert '"status":"cancelled"' in output  # the slow run
     assert "event: run.completed" in output  # its events, streamed to the end
     assert '"final_output":"Done: record r_99 deleted."' in output
+    assert '"final_output":"Done: record r_7 archived by hand."' in output
+    assert '"kind":"external"' in output  # the inbox, filtered
+    assert '"final_output":"get_weather gave: -3 C, snow."' in output
     assert (
         '"final_output":"I did not refund 250 euros: the call was rejected. '
         'Reason given: over the limit"' in output

@@ -22,6 +22,7 @@ from app.engine.errors import (
     InvalidDecision,
     RunEnded,
     RunNotPending,
+    ToolClash,
     UnknownAgent,
     UnknownCall,
 )
@@ -45,6 +46,7 @@ _DOMAIN: list[tuple[type[EngineError], int, str, str]] = [
     (NotFound, 404, "not-found", "Not found"),
     (NotAllowed, 403, "forbidden", "Forbidden"),
     (UnknownAgent, 422, "validation-error", "Unknown agent"),
+    (ToolClash, 422, "validation-error", "Tool name taken"),
     (RunEnded, 409, "run-ended", "Run has ended"),
     (RunNotPending, 409, "run-not-pending", "Run is not pending approval"),
     (CallAlreadyDecided, 409, "call-already-decided", "Call already decided"),

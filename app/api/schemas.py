@@ -17,7 +17,9 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from app.engine import RunConfig
+from app.engine.external import parameters_problems
 from app.engine.output import InvalidSchema, schema_spec
+from app.engine.state import PendingKind
 from app.engine.text import UNSTORABLE, describe, storable_text
 from app.engine.tools import ApprovalMode, ToolEffect
 
@@ -99,6 +101,33 @@ class Body(BaseModel):
         raise ValidationError.from_exception_data(cls.__name__, [error])
 
 
+MAX_RUN_TOOLS = 128
+
+
+class RunToolIn(BaseModel):
+    """A tool the client runs: the model is offered it; a call parks the run until a decision
+    brings its output."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(
+        pattern=r"^[a-zA-Z0-9_-]{1,64}$",
+        description="1-64 of a-z A-Z 0-9 _ -, as a model API takes.",
+    )
+    description: str = Field("", max_length=4096, description="What the model is told it does.")
+    parameters: dict[str, Any] = Field(
+        default_factory=lambda: {"type": "object", "properties": {}},
+        description='The JSON Schema of its arguments ("type": "object").',
+    )
+
+    @model_validator(mode="after")
+    def _valid_schema(self) -> RunToolIn:
+        problems = parameters_problems(self.parameters)
+        if problems:
+            raise ValueError(f"tool {self.name!r}: {'; '.join(problems)}")
+        return self
+
+
 class CreateRun(Body):
     agent: str = Field(min_length=1, max_length=64, description="The agent the run starts with.")
     input: str | Annotated[list[ChatMessage], Field(max_length=MAX_INPUT_MESSAGES)] = Field(
@@ -106,6 +135,22 @@ class CreateRun(Body):
         f"(at most {MAX_INPUT_MESSAGES}; the whole body at most MAX_REQUEST_BYTES).",
         min_length=1,
     )
+    tools: list[RunToolIn] = Field(
+        default_factory=list,
+        max_length=MAX_RUN_TOOLS,
+        description="Tools the client runs, offered by every agent the run goes through; a "
+        "name an agent's tool (or handoff) has is refused.",
+    )
+
+    @field_validator("tools")
+    @classmethod
+    def _distinct_names(cls, tools: list[RunToolIn]) -> list[RunToolIn]:
+        names = [tool.name for tool in tools]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise ValueError(f"two tools are named {', '.join(map(repr, twice))}")
+        return tools
+
     session_id: str | None = Field(
         None,
         min_length=1,
@@ -163,6 +208,11 @@ class DecisionIn(BaseModel):
     remember: bool = Field(
         False, description="Approve this tool's other calls of the turn and later ones of the run."
     )
+    output: str | None = Field(
+        None,
+        description="Approve with this as the call's result: the tool is not run (done by hand). "
+        "Required to approve an external call.",
+    )
 
 
 class Decide(Body):
@@ -186,6 +236,7 @@ class ToolOut(BaseModel):
     parameters: dict[str, Any] = Field(description="The JSON schema of the arguments.")
     effect: ToolEffect
     needs_approval: ApprovalMode
+    external: bool = Field(description="The client runs it: a call waits for its output.")
 
 
 class AgentOut(BaseModel):
@@ -208,6 +259,10 @@ class ApprovalOut(BaseModel):
     call_id: str
     tool: str
     agent: str
+    kind: PendingKind = Field(
+        description="`approval`: a call to approve; `external`: a call the client runs (answer "
+        "with its output); `guardrail`: a guardrail asks a person."
+    )
     arguments: dict[str, Any]
     in_doubt: bool = Field(description="Started before a crash with no stored result.")
     status: Literal["pending", "decided"]

@@ -15,7 +15,7 @@ import structlog
 
 from app.engine import events
 from app.engine.agent import Agent, HandlerVerdict
-from app.engine.calls import rejected_output, validation_errors
+from app.engine.calls import limit_output, rejected_output, validation_errors
 from app.engine.context import RunContext
 from app.engine.errors import (
     CallAlreadyDecided,
@@ -25,6 +25,7 @@ from app.engine.errors import (
     UnknownCall,
 )
 from app.engine.events import RunEvent
+from app.engine.external import tool_table
 from app.engine.registry import AgentRegistry
 from app.engine.state import (
     ApprovalRequest,
@@ -42,13 +43,16 @@ log = structlog.get_logger("app.engine")
 
 @dataclass(frozen=True, slots=True)
 class DecisionInput:
-    """A decision as a person sends it; `arguments` replaces the call's when approving."""
+    """A decision as a person sends it; `arguments` replaces the call's when approving;
+    `output`, when approving, is the call's result: the tool is not run (a person did it by
+    hand, or the client ran an external tool)."""
 
     call_id: str
     approved: bool
     reason: str | None = None
     arguments: dict[str, Any] | None = None
     remember: bool = False
+    output: str | None = None
 
 
 async def ask_handler(agent: Agent, request: ApprovalRequest, ctx: RunContext) -> HandlerVerdict:
@@ -82,13 +86,21 @@ def record_decision(
     reason: str | None,
     source: DecisionSource,
     decided_by: str | None = None,
+    output: str | None = None,
+    max_output_bytes: int | None = None,
 ) -> list[RunEvent]:
-    """Apply a decision to its call and keep it with the run; a rejected call is done."""
-    if approved:
-        call.status = CallStatus.QUEUED
-    else:
+    """Apply a decision to its call and keep it with the run; a rejected call is done, and so
+    is one approved with its output (cut at `max_output_bytes` like any tool's)."""
+    if not approved:
         call.status = CallStatus.REJECTED
         call.output = rejected_output(reason, in_doubt=call.in_doubt)
+    elif output is not None:
+        call.status = CallStatus.COMPLETED
+        call.output = output
+        if max_output_bytes is not None:
+            limit_output(call, max_output_bytes)
+    else:
+        call.status = CallStatus.QUEUED
     decision = Decision(
         call_id=call.call_id,
         approved=approved,
@@ -97,10 +109,13 @@ def record_decision(
         decided_by=decided_by,
         decided_at=datetime.now(UTC),
         source=source,
+        output=call.output if output is not None else None,
     )
     state.decisions.append(decision)
     decided = [events.approval_decided(decision)]
-    return decided if approved else [*decided, events.tool_call_completed(call)]
+    if call.status is CallStatus.QUEUED:
+        return decided
+    return [*decided, events.tool_call_completed(call)]
 
 
 def apply_decisions(
@@ -108,6 +123,7 @@ def apply_decisions(
     agents: AgentRegistry,
     decisions: Sequence[DecisionInput],
     decided_by: str | None,
+    max_output_bytes: int,
 ) -> list[RunEvent]:
     """Check every decision first, then apply them all, so a bad one changes nothing."""
     if state.status.ended:
@@ -115,7 +131,7 @@ def apply_decisions(
     if state.status is not RunStatus.PENDING_APPROVAL:
         raise RunNotPending(f"the run is {state.status.value}, not pending_approval")
     calls = {call.call_id: call for call in state.current_calls}
-    tools = agents.of_open_step(state).tool_table()
+    tools = tool_table(agents.of_open_step(state), state)
     seen: set[str] = set()
     remembered_here: set[str] = set()
     for decision in decisions:
@@ -127,6 +143,7 @@ def apply_decisions(
         seen.add(decision.call_id)
         if call.status is not CallStatus.AWAITING_APPROVAL or call.name in remembered_here:
             raise CallAlreadyDecided(f"call {decision.call_id!r} is already decided")
+        _check_fits_kind(call, decision)
         if decision.approved and decision.remember:
             remembered_here.add(call.name)
         if decision.approved and decision.arguments is not None:
@@ -151,12 +168,35 @@ def apply_decisions(
             reason=decision.reason,
             source="human",
             decided_by=decided_by,
+            output=decision.output,
+            max_output_bytes=max_output_bytes,
         )
         if decision.approved and decision.remember:
             emitted.extend(_remember(state, call.name, decided_by))
     if not state.pending_approvals:
         state.status = RunStatus.RUNNING
     return emitted
+
+
+def _check_fits_kind(call: ToolCall, decision: DecisionInput) -> None:
+    """An external call is answered with its output or rejected; the rest of a decision
+    (other arguments, remembering the tool) means nothing for a call the service never runs."""
+    if not decision.approved:
+        if decision.output is not None:
+            raise InvalidDecision(f"call {call.call_id!r}: a rejection carries no output")
+        return
+    if not call.external:
+        return
+    if decision.output is None:
+        raise InvalidDecision(
+            f"call {call.call_id!r} is of the external tool {call.name}: approve it with its "
+            "output, or reject it"
+        )
+    if decision.arguments is not None or decision.remember:
+        raise InvalidDecision(
+            f"call {call.call_id!r} is of the external tool {call.name}: its decision takes "
+            "an output, no arguments and no remember"
+        )
 
 
 def _remember(state: RunState, tool_name: str, decided_by: str | None) -> list[RunEvent]:

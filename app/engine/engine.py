@@ -10,8 +10,9 @@ from app.engine.agent import Agent
 from app.engine.approvals import DecisionInput, apply_decisions
 from app.engine.config import RunConfig
 from app.engine.deps import TurnDeps
-from app.engine.errors import RunEnded
+from app.engine.errors import RunEnded, ToolClash
 from app.engine.events import NullObserver, RunEvent, RunObserver
+from app.engine.external import clashing_names
 from app.engine.history import history_window
 from app.engine.instruments import Instruments, NoInstruments
 from app.engine.outcomes import TurnResult, goes_on
@@ -19,7 +20,7 @@ from app.engine.output import schema_spec
 from app.engine.principal import ANONYMOUS, Principal
 from app.engine.providers.router import ModelRouter
 from app.engine.registry import AgentRegistry
-from app.engine.state import Message, RunError, RunState, RunStatus
+from app.engine.state import Message, RunError, RunState, RunStatus, RunTool
 from app.engine.turn import Turn, ensure_running
 
 
@@ -66,12 +67,14 @@ class Engine:
         run_id: str | None = None,
         session_id: str | None = None,
         output_schema: dict[str, Any] | None = None,
+        tools: Sequence[RunTool] = (),
     ) -> RunState:
         """A new run's state; raises `UnknownAgent`, or `InvalidSchema` for a bad
         `output_schema` (the run's final answer, in place of its agents' output types).
         `history` is a session's conversation, or its newest messages from place
         `history_from` on; the run keeps of it what `config.max_history_messages` lets the
-        model see."""
+        model see. `tools` are the run's own tools, which the client runs (see
+        `check_run_tools`)."""
         self.agents.get(agent)
         if output_schema is not None:
             schema_spec(output_schema)
@@ -88,7 +91,15 @@ class Engine:
             run_id=run_id,
             session_id=session_id,
             output_schema=output_schema,
+            tools=list(tools),
         )
+
+    def check_run_tools(self, tools: Sequence[RunTool]) -> None:
+        """Refuse a run's own tools whose names some agent's tool has (`ToolClash`): a call
+        would be ambiguous in whichever agent the run reaches."""
+        clashes = clashing_names((spec.name for spec in tools), self.agents)
+        if clashes:
+            raise ToolClash(f"an agent already has a tool named {', '.join(map(repr, clashes))}")
 
     async def advance(
         self,
@@ -131,7 +142,9 @@ class Engine:
         Raises `RunEnded`, `RunNotPending`, `UnknownCall`, `CallAlreadyDecided` or
         `InvalidDecision`, and then changes nothing.
         """
-        return apply_decisions(state, self.agents, decisions, decided_by)
+        return apply_decisions(
+            state, self.agents, decisions, decided_by, self.max_tool_output_bytes
+        )
 
     async def aclose(self) -> None:
         """Close the model providers' connections."""

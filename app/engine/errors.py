@@ -43,3 +43,7 @@ class InvalidDecision(EngineError):
     def __init__(self, message: str, errors: Sequence[dict[str, Any]] = ()) -> None:
         super().__init__(message)
         self.errors = list(errors)
+
+
+class ToolClash(EngineError):
+    """A tool of the run has the name of an agent's tool."""

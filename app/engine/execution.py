@@ -11,6 +11,7 @@ from app.engine.agent import Agent
 from app.engine.context import RunContext
 from app.engine.deps import TurnDeps
 from app.engine.events import RunEvent
+from app.engine.external import tool_table
 from app.engine.state import CallStatus, RunState, ToolCall
 from app.engine.tools import Tool
 
@@ -37,7 +38,7 @@ async def run_queued_calls(turn: Turn) -> None:
     """
     state = turn.state
     agent = turn.deps.agents.of_open_step(state)
-    tools = agent.tool_table()
+    tools = tool_table(agent, state)
     parallel = agent.calls_in_parallel(state.config)
     fail_fast = state.config.tool_errors == "fail"
     queued = [call for call in state.current_calls if call.status is CallStatus.QUEUED]

@@ -19,6 +19,8 @@ ErrorCode = Literal[
     "max_turns_exceeded", "timeout", "model_error", "tool_error", "output_invalid", "internal_error"
 ]
 DecisionSource = Literal["human", "handler", "remember"]
+PendingKind = Literal["approval", "external", "guardrail"]
+"""Why a pending item waits: a call needing approval, a call the client runs, a guardrail."""
 
 
 class RunStatus(enum.StrEnum):
@@ -100,6 +102,7 @@ class ToolCall:
     handoff_to: str | None = None  # the agent this call hands off to
     tool_failed: bool = False  # bad arguments, unknown tool or a raising tool
     truncated: bool = False  # the output was cut at the engine's limit
+    external: bool = False  # the client runs it: it waits for a decision carrying its output
 
     def message(self) -> Message:
         return {"role": "tool", "tool_call_id": self.call_id, "content": self.output or ""}
@@ -123,6 +126,7 @@ class ApprovalRequest:
     arguments: dict[str, Any]
     agent: str
     in_doubt: bool = False
+    kind: PendingKind = "approval"
 
 
 @dataclass(slots=True)
@@ -136,6 +140,16 @@ class Decision:
     decided_by: str | None
     decided_at: datetime
     source: DecisionSource
+    output: str | None = None  # the call's result, supplied by a person or the client
+
+
+@dataclass(slots=True)
+class RunTool:
+    """A tool the client runs, declared by the run itself (`POST /runs` `tools`)."""
+
+    name: str
+    description: str
+    parameters: dict[str, Any]  # the JSON Schema of its arguments, as posted
 
 
 @dataclass(slots=True)
@@ -164,6 +178,7 @@ class RunState:
     history_length: int = 0  # messages loaded from earlier runs; the rest are this run's
     history_from: int = 0  # the first loaded message's place in its session: earlier ones held back
     variables: dict[str, Any] = field(default_factory=dict)
+    tools: list[RunTool] = field(default_factory=list)  # offered by every agent of the run
     run_id: str | None = None
     session_id: str | None = None
     status: RunStatus = RunStatus.RUNNING
@@ -193,7 +208,14 @@ class RunState:
     def pending_approvals(self) -> list[ApprovalRequest]:
         agent = self.steps[-1].agent if self.open_step else self.current_agent
         return [
-            ApprovalRequest(call.call_id, call.name, call.arguments or {}, agent, call.in_doubt)
+            ApprovalRequest(
+                call.call_id,
+                call.name,
+                call.arguments or {},
+                agent,
+                call.in_doubt,
+                "external" if call.external else "approval",
+            )
             for call in self.current_calls
             if call.status is CallStatus.AWAITING_APPROVAL
         ]

@@ -42,6 +42,9 @@ class Tool:
     schema: FunctionSchema
     needs_approval: ApprovalRule = False
     effect: ToolEffect = "unsafe"
+    # The client runs it: a call parks the run until a decision brings its output; the
+    # function only gives the schema and is never called.
+    external: bool = False
 
     def __post_init__(self) -> None:
         check_tool_name(self.name)
@@ -49,6 +52,9 @@ class Tool:
             raise ValueError(f"tool {self.name!r}: effect must be one of {', '.join(_EFFECTS)}")
         if not isinstance(self.needs_approval, bool) and not callable(self.needs_approval):
             raise TypeError(f"tool {self.name!r}: needs_approval must be a bool or a function")
+        if self.external and self.needs_approval is not False:
+            # The client's answer is the decision: there is no separate approval to ask.
+            raise ValueError(f"tool {self.name!r}: an external tool takes no needs_approval")
 
     @property
     def description(self) -> str:
@@ -56,6 +62,8 @@ class Tool:
 
     @property
     def approval_mode(self) -> ApprovalMode:
+        if self.external:
+            return "always"
         if callable(self.needs_approval):
             return "conditional"
         return "always" if self.needs_approval else "never"
@@ -104,6 +112,7 @@ def tool(
     description: str | None = None,
     needs_approval: ApprovalRule = False,
     effect: ToolEffect = "unsafe",
+    external: bool = False,
 ) -> Callable[[Callable[..., Any]], Tool]: ...
 
 
@@ -115,11 +124,13 @@ def tool(
     description: str | None = None,
     needs_approval: ApprovalRule = False,
     effect: ToolEffect = "unsafe",
+    external: bool = False,
 ) -> Tool | Callable[[Callable[..., Any]], Tool]:
     """Turn a sync or async function into a `Tool`, as `@tool` or `@tool(...)`.
 
     The schema comes from the signature and the docstring (its summary is the description, its
-    `Args:` section describes the parameters).
+    `Args:` section describes the parameters). `external=True` declares a tool the client runs:
+    its body is never called; a call waits for the client's output.
     """
 
     def decorate(function: Callable[..., Any]) -> Tool:
@@ -130,6 +141,7 @@ def tool(
             schema=function_schema(function, name=tool_name, description=description),
             needs_approval=needs_approval,
             effect=effect,
+            external=external,
         )
 
     return decorate(func) if func is not None else decorate

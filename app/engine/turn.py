@@ -20,6 +20,7 @@ from app.engine.deps import TurnDeps
 from app.engine.errors import EngineError, ModelError
 from app.engine.events import RunEvent, RunObserver, TextDelta
 from app.engine.execution import run_queued_calls
+from app.engine.external import tool_table
 from app.engine.model import ModelRequest, ModelResponse, unusable
 from app.engine.outcomes import (
     Completed,
@@ -32,7 +33,15 @@ from app.engine.outcomes import (
 )
 from app.engine.output import OutputSpec, schema_spec
 from app.engine.principal import Principal
-from app.engine.state import CallStatus, RunError, RunState, RunStatus, StepRecord, ToolCall
+from app.engine.state import (
+    ApprovalRequest,
+    CallStatus,
+    RunError,
+    RunState,
+    RunStatus,
+    StepRecord,
+    ToolCall,
+)
 from app.engine.text import storable_json
 from app.engine.tools import Tool
 
@@ -132,7 +141,7 @@ class Turn:
             self.log.exception("instructions.failed")
             message = f"the instructions of agent {agent.name!r} raised {type(exc).__name__}: {exc}"
             return Failed(RunError("internal_error", message))
-        tools = agent.tool_table()
+        tools = tool_table(agent, state)
         spec = self._output_spec(agent)
         try:
             response, tool_mode = await self._call_model(agent, instructions, tools, spec)
@@ -227,6 +236,12 @@ class Turn:
             calls.fail(call, calls.invalid_arguments_output(call.name, exc))
             self._emit_failed_early(call, agent)
             return
+        if tool.external:
+            # Neither a handler nor a remembered approval can supply what only the client has.
+            call.external = True
+            call.status = CallStatus.AWAITING_APPROVAL
+            self.emit(events.approval_requested(self._request(call)))
+            return
         ctx = self.context(call.call_id)
         if not self._requires_approval(tool, arguments, ctx):
             return
@@ -236,7 +251,7 @@ class Turn:
             )
             return
         call.status = CallStatus.AWAITING_APPROVAL
-        request = next(p for p in self.state.pending_approvals if p.call_id == call.call_id)
+        request = self._request(call)
         verdict = await ask_handler(agent, request, ctx)
         if verdict is None:
             self.emit(events.approval_requested(request))
@@ -245,6 +260,9 @@ class Turn:
         self._emit_all(
             record_decision(self.state, call, approved=approved, reason=reason, source="handler")
         )
+
+    def _request(self, call: ToolCall) -> ApprovalRequest:
+        return next(p for p in self.state.pending_approvals if p.call_id == call.call_id)
 
     def _requires_approval(self, tool: Tool, arguments: dict[str, object], ctx: RunContext) -> bool:
         try:
@@ -262,7 +280,7 @@ class Turn:
     def _recover_interrupted_calls(self) -> None:
         """A call started before a crash is repeated only when repeating it is safe."""
         agent = self.deps.agents.of_open_step(self.state)
-        tools = agent.tool_table()
+        tools = tool_table(agent, self.state)
         for call in self.state.current_calls:
             if call.status is not CallStatus.RUNNING:
                 continue
@@ -272,8 +290,7 @@ class Turn:
                 continue
             call.status = CallStatus.AWAITING_APPROVAL
             call.in_doubt = True
-            request = next(p for p in self.state.pending_approvals if p.call_id == call.call_id)
-            self.emit(events.approval_requested(request))
+            self.emit(events.approval_requested(self._request(call)))
 
     async def _finish_tool_calls(self) -> TurnOutcome:
         await run_queued_calls(self)

@@ -24,11 +24,13 @@ Message = dict[str, Any]
 HELP = (
     "Hello! I am the demo model (no model is configured). Ask me to add numbers "
     '("add 10 and 20"), to delete a record ("delete record r_42"), to refund you '
-    '("refund 250 euros"), or to answer slowly.'
+    '("refund 250 euros"), to call a tool I am offered ("call get_weather with '
+    '{"city": "Oslo"}"), or to answer slowly.'
 )
 SLOW = "This answer takes its time, word by word, so you can watch it stream."
 REJECTED = ("The tool call was rejected", "The tool call was not done")
 NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+CALL_BY_NAME = re.compile(r"\bcall\s+([a-zA-Z0-9_-]{1,64})")
 
 
 @dataclass(frozen=True)
@@ -148,6 +150,9 @@ def _first_step(asked: str, tools: set[str]) -> _Call | str:
     numbers = NUMBER.findall(asked)
     if "slow" in text:
         return SLOW
+    named = _named_call(asked, tools)
+    if named is not None:
+        return named
     if "delete" in text:
         record = re.search(r"\b(?:record\s+)?([a-z]+_\w+)", asked, re.IGNORECASE)
         if record is None:
@@ -169,6 +174,23 @@ def _first_step(asked: str, tools: set[str]) -> _Call | str:
             "I cannot add: this agent has no tool for it."
         )
     return HELP
+
+
+def _named_call(asked: str, tools: set[str]) -> _Call | None:
+    """'call <tool> with {json}': that tool, with the first JSON object after its name, so a
+    tool only the client runs (a run's own, which the demo knows nothing of) can be shown."""
+    found = CALL_BY_NAME.search(asked)
+    if found is None or found.group(1) not in tools:
+        return None
+    rest = asked[found.end() :]
+    start = rest.find("{")
+    arguments: Any = {}
+    if start >= 0:
+        try:
+            arguments, _ = json.JSONDecoder().raw_decode(rest[start:])
+        except json.JSONDecodeError:
+            arguments = {}
+    return _Call(found.group(1), arguments if isinstance(arguments, dict) else {})
 
 
 def _use(tools: set[str], name: str, arguments: dict[str, Any]) -> _Call | None:
@@ -198,7 +220,9 @@ def _report(result: _Result) -> str:
         return f"I could not {_action(result)}. {output}"
     if result.name == "add":
         return f"{result.arguments.get('a')} + {result.arguments.get('b')} = {output}."
-    return f"Done: {output}."
+    if result.name in ("delete_record", "refund"):
+        return f"Done: {output}."
+    return f"{result.name} gave: {output}."
 
 
 def _action(result: _Result) -> str:

@@ -93,6 +93,7 @@ class ApprovalService:
         run_id: str | None,
         before_seq: int | None,
         limit: int,
+        kind: str | None = None,
     ) -> list[Approval]:
         async with self.db.read_scope() as session:
             return await ApprovalRepository(session, caller.tenancy).page(
@@ -102,6 +103,7 @@ class ApprovalService:
                 run_id=run_id,
                 before_seq=before_seq,
                 limit=limit,
+                kind=kind,
             )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from typing import Any, Literal
 
@@ -16,7 +16,7 @@ from app.engine import Engine, RunConfig
 from app.engine.engine import input_messages
 from app.engine.errors import RunEnded
 from app.engine.principal import Principal
-from app.engine.state import RunStatus
+from app.engine.state import RunStatus, RunTool
 from app.resources import RunOut
 from app.services.callers import Caller
 from app.services.errors import (
@@ -51,6 +51,7 @@ ERASURE_BATCH = 500
 class NewRun:
     agent: str
     input: str | list[dict[str, Any]]
+    tools: list[RunTool] = field(default_factory=list)
     session_id: str | None = None
     context: dict[str, Any] = field(default_factory=dict)
     config: RunConfig = field(default_factory=RunConfig)
@@ -103,6 +104,7 @@ class RunService:
         """The run, of the caller's own tenant, and whether it was created now (False: an
         idempotent repeat)."""
         self.engine.agents.get(new.agent)  # an unknown agent is refused before anything is stored
+        self.engine.check_run_tools(new.tools)
 
         async def insert(session: AsyncSession) -> Run:
             return await self._insert(session, new, caller.principal)
@@ -134,6 +136,7 @@ class RunService:
             current_agent=new.agent,
             session_id=new.session_id,
             input=input_messages(new.input),
+            tools=[asdict(spec) for spec in new.tools] or None,
             config=new.config.model_dump(mode="json"),
             context=new.context,
             run_metadata=new.metadata,

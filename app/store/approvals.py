@@ -45,6 +45,7 @@ class ApprovalRepository:
                     asked_again.status = "pending"
                     asked_again.decision = None
                     asked_again.in_doubt = request["in_doubt"]
+                    asked_again.kind = request["kind"]
                     asked_again.arguments = request["arguments"]
                     asked_again.requested_at = now
                     asked_again.last_messages = last_messages
@@ -56,6 +57,7 @@ class ApprovalRepository:
                     call_id=request["call_id"],
                     tool=request["tool"],
                     agent=request["agent"],
+                    kind=request["kind"],
                     arguments=request["arguments"],
                     in_doubt=request["in_doubt"],
                     status="pending",
@@ -97,6 +99,7 @@ class ApprovalRepository:
         run_id: str | None,
         before_seq: int | None,
         limit: int,
+        kind: str | None = None,
     ) -> list[Approval]:
         query = (
             select(Approval)
@@ -112,6 +115,8 @@ class ApprovalRepository:
             query = query.where(Approval.tool == tool)
         if run_id is not None:
             query = query.where(Approval.run_id == run_id)
+        if kind is not None:
+            query = query.where(Approval.kind == kind)
         if before_seq is not None:
             query = query.where(Approval.seq < before_seq)
         return list(await self.session.scalars(query))

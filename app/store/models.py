@@ -108,6 +108,8 @@ class Run(Base):
     lease_token: Mapped[int] = mapped_column(Integer, default=0)
     lease_expires_at: Mapped[datetime | None]
     webhook: Mapped[str | None] = mapped_column(String(2048))
+    # The run's own tools, which the client runs (`RunTool`s as JSON); null when it has none.
+    tools: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
     # Claims of this run after its executor was lost, since it last made progress: a bound
     # stops a run that kills every executor that takes it.
     takeovers: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
@@ -248,6 +250,8 @@ class Approval(Base):
     call_id: Mapped[str] = mapped_column(String(100))
     tool: Mapped[str] = mapped_column(String(64))
     agent: Mapped[str] = mapped_column(String(64))
+    # approval | external | guardrail: what the pending item waits for.
+    kind: Mapped[str] = mapped_column(String(20), server_default="approval")
     arguments: Mapped[dict[str, Any]]
     in_doubt: Mapped[bool] = mapped_column(Boolean)
     status: Mapped[str] = mapped_column(String(20))  # pending | decided
@@ -260,6 +264,7 @@ class Approval(Base):
         UniqueConstraint("run_id", "call_id"),
         Index(None, "status", "seq"),
         Index(None, "tenant", "status", "seq"),
+        Index(None, "tenant", "kind", "status", "seq"),
     )
 
 

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.engine import Engine, RunConfig, RunState, RunStatus
 from app.engine.events import message
 from app.engine.outcomes import goes_on
-from app.engine.state import Message, RunError
+from app.engine.state import Message, RunError, RunTool
 from app.observability.tracing import run_span
 from app.services.errors import LeaseLost
 from app.services.lifecycle import event_records, now
@@ -216,6 +216,7 @@ class RunDriver:
             history=history[0],
             history_from=history[1],
             config=RunConfig.model_validate(run.config),
+            tools=[RunTool(**spec) for spec in run.tools or []],
             variables=run.context,
             run_id=run.id,
             session_id=run.session_id,

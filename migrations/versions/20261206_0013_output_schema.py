@@ -1,10 +1,7 @@
 """Structured output: a run's own `output_schema`, kept until an executor starts the run.
 
 Revision ID: 0013
-Revises: 0011
-
-Numbered 0013, not 0012: the external-tools branch adds its own 0012 beside this one; whichever
-merges second points its `down_revision` at the other.
+Revises: 0012
 Create Date: 2026-12-06 13:00:00.000000
 """
 
@@ -14,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0013"
-down_revision = "0011"
+down_revision = "0012"
 branch_labels = None
 depends_on = None
 

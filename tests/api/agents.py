@@ -62,6 +62,13 @@ def refund(amount: int) -> str:
     return f"refunded {amount}"
 
 
+@tool(external=True)
+def take_photo(subject: str) -> str:
+    """Take a photo with the user's camera (the client does it)."""
+    calls_seen.append(("take_photo", subject))
+    return "never run: the client answers"
+
+
 def no_deletes_on_friday(request: ApprovalRequest, ctx: RunContext) -> tuple[bool, str] | None:
     """Rejects deleting record "friday"; asks a human for the others."""
     principals_seen.append(("approval handler", ctx.principal))
@@ -87,7 +94,15 @@ calc = Agent(
     name="calc",
     description="Arithmetic.",
     instructions="Add.",
-    tools=[add, wait_for_release, delete_record, guarded_wait, unstorable_text, long_text],
+    tools=[
+        add,
+        wait_for_release,
+        delete_record,
+        guarded_wait,
+        unstorable_text,
+        long_text,
+        take_photo,
+    ],
     handoffs=[billing],
 )
 agents = [calc, billing, careful]

@@ -28,6 +28,7 @@ async def test_agents_are_listed_with_tools_and_handoffs(client: Client) -> None
         "guarded_wait",
         "unstorable_text",
         "long_text",
+        "take_photo",
         "transfer_to_billing",
     }
     assert tools["add"] == {
@@ -41,9 +42,14 @@ async def test_agents_are_listed_with_tools_and_handoffs(client: Client) -> None
         },
         "effect": "read",
         "needs_approval": "never",
+        "external": False,
     }
     assert tools["delete_record"]["needs_approval"] == "always"
     assert tools["delete_record"]["effect"] == "unsafe"
+    assert (tools["take_photo"]["external"], tools["take_photo"]["needs_approval"]) == (
+        True,
+        "always",
+    )
 
 
 async def test_agents_page_and_one_agent(client: Client) -> None:

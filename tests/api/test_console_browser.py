@@ -108,7 +108,7 @@ async def test_start_a_run_approve_it_edited_in_the_inbox_and_watch_it_stream_to
         arguments = card.get_by_label(ARGUMENTS)
         await arguments.fill('{"record_id": ')
         await card.get_by_role("button", name="Approve").click()
-        await expect(card.locator(".field-error")).to_contain_text("Not valid JSON")
+        await expect(card.locator(".field-error:visible")).to_contain_text("Not valid JSON")
         assert not [r for r in browsing.api_requests() if r.url.endswith("/approvals")]
         await arguments.fill('{"record_id": "r_2"}')
         await card.get_by_role("button", name="Approve").click()
@@ -692,3 +692,54 @@ async def test_a_structured_output_shows_as_indented_json_text_never_markup(
         shown = page.locator("pre.structured-output")
         await expect(shown).to_have_text(json.dumps(value, indent=2))
         assert await page.locator(".summary b").count() == 0
+
+
+async def test_a_call_the_client_runs_is_answered_with_its_output_in_the_inbox(
+    serve_live: LiveFactory, fake: FakeModel, browsing: Browsing
+) -> None:
+    fake.script("m", [call("take_photo", {"subject": "cat"}), text("What a cat.")])
+    with serve_live() as live:
+        run = pending_run(live, "a photo of my cat")
+        page = await browsing.open(f"{live.url}/console")
+        card = card_of(page, run["id"])
+        await expect(card.locator(".why")).to_contain_text("the client runs this tool")
+        await expect(card.get_by_label("Arguments (as the model asked)")).to_have_attribute(
+            "readonly", ""
+        )
+        await expect(card.get_by_label(re.compile("Approving also approves"))).to_have_count(0)
+
+        send = card.get_by_role("button", name="Send output")
+        await send.click()
+        await expect(card.locator(".field-error:visible")).to_have_text(
+            "Give the tool's output, or reject the call."
+        )
+        await card.get_by_label(re.compile("^Output \\(required")).fill("cat.jpg")
+        await send.click()
+        await expect(card.locator(".outcome")).to_contain_text("Output sent")
+
+        await card.get_by_role("link", name=run["id"]).click()
+        await expect(run_status(page)).to_have_text("completed")
+        tool_call = page.locator(".tool-call").filter(has_text="take_photo")
+        await expect(tool_call.locator(".status")).to_have_text("completed")
+        await expect(tool_call.locator(".decision")).to_contain_text("Output given")
+        await expect(tool_call.locator(".output")).to_have_text("cat.jpg")
+
+
+async def test_an_approval_done_by_hand_on_the_run_page_does_not_run_the_tool(
+    serve_live: LiveFactory, fake: FakeModel, browsing: Browsing
+) -> None:
+    fake.script("m", [call("delete_record", {"record_id": "r_13"}), text("Gone.")])
+    with serve_live() as live:
+        run = pending_run(live, "delete r_13")
+        page = await browsing.open(f"{live.url}/console#/runs/{run['id']}")
+        card = page.locator("article.approval")
+        await card.get_by_label(re.compile("^Done by hand: output")).fill("deleted r_13 by hand")
+        await card.get_by_role("button", name="Approve").click()
+
+        await expect(run_status(page)).to_have_text("completed")
+        tool_call = page.locator(".tool-call").filter(has_text="delete_record")
+        await expect(tool_call.locator(".output")).to_have_text("deleted r_13 by hand")
+        with api(live) as client:
+            finished = client.get(f"/runs/{run['id']}").json()
+        assert finished["decisions"][0]["output"] == "deleted r_13 by hand"
+        assert finished["steps"][0]["tool_calls"][0]["output"] == "deleted r_13 by hand"

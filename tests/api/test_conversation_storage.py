@@ -258,6 +258,7 @@ async def test_migration_moves_stored_runs_and_back(migrated_url: str, tmp_path:
                 "handoff_to": None,
                 "tool_failed": False,
                 "truncated": False,
+                "external": False,
             }
         ],
     }
@@ -327,6 +328,7 @@ async def test_a_downgrade_puts_back_what_is_stored_once(migrated_url: str, tmp_
         "handoff_to": None,
         "tool_failed": False,
         "truncated": False,
+        "external": False,
     }
     earlier_call = {**call_, "call_id": "c1", "output_at": 2}
     first = {"agent": "calc", "duration_ms": 1.0, "tool_calls": [earlier_call]}

@@ -117,7 +117,13 @@ async def stored_events(client: Any, run_id: str) -> list[Any]:
 async def test_a_call_asked_again_in_doubt_is_pending_again(client: Any) -> None:
     async with make_client_run(client) as (session, run_id):
         approvals = ApprovalRepository(session, EVERY_TENANT)
-        request = {"call_id": "c1", "tool": "delete_record", "agent": "calc", "in_doubt": False}
+        request = {
+            "call_id": "c1",
+            "tool": "delete_record",
+            "agent": "calc",
+            "in_doubt": False,
+            "kind": "approval",
+        }
         await approvals.add_pending(
             run_id, "default", [{**request, "arguments": {"record_id": "a"}}], [], now()
         )

@@ -101,6 +101,7 @@ async def test_wait_returns_at_pending_approval(client: Client, fake: FakeModel)
             "arguments": {"record_id": "r1"},
             "agent": "calc",
             "in_doubt": False,
+            "kind": "approval",
         }
     ]
     assert run["steps"][0]["tool_calls"][0]["status"] == "pending"

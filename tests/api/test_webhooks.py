@@ -271,3 +271,28 @@ async def test_a_structured_output_is_delivered_as_its_json_value(
     assert delivery["event"] == "run.completed"
     assert delivery["run"]["id"] == run["id"]
     assert delivery["run"]["final_output"] == {"total": 2}
+
+
+async def test_a_run_parked_on_a_call_the_client_runs_is_delivered(
+    hooked: Client, fake: FakeModel, receiver: Receiver
+) -> None:
+    fake.script("m", [call("take_photo", {"subject": "cat"}), text("nice cat")])
+    run = (
+        await hooked.post(
+            "/runs",
+            params={"wait": 10},
+            json={"agent": "calc", "input": "photo", "webhook": receiver.url},
+        )
+    ).json()
+    [(_, parked)] = await delivered(receiver, 1)
+    assert parked["event"] == "run.pending_approval"
+    [pending] = parked["run"]["pending_approvals"]
+    assert (pending["kind"], pending["tool"]) == ("external", "take_photo")
+
+    decision = {"call_id": pending["call_id"], "approved": True, "output": "cat.jpg"}
+    await hooked.post(f"/runs/{run['id']}/approvals", json={"decisions": [decision]})
+    await rested(hooked, run["id"])
+    bodies = await delivered(receiver, 2)
+
+    assert bodies[1][1]["event"] == "run.completed"
+    assert bodies[1][1]["run"]["decisions"][0]["output"] == "cat.jpg"

@@ -103,6 +103,7 @@ async def test_pause_keeps_the_turn_and_runs_what_needs_no_approval(
         "arguments": {"record_id": "r1"},
         "agent": "a",
         "in_doubt": False,
+        "kind": "approval",
     }
 
     state = roundtrip(state)

@@ -137,7 +137,12 @@ class ToolCallView {
   }
 
   setDecision(decision) {
-    const verb = decision.approved ? "Approved" : "Rejected";
+    // An output in the decision means the tool was not run: a person or the client gave it.
+    const verb = !decision.approved
+      ? "Rejected"
+      : decision.output != null
+        ? "Output given"
+        : "Approved";
     const why = decision.reason ? `: ${decision.reason}` : "";
     const who = `${DECIDERS[decision.source] ?? "by a person"}${
       decision.decided_by ? ` (${decision.decided_by})` : ""

@@ -1,6 +1,8 @@
 // A decision card: one pending tool call (what the tool does, why it asks, how long it has
-// waited), its arguments editable, Approve and Reject. Used by the inbox (with the run's last
-// messages) and by the run page.
+// waited), its arguments editable, Approve and Reject. A call the client runs (kind
+// "external") is answered with its output instead: its arguments are shown as asked, and the
+// output is required. An approval may carry an output too: done by hand, the tool is not run.
+// Used by the inbox (with the run's last messages) and by the run page.
 
 import { request } from "./api.js";
 import { age, append, h, pretty, problemView, replace, time, uid } from "./dom.js";
@@ -16,8 +18,12 @@ const RULES = {
   conditional: "the tool's approval rule asked for a person for these arguments.",
 };
 
-/** Why a person is asked: the call is in doubt, or the tool's approval rule. */
+const EXTERNAL_WHY =
+  "the client runs this tool, not the service: the run waits for the output it got.";
+
+/** Why a person is asked: the call is in doubt, runs at the client, or the tool's rule. */
 function whyAsked(item, tool) {
+  if (item.kind === "external") return EXTERNAL_WHY;
   if (item.in_doubt) {
     return "the call started before a crash and left no result: it may or may not have taken effect.";
   }
@@ -30,10 +36,17 @@ function toolFacts(item, tool) {
     "div",
     { class: "tool-facts" },
     tool?.description ? h("p", { class: "tool-description" }, tool.description) : null,
-    tool?.effect
+    tool?.effect && item.kind !== "external"
       ? h("p", { class: "effect" }, h("strong", {}, "Effect: "), EFFECTS[tool.effect] ?? tool.effect)
       : null,
-    why ? h("p", { class: "why" }, h("strong", {}, "Why approval is needed: "), why) : null,
+    why
+      ? h(
+          "p",
+          { class: "why" },
+          h("strong", {}, item.kind === "external" ? "Why it waits: " : "Why approval is needed: "),
+          why,
+        )
+      : null,
   );
 }
 
@@ -77,6 +90,8 @@ export function decisionCard(
   const ids = { title: uid("approval"), args: uid("arguments"), error: uid("arguments-error") };
   const reasonId = uid("reason");
   const rememberId = uid("remember");
+  const outputIds = { field: uid("output"), error: uid("output-error") };
+  const external = item.kind === "external";
   const original = item.arguments ?? {};
   const text = pretty(original);
   let edited = false;
@@ -89,11 +104,26 @@ export function decisionCard(
     autocomplete: "off",
     "aria-describedby": ids.error,
     value: text,
+    // The client's call is answered as the model asked it: its arguments are not to edit.
+    readonly: external,
   });
+  const output = h("textarea", {
+    id: outputIds.field,
+    rows: 4,
+    spellcheck: "false",
+    autocomplete: "off",
+    "aria-describedby": outputIds.error,
+    required: external,
+  });
+  const outputError = h("p", { id: outputIds.error, class: "field-error", hidden: true });
   const argsError = h("p", { id: ids.error, class: "field-error", hidden: true });
   const reason = h("input", { id: reasonId, type: "text", maxlength: 2000, autocomplete: "off" });
   const remember = h("input", { id: rememberId, type: "checkbox" });
-  const approve = h("button", { type: "button", class: "approve" }, "Approve");
+  const approve = h(
+    "button",
+    { type: "button", class: "approve" },
+    external ? "Send output" : "Approve",
+  );
   const reject = h("button", { type: "button", class: "reject" }, "Reject");
   const notice = h("p", { class: "notice", hidden: true });
   const outcome = h("div", { class: "outcome", tabindex: "-1" });
@@ -128,17 +158,32 @@ export function decisionCard(
         )
       : null,
     context,
-    h("label", { for: ids.args }, "Arguments (JSON, editable before approving)"),
-    textarea,
-    argsError,
-    h("label", { for: reasonId }, "Reason (told to the model when you reject)"),
-    reason,
     h(
       "label",
-      { class: "check", for: rememberId },
-      remember,
-      ` Approving also approves this run's later calls of ${item.tool}`,
+      { for: ids.args },
+      external ? "Arguments (as the model asked)" : "Arguments (JSON, editable before approving)",
     ),
+    textarea,
+    argsError,
+    h(
+      "label",
+      { for: outputIds.field },
+      external
+        ? "Output (required: what the client got; the model gets it as the call's result)"
+        : "Done by hand: output (optional; when given, nothing is run and the model gets this)",
+    ),
+    output,
+    outputError,
+    h("label", { for: reasonId }, "Reason (told to the model when you reject)"),
+    reason,
+    external
+      ? null
+      : h(
+          "label",
+          { class: "check", for: rememberId },
+          remember,
+          ` Approving also approves this run's later calls of ${item.tool}`,
+        ),
     h("div", { class: "actions" }, approve, reject),
     notice,
     outcome,
@@ -150,10 +195,17 @@ export function decisionCard(
     textarea.setAttribute("aria-invalid", problem === null ? "false" : "true");
   }
 
+  function showOutputProblem(problem) {
+    outputError.hidden = problem === null;
+    outputError.textContent = problem ?? "";
+    output.setAttribute("aria-invalid", problem === null ? "false" : "true");
+  }
+
   function lock(locked) {
     approve.disabled = locked;
     reject.disabled = locked;
-    textarea.readOnly = locked;
+    textarea.readOnly = locked || external;
+    output.readOnly = locked;
     reason.readOnly = locked;
     remember.disabled = locked;
   }
@@ -163,6 +215,7 @@ export function decisionCard(
     showArgumentsProblem(argumentsProblem(textarea.value));
   });
   for (const [control, change] of [
+    [output, "input"],
     [reason, "input"],
     [remember, "change"],
   ]) {
@@ -173,7 +226,16 @@ export function decisionCard(
 
   async function decide(approved) {
     const decision = { call_id: item.call_id, approved };
-    if (approved) {
+    if (approved && external) {
+      const problem = output.value ? null : "Give the tool's output, or reject the call.";
+      showOutputProblem(problem);
+      if (problem !== null) {
+        output.focus();
+        return;
+      }
+      decision.output = output.value;
+    } else if (approved) {
+      if (output.value) decision.output = output.value;
       const problem = argumentsProblem(textarea.value);
       showArgumentsProblem(problem);
       if (problem !== null) {
@@ -192,7 +254,7 @@ export function decisionCard(
       const path = `/runs/${encodeURIComponent(item.run_id)}/approvals`;
       const run = await request("POST", path, { body: { decisions: [decision] } });
       settled = true;
-      const verb = approved ? "Approved" : "Rejected";
+      const verb = !approved ? "Rejected" : decision.output !== undefined ? "Output sent" : "Approved";
       replace(
         outcome,
         h("p", { class: "done" }, `${verb}. The run is now `, statusText(run.status), "."),

@@ -55,6 +55,7 @@ def _agent_out(agent: Agent, default_model: str) -> AgentOut:
                 parameters=tool.schema.json_schema,
                 effect=tool.effect,
                 needs_approval=tool.approval_mode,
+                external=tool.external,
             )
             for tool in agent.tool_table().values()
         ],

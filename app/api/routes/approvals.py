@@ -12,6 +12,7 @@ from app.api.deps import ApprovalsDep, CallerDep, RunsDep, caller_name, problems
 from app.api.routes.runs import IdempotencyKey, Wait, fingerprint
 from app.api.schemas import ApprovalOut, ApprovalPage, Decide, RunOut
 from app.engine import DecisionInput
+from app.engine.state import PendingKind
 from app.services.idempotency import Idempotency
 
 router = APIRouter(tags=["approvals"])
@@ -36,7 +37,7 @@ async def decide(
     With `wait`, the answer is held until the run rests again (ended, or waiting for more
     decisions)."""
     decisions = [
-        DecisionInput(d.call_id, d.approved, d.reason, d.arguments, d.remember)
+        DecisionInput(d.call_id, d.approved, d.reason, d.arguments, d.remember, d.output)
         for d in body.decisions
     ]
     idempotency = (
@@ -68,6 +69,7 @@ async def list_approvals(
     status: Literal["pending", "decided", "all"] = "pending",
     agent: str | None = None,
     tool: str | None = None,
+    kind: Annotated[PendingKind | None, Query(description="One kind of request only.")] = None,
     run_id: Annotated[str | None, Query(description="One run's requests only.")] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page.")] = None,
@@ -79,6 +81,7 @@ async def list_approvals(
         agent=agent,
         tool=tool,
         run_id=run_id,
+        kind=kind,
         before_seq=pagination.decode(cursor, "seq", int),
         limit=limit + 1,
     )

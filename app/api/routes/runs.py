@@ -13,7 +13,7 @@ from app.api import pagination
 from app.api.deps import CallerDep, RunsDep, ServicesDep, caller_name, problems
 from app.api.errors import ApiError
 from app.api.schemas import CreateRun, ProblemError, RunOut, RunPage
-from app.engine.state import RunStatus
+from app.engine.state import RunStatus, RunTool
 from app.resources import STATUSES
 from app.services.idempotency import Idempotency
 from app.services.runs import NewRun
@@ -78,6 +78,7 @@ async def create_run(
     new = NewRun(
         agent=body.agent,
         input=body.input_value(),
+        tools=[RunTool(t.name, t.description, t.parameters) for t in body.tools],
         session_id=body.session_id,
         context=body.context,
         config=body.config,
