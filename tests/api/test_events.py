@@ -112,6 +112,7 @@ async def test_the_events_of_a_run_with_tools_a_handoff_and_an_approval(
         "current_agent": "billing",
         "error": None,
         "usage": None,
+        "final_output": "All done now.",
     }
     assert data[19] == {"from": "calc", "to": "billing"}
     assert data[5] == {

@@ -28,7 +28,7 @@ interface Summary {
   waited_for: { tool: string; arguments: Record<string, unknown> }[];
   events: { id: number; event: string }[];
   status: RunStatus;
-  final_output: string | null;
+  final_output: unknown; // text, or the JSON value a run's output schema asked for
   // Typed as always sent: the document lists them as required.
   model_requests: number;
   max_turns: number;
