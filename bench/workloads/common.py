@@ -11,6 +11,7 @@ import anyio
 import httpx
 
 from bench import client
+from bench.context import Context
 from bench.cpu import CpuMeter, service_ms
 from bench.fake import prompt
 from bench.load import Step, best, sweep
@@ -81,6 +82,21 @@ async def saturate(
     await drain(http)
     top = best(found)
     return Saturation(top, cpu[id(top)], steps)
+
+
+async def saturate_one_turn(
+    ctx: Context, service: Service, http: httpx.AsyncClient, *, start_rate: float, label: str
+) -> Saturation:
+    """W1's sweep: one-turn runs at rising rates, each rate held for the run's step length."""
+    return await saturate(
+        service,
+        http,
+        text=ONE_TURN,
+        turns=1,
+        start_rate=start_rate,
+        seconds=ctx.pick(10, 3),
+        label=label,
+    )
 
 
 async def drain(http: httpx.AsyncClient, seconds: float = 300) -> None:

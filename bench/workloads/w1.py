@@ -14,7 +14,7 @@ from bench.fake import prompt
 from bench.load import Failed, open_loop
 from bench.procs import Resources, Service
 from bench.report import Figure, Outcome, at_least, at_most
-from bench.workloads.common import ONE_TURN, log, meter, saturate
+from bench.workloads.common import ONE_TURN, log, meter, saturate_one_turn
 
 MODEL_DELAY = 0.05  # before the first delta: the event stream attaches meanwhile
 DELTA_TEXT = prompt(turns=1, delay=MODEL_DELAY)
@@ -25,15 +25,7 @@ async def _measure(ctx: Context, service: Service, database: str) -> dict[str, A
     async with client.http(service.url) as http:
         for _ in range(20):  # warm-up: connections, the pools, the first claims
             await client.completed(http, ONE_TURN, 1)
-        found = await saturate(
-            service,
-            http,
-            text=ONE_TURN,
-            turns=1,
-            start_rate=20,
-            seconds=ctx.pick(10, 3),
-            label=f"w1 {database}",
-        )
+        found = await saturate_one_turn(ctx, service, http, start_rate=20, label=f"w1 {database}")
         half = found.best.throughput / 2
 
         async def send(_: int) -> None:

@@ -11,13 +11,12 @@ from typing import Any
 
 import anyio
 import asyncpg
-import httpx
 
 from bench import client
 from bench.context import Context
 from bench.procs import Resources, Service, stop_process
 from bench.report import Figure, Outcome, at_least
-from bench.workloads.common import ONE_TURN, Saturation, log, saturate, until
+from bench.workloads.common import ONE_TURN, log, saturate_one_turn, until
 from bench.workloads.w6 import _copy
 
 # Every table holding a run's rows: the purge empties them all.
@@ -67,17 +66,6 @@ def _restart_workers(service: Service, settings: dict[str, str]) -> None:
 
 
 async def _measure(ctx: Context, service: Service, seeded: int) -> dict[str, Any]:
-    async def sweep(http: httpx.AsyncClient, label: str, start: float) -> Saturation:
-        return await saturate(
-            service,
-            http,
-            text=ONE_TURN,
-            turns=1,
-            start_rate=start,
-            seconds=ctx.pick(10, 3),
-            label=label,
-        )
-
     db = await asyncpg.connect(service.dsn)
     try:
         async with client.http(service.url) as http:
@@ -88,14 +76,18 @@ async def _measure(ctx: Context, service: Service, seeded: int) -> dict[str, Any
             await _seed(db, done["id"], seeded)
             log(f"w10: seeded {seeded:,} ended runs in {time.perf_counter() - began:.0f} s")
             sizes = {"before": await _sizes(db)}
-            off = await sweep(http, "w10 retention off", 20)
+            off = await saturate_one_turn(
+                ctx, service, http, start_rate=20, label="w10 retention off"
+            )
 
             _restart_workers(service, RETENTION)
             purge_began = time.perf_counter()
             for _ in range(20):  # the new workers are up, their pools warm, the purge begun
                 await client.completed(http, ONE_TURN, 1)
             due_at_start = await db.fetchval(DUE)
-            on = await sweep(http, "w10 purging", off.best.throughput / 2)
+            on = await saturate_one_turn(
+                ctx, service, http, start_rate=off.best.throughput / 2, label="w10 purging"
+            )
             due_at_end = await db.fetchval(DUE)
             log(f"w10: runs due when the measurement began {due_at_start:,}, ended {due_at_end:,}")
 

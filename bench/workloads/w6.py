@@ -22,7 +22,7 @@ from bench.fake import prompt
 from bench.load import Failed, percentile
 from bench.procs import BenchError, Resources, Service
 from bench.report import Figure, Outcome, at_least, at_most
-from bench.workloads.common import ONE_TURN, Saturation, log, saturate, until
+from bench.workloads.common import ONE_TURN, log, saturate_one_turn, until
 
 PARKED = prompt(turns=2, tool="delete_record")
 BATCH = 50_000
@@ -109,21 +109,10 @@ def _rss(service: Service) -> float:
 async def _measure(ctx: Context, service: Service, parked: int, finished: int) -> dict[str, Any]:
     requests = ctx.count(500, 100)
 
-    async def sweep(http: httpx.AsyncClient, label: str, start: float) -> Saturation:
-        return await saturate(
-            service,
-            http,
-            text=ONE_TURN,
-            turns=1,
-            start_rate=start,
-            seconds=ctx.pick(10, 3),
-            label=label,
-        )
-
     async with client.http(service.url) as http:
         for _ in range(20):
             await client.completed(http, ONE_TURN, 1)
-        empty = await sweep(http, "w6 empty", 20)
+        empty = await saturate_one_turn(ctx, service, http, start_rate=20, label="w6 empty")
         lists_empty = {
             path: await _p99(http, path, requests) for path in ("/runs", "/runs?status=completed")
         }
@@ -143,7 +132,9 @@ async def _measure(ctx: Context, service: Service, parked: int, finished: int) -
         finally:
             await db.close()
         await _check_seeded(http)
-        full = await sweep(http, "w6 seeded", empty.best.throughput / 2)
+        full = await saturate_one_turn(
+            ctx, service, http, start_rate=empty.best.throughput / 2, label="w6 seeded"
+        )
         paths = ("/runs", "/approvals", "/runs?status=pending_approval", "/approvals?status=all")
         lists = {path: await _p99(http, path, requests) for path in paths}
         rss_full = _rss(service)
