@@ -4,7 +4,7 @@ repositories; each public method is one transaction (or a short series of them).
 from __future__ import annotations
 
 import secrets
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from typing import Any, Literal
@@ -313,22 +313,21 @@ class RunService:
             raise RunNotEnded(
                 f"tenant {tenant!r} has {unfinished} runs that have not ended: cancel them first"
             )
-        runs = sessions = 0
-        while True:
-            async with self.db.session_scope() as session:
-                erasure = Erasure(session, EVERY_TENANT)
-                batch = await erasure.ended_runs_of_tenant(tenant, ERASURE_BATCH)
-                runs += await erasure.runs(batch)
-            if len(batch) < ERASURE_BATCH:
-                break
-        while True:
-            async with self.db.session_scope() as session:
-                forgotten = await Erasure(session, EVERY_TENANT).some_sessions_of_tenant(
-                    tenant, ERASURE_BATCH
-                )
-            sessions += forgotten
-            if forgotten < ERASURE_BATCH:
-                break
+        runs = await self._in_batches(Erasure.some_runs_of_tenant, tenant)
+        sessions = await self._in_batches(Erasure.some_sessions_of_tenant, tenant)
         async with self.db.session_scope() as session:
             keys = await Erasure(session, EVERY_TENANT).keys_of_tenant(tenant)
         return Erased(runs=runs, sessions=sessions, idempotency_keys=keys)
+
+    async def _in_batches(
+        self, forget: Callable[[Erasure, str, int], Awaitable[int]], tenant: str
+    ) -> int:
+        """`forget` a batch at a time, each in its own transaction, until a batch comes up
+        short; how many rows went."""
+        total = 0
+        while True:
+            async with self.db.session_scope() as session:
+                forgotten = await forget(Erasure(session, EVERY_TENANT), tenant, ERASURE_BATCH)
+            total += forgotten
+            if forgotten < ERASURE_BATCH:
+                return total

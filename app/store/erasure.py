@@ -49,15 +49,16 @@ class Erasure:
         query = select(func.count()).where(Run.tenant == tenant, Run.status.in_(UNFINISHED))
         return int(await self.session.scalar(query) or 0)
 
-    async def ended_runs_of_tenant(self, tenant: str, limit: int) -> list[str]:
-        """Up to `limit` of the tenant's ended runs (one created meanwhile is left alone)."""
+    async def some_runs_of_tenant(self, tenant: str, limit: int) -> int:
+        """Forget up to `limit` of the tenant's ended runs (one created meanwhile is left
+        alone), each with everything of it."""
         query = (
             select(Run.id)
             .where(Run.tenant == tenant, Run.status.in_(ENDED))
             .order_by(Run.seq)
             .limit(limit)
         )
-        return list(await self.session.scalars(query))
+        return await self.runs(list(await self.session.scalars(query)))
 
     async def some_sessions_of_tenant(self, tenant: str, limit: int) -> int:
         """Forget up to `limit` of the tenant's sessions (their messages go with them)."""
