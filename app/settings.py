@@ -12,12 +12,15 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.engine.output import StructuredOutput
 from app.engine.providers.chat_request import OptionalField
+from app.engine.state import RunStatus
+from app.store.status import ENDED
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./agent-runs.db"
 
 _DURATION = re.compile(r"(\d+)([smhd])")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
-RETAINED_STATUSES = ("completed", "failed", "cancelled")
+# Retention is for ended runs: the store's own group, in the statuses' order.
+RETAINED_STATUSES = tuple(status.value for status in RunStatus if status in ENDED)
 
 
 def parse_duration(value: object) -> timedelta:
