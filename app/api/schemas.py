@@ -21,7 +21,7 @@ from app.engine.external import parameters_problems
 from app.engine.output import InvalidSchema, schema_spec
 from app.engine.state import PendingKind
 from app.engine.text import UNSTORABLE, describe, storable_text
-from app.engine.tools import ApprovalMode, ToolEffect
+from app.engine.tools import TOOL_NAME_PATTERN, ApprovalMode, ToolEffect
 
 # Re-exported: routes take every HTTP shape from this module.
 from app.resources import DecisionOut
@@ -111,7 +111,7 @@ class RunToolIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(
-        pattern=r"^[a-zA-Z0-9_-]{1,64}$",
+        pattern=TOOL_NAME_PATTERN,
         description="1-64 of a-z A-Z 0-9 _ -, as a model API takes.",
     )
     description: str = Field("", max_length=4096, description="What the model is told it does.")

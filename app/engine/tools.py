@@ -22,7 +22,8 @@ ApprovalRule = bool | Callable[[dict[str, Any], RunContext], bool]
 
 ApprovalMode = Literal["always", "never", "conditional"]
 
-_TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+TOOL_NAME_PATTERN = r"^[a-zA-Z0-9_-]{1,64}$"
+_TOOL_NAME = re.compile(TOOL_NAME_PATTERN)
 _EFFECTS: tuple[ToolEffect, ...] = ("read", "idempotent", "unsafe")
 
 
