@@ -1,7 +1,7 @@
 """agent-runs: run LLM agents as durable REST resources.
 
 The public Python surface for defining agents is `Agent`, `tool`, `RunContext` (with the
-`Principal` a run acts for) and, for a model
+`Principal` a run acts for), a guardrail's verdicts `Tripwire` and `AskHuman` and, for a model
 backend of one's own, `ModelProvider`; `AnthropicProvider` speaks Anthropic's own API (with the
 `anthropic` extra).
 """
@@ -10,6 +10,7 @@ from app.engine import (
     Agent,
     AnthropicProvider,
     ApprovalRequest,
+    AskHuman,
     ModelError,
     ModelProvider,
     ModelRequest,
@@ -17,6 +18,7 @@ from app.engine import (
     Principal,
     RunContext,
     Tool,
+    Tripwire,
     Usage,
     tool,
 )
@@ -25,6 +27,7 @@ __all__ = [
     "Agent",
     "AnthropicProvider",
     "ApprovalRequest",
+    "AskHuman",
     "ModelError",
     "ModelProvider",
     "ModelRequest",
@@ -32,6 +35,7 @@ __all__ = [
     "Principal",
     "RunContext",
     "Tool",
+    "Tripwire",
     "Usage",
     "tool",
 ]

@@ -66,6 +66,9 @@ class PendingApproval(BaseModel):
         description="`approval`: a call to approve; `external`: a call the client runs (answer "
         "with its output); `guardrail`: a guardrail asks a person."
     )
+    reason: str | None = Field(
+        None, description="What the guardrail asks the person (`kind: guardrail`); null for calls."
+    )
 
 
 class DecisionOut(BaseModel):

@@ -249,6 +249,12 @@ class AgentOut(BaseModel):
         description="The JSON Schema of the agent's structured final answer (its "
         "`output_type`); null: it answers with text."
     )
+    input_guardrails: list[str] = Field(
+        description="Its input guardrails' names: they check a run it starts before the model."
+    )
+    output_guardrails: list[str] = Field(
+        description="Its output guardrails' names: they check the final answer of a run it ends."
+    )
 
 
 class ApprovalOut(BaseModel):
@@ -264,6 +270,9 @@ class ApprovalOut(BaseModel):
         "with its output); `guardrail`: a guardrail asks a person."
     )
     arguments: dict[str, Any]
+    reason: str | None = Field(
+        description="What the guardrail asks the person (`kind: guardrail`); null for calls."
+    )
     in_doubt: bool = Field(description="Started before a crash with no stored result.")
     status: Literal["pending", "decided"]
     requested_at: datetime

@@ -10,6 +10,7 @@ from app.engine.context import RunContext
 from app.engine.engine import Engine
 from app.engine.errors import ModelError
 from app.engine.events import RunEvent, RunObserver, TextDelta
+from app.engine.guardrails import AskHuman, Guardrail, Tripwire
 from app.engine.model import ModelProvider, ModelRequest, ModelResponse
 from app.engine.outcomes import Completed, Failed, HandedOff, Paused, RunAgain, TurnResult
 from app.engine.principal import Principal
@@ -21,10 +22,12 @@ __all__ = [
     "Agent",
     "AnthropicProvider",
     "ApprovalRequest",
+    "AskHuman",
     "Completed",
     "DecisionInput",
     "Engine",
     "Failed",
+    "Guardrail",
     "HandedOff",
     "ModelError",
     "ModelProvider",
@@ -43,6 +46,7 @@ __all__ = [
     "RunStatus",
     "TextDelta",
     "Tool",
+    "Tripwire",
     "TurnResult",
     "Usage",
     "tool",

@@ -9,12 +9,13 @@ from typing import TYPE_CHECKING, Any
 
 from app.engine.config import RunConfig
 from app.engine.context import RunContext
+from app.engine.guardrails import Guardrail, check_guardrails
 from app.engine.output import OutputSpec, output_spec
 from app.engine.schema import function_schema
 from app.engine.tools import Tool, as_tool, check_tool_name
 
 if TYPE_CHECKING:
-    from app.engine.state import ApprovalRequest
+    from app.engine.state import ApprovalRequest, GuardrailStage
 
 Instructions = str | Callable[[RunContext], str | Awaitable[str]]
 """A fixed text, or a sync or async function of the context, resolved every turn."""
@@ -36,7 +37,9 @@ class Agent:
     `tools` may hold `@tool` objects or plain functions; `handoffs` are offered to the model as
     `transfer_to_<name>` tools. `model` is `"model"` (default provider) or `"provider/model"`.
     `output_type` (a pydantic model, a dataclass or a JSON Schema dict) makes the final answer
-    of a run this agent ends a validated JSON value instead of text.
+    of a run this agent ends a validated JSON value instead of text. `input_guardrails` check a
+    run's input before its first model call (of runs this agent starts), `output_guardrails` the
+    final answer before the run completes (of runs this agent ends).
     """
 
     name: str
@@ -50,6 +53,8 @@ class Agent:
     parallel_tool_calls: bool | None = None
     approval_handler: ApprovalHandler | None = None
     output_type: type | dict[str, Any] | None = None
+    input_guardrails: Sequence[Guardrail] = field(default_factory=list)
+    output_guardrails: Sequence[Guardrail] = field(default_factory=list)
     output: OutputSpec | None = field(init=False, default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -58,6 +63,10 @@ class Agent:
         self.output = None if self.output_type is None else output_spec(self.output_type)
         self.tools = [as_tool(candidate) for candidate in self.tools]
         self.handoffs = list(self.handoffs)
+        self.input_guardrails = list(self.input_guardrails)
+        self.output_guardrails = list(self.output_guardrails)
+        check_guardrails(self.name, "input", self.input_guardrails)
+        check_guardrails(self.name, "output", self.output_guardrails)
         self.tool_table()
 
     def tool_table(self) -> dict[str, Tool]:
@@ -90,6 +99,9 @@ class Agent:
             schema=function_schema(transfer, name=name, description=description),
             effect="read",
         )
+
+    def guardrails(self, stage: GuardrailStage) -> list[Guardrail]:
+        return list(self.input_guardrails if stage == "input" else self.output_guardrails)
 
     def calls_in_parallel(self, config: RunConfig) -> bool:
         """Whether this agent's tool calls of one turn run at once: unless the run's config or

@@ -26,12 +26,14 @@ from app.engine.errors import (
 )
 from app.engine.events import RunEvent
 from app.engine.external import tool_table
+from app.engine.guardrails import decide_ask
 from app.engine.registry import AgentRegistry
 from app.engine.state import (
     ApprovalRequest,
     CallStatus,
     Decision,
     DecisionSource,
+    GuardrailAsk,
     RunState,
     RunStatus,
     ToolCall,
@@ -131,16 +133,22 @@ def apply_decisions(
     if state.status is not RunStatus.PENDING_APPROVAL:
         raise RunNotPending(f"the run is {state.status.value}, not pending_approval")
     calls = {call.call_id: call for call in state.current_calls}
-    tools = tool_table(agents.of_open_step(state), state)
+    asks = {ask.item_id: ask for ask in state.guardrail_asks}
+    # Between turns (a guardrail asks) there are no calls, and no tools to check them by.
+    tools = tool_table(agents.of_open_step(state), state) if state.open_step else {}
     seen: set[str] = set()
     remembered_here: set[str] = set()
     for decision in decisions:
-        call = calls.get(decision.call_id)
-        if call is None:
-            raise UnknownCall(f"the run has no tool call {decision.call_id!r}")
         if decision.call_id in seen:
             raise InvalidDecision(f"call {decision.call_id!r} is decided twice in one request")
         seen.add(decision.call_id)
+        ask = asks.get(decision.call_id)
+        if ask is not None:
+            _check_fits_ask(ask, decision)
+            continue
+        call = calls.get(decision.call_id)
+        if call is None:
+            raise UnknownCall(f"the run has no tool call {decision.call_id!r}")
         if call.status is not CallStatus.AWAITING_APPROVAL or call.name in remembered_here:
             raise CallAlreadyDecided(f"call {decision.call_id!r} is already decided")
         _check_fits_kind(call, decision)
@@ -157,6 +165,12 @@ def apply_decisions(
 
     emitted: list[RunEvent] = []
     for decision in decisions:
+        if decision.call_id in asks:
+            ask = asks[decision.call_id]
+            answer = decide_ask(ask, decision.approved, decision.reason, decided_by)
+            state.decisions.append(answer)
+            emitted.append(events.approval_decided(answer))
+            continue
         call = calls[decision.call_id]
         if decision.approved and decision.arguments is not None:
             call.arguments = decision.arguments
@@ -196,6 +210,17 @@ def _check_fits_kind(call: ToolCall, decision: DecisionInput) -> None:
         raise InvalidDecision(
             f"call {call.call_id!r} is of the external tool {call.name}: its decision takes "
             "an output, no arguments and no remember"
+        )
+
+
+def _check_fits_ask(ask: GuardrailAsk, decision: DecisionInput) -> None:
+    """A guardrail's ask is approved or rejected, nothing more: there is no call to change."""
+    if ask.approved is not None:
+        raise CallAlreadyDecided(f"{ask.item_id!r} is already decided")
+    if decision.arguments is not None or decision.output is not None or decision.remember:
+        raise InvalidDecision(
+            f"{ask.item_id!r} is guardrail {ask.name!r} asking a person: its decision takes "
+            "approved and a reason, no arguments, output or remember"
         )
 
 

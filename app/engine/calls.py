@@ -140,7 +140,14 @@ def fail_run(state: RunState, error: RunError) -> list[RunEvent]:
     emitted = close_step(state, unfinished) if state.open_step else []
     state.status = RunStatus.FAILED
     state.error = error
+    end_guardrail_waits(state)
     return emitted
+
+
+def end_guardrail_waits(state: RunState) -> None:
+    """An ended run holds no answer for its guardrails and asks no person anything more."""
+    state.held_output = None
+    state.guardrail_asks = []
 
 
 def close_step(state: RunState, unfinished_output: str = _CANCELLED_OUTPUT) -> list[RunEvent]:

@@ -156,6 +156,7 @@ class Engine:
             raise RunEnded(f"the run has ended ({state.status.value})")
         emitted = calls.close_step(state) if state.open_step else []
         state.status = RunStatus.CANCELLED
+        calls.end_guardrail_waits(state)
         return emitted
 
     def fail(self, state: RunState, error: RunError) -> list[RunEvent]:

@@ -16,11 +16,18 @@ Message = dict[str, Any]
 """A Chat Completions message, stored exactly as sent to the model."""
 
 ErrorCode = Literal[
-    "max_turns_exceeded", "timeout", "model_error", "tool_error", "output_invalid", "internal_error"
+    "max_turns_exceeded",
+    "timeout",
+    "model_error",
+    "tool_error",
+    "output_invalid",
+    "guardrail_tripped",
+    "internal_error",
 ]
 DecisionSource = Literal["human", "handler", "remember"]
 PendingKind = Literal["approval", "external", "guardrail"]
 """Why a pending item waits: a call needing approval, a call the client runs, a guardrail."""
+GuardrailStage = Literal["input", "output"]
 
 
 class RunStatus(enum.StrEnum):
@@ -127,6 +134,7 @@ class ApprovalRequest:
     agent: str
     in_doubt: bool = False
     kind: PendingKind = "approval"
+    reason: str | None = None  # a guardrail's question to the person (`kind: "guardrail"`)
 
 
 @dataclass(slots=True)
@@ -150,6 +158,33 @@ class RunTool:
     name: str
     description: str
     parameters: dict[str, Any]  # the JSON Schema of its arguments, as posted
+
+
+@dataclass(slots=True)
+class GuardrailAsk:
+    """A guardrail that asked a person (`AskHuman`), and once decided, the answer."""
+
+    name: str
+    stage: GuardrailStage
+    agent: str  # whose guardrail it is
+    reason: str
+    approved: bool | None = None  # None while it waits
+
+    @property
+    def item_id(self) -> str:
+        """Its pending item's id, in place of a call id: one per guardrail and stage."""
+        return f"guardrail_{self.stage}_{self.name}"
+
+
+@dataclass(slots=True)
+class HeldOutput:
+    """A final answer kept while output guardrails check it, or a person one of them asked.
+
+    Stored, so a run taken over mid-check checks the same answer again rather than asking
+    the model for another one.
+    """
+
+    value: Any
 
 
 @dataclass(slots=True)
@@ -192,6 +227,8 @@ class RunState:
     output_schema: dict[str, Any] | None = None  # the run's own, in place of its agents' types
     output_repairs: int = 0  # final answers sent back for not validating, of `output_retries`
     final_output: Any = None  # text, or the validated JSON value of structured output
+    held_output: HeldOutput | None = None  # the final answer while output guardrails decide
+    guardrail_asks: list[GuardrailAsk] = field(default_factory=list)  # of the stage in progress
     error: RunError | None = None
 
     @property
@@ -207,7 +244,7 @@ class RunState:
     @property
     def pending_approvals(self) -> list[ApprovalRequest]:
         agent = self.steps[-1].agent if self.open_step else self.current_agent
-        return [
+        calls = [
             ApprovalRequest(
                 call.call_id,
                 call.name,
@@ -219,6 +256,14 @@ class RunState:
             for call in self.current_calls
             if call.status is CallStatus.AWAITING_APPROVAL
         ]
+        asks = [
+            ApprovalRequest(
+                ask.item_id, ask.name, {}, ask.agent, kind="guardrail", reason=ask.reason
+            )
+            for ask in self.guardrail_asks
+            if ask.approved is None
+        ]
+        return [*calls, *asks]
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-compatible dict that `RunState.from_json` restores."""

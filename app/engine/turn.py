@@ -21,6 +21,7 @@ from app.engine.errors import EngineError, ModelError
 from app.engine.events import RunEvent, RunObserver, TextDelta
 from app.engine.execution import run_queued_calls
 from app.engine.external import tool_table
+from app.engine.guardrails import asked, rejected_error, run_guardrails
 from app.engine.model import ModelRequest, ModelResponse, unusable
 from app.engine.outcomes import (
     Completed,
@@ -36,6 +37,8 @@ from app.engine.principal import Principal
 from app.engine.state import (
     ApprovalRequest,
     CallStatus,
+    GuardrailStage,
+    HeldOutput,
     RunError,
     RunState,
     RunStatus,
@@ -119,6 +122,13 @@ class Turn:
     async def _advance(self) -> TurnOutcome:
         state = self.state
         if not state.open_step:
+            if state.held_output is not None:
+                return await self._check_output()
+            if state.turns == 0:
+                starter = self.deps.agents.get(state.agent)
+                checked = await self._guard("input", starter, state.new_messages)
+                if checked is not None:
+                    return checked
             if state.turns >= state.config.max_turns:
                 limit = state.config.max_turns
                 return Failed(RunError("max_turns_exceeded", f"the run reached {limit} turns"))
@@ -159,13 +169,69 @@ class Turn:
             if answer is not None:
                 outcome, emitted = answer
                 self._emit_all(emitted)
+                if isinstance(outcome, Completed):
+                    return await self._answer(agent, outcome.output)
                 return outcome
         elif not raw_calls:
-            return Completed(assistant.get("content") or "")
+            return await self._answer(agent, assistant.get("content") or "")
         state.open_step = True
         for raw_call in raw_calls:
             await self._plan_call(agent, tools, calls.parse_call(raw_call))
         return None
+
+    async def _answer(self, agent: Agent, output: object) -> TurnOutcome:
+        """The final answer completes the run, once the agent's output guardrails let it."""
+        if not agent.output_guardrails:
+            return Completed(output)
+        self.state.held_output = HeldOutput(output)
+        # Stored before the checks: a run taken over while one is in flight checks this answer
+        # again rather than paying the model for another.
+        await self.checkpoint()
+        return await self._check_output()
+
+    async def _check_output(self) -> TurnOutcome:
+        state = self.state
+        held = state.held_output
+        assert held is not None
+        agent = self.deps.agents.get(state.current_agent)
+        checked = await self._guard("output", agent, held.value)
+        if checked is not None:
+            return checked
+        state.held_output = None
+        return Completed(held.value)
+
+    async def _guard(self, stage: GuardrailStage, agent: Agent, data: object) -> TurnOutcome | None:
+        """Run the stage's guardrails: None when they all pass (or a person approved each ask),
+        else the run fails or rests for a person."""
+        state = self.state
+        decided = [ask for ask in state.guardrail_asks if ask.stage == stage]
+        if decided:
+            # The run runs again only once a person answered every ask of the stage.
+            state.guardrail_asks = []
+            rejected = next((ask for ask in decided if not ask.approved), None)
+            if rejected is None:
+                return None
+            decision = next(
+                (d for d in reversed(state.decisions) if d.call_id == rejected.item_id), None
+            )
+            return Failed(rejected_error(rejected, decision))
+        guardrails = agent.guardrails(stage)
+        if not guardrails:
+            return None
+        checks = await run_guardrails(guardrails, stage, data, self.context())
+        for check in checks:
+            self.emit(check.event())
+        tripped = next((check for check in checks if check.result == "tripped"), None)
+        if tripped is not None:
+            self.log.info("guardrail.tripped", guardrail=tripped.name, stage=stage)
+            return Failed(tripped.error())
+        state.guardrail_asks = asked(checks, agent.name)
+        if not state.guardrail_asks:
+            return None
+        pending = state.pending_approvals
+        for request in pending:
+            self.emit(events.approval_requested(request))
+        return Paused(pending)
 
     def _output_spec(self, agent: Agent) -> OutputSpec | None:
         """The run's own schema, else the type of the agent taking the turn (after a handoff,

@@ -113,9 +113,11 @@ def _check_allowed(
     may_decide: Callable[[str], bool],
     decided_by: str | None,
 ) -> None:
-    """Refuse decisions on calls of tools the caller may not decide. A call id the run does not
-    have pending is left to the engine's own answer (422 or 409)."""
+    """Refuse decisions on calls of tools (or on guardrails' asks: `approver:<guardrail>`) the
+    caller may not decide. A call id the run does not have pending is left to the engine's own
+    answer (422 or 409)."""
     tools = {call.call_id: call.name for call in state.current_calls}
+    tools |= {ask.item_id: ask.name for ask in state.guardrail_asks}
     refused = sorted(
         {
             tools[d.call_id]

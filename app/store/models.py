@@ -253,6 +253,8 @@ class Approval(Base):
     # approval | external | guardrail: what the pending item waits for.
     kind: Mapped[str] = mapped_column(String(20), server_default="approval")
     arguments: Mapped[dict[str, Any]]
+    # What a guardrail asks the person (kind guardrail); null for calls.
+    reason: Mapped[str | None] = mapped_column(Text)
     in_doubt: Mapped[bool] = mapped_column(Boolean)
     status: Mapped[str] = mapped_column(String(20))  # pending | decided
     requested_at: Mapped[datetime]

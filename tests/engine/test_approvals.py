@@ -104,6 +104,7 @@ async def test_pause_keeps_the_turn_and_runs_what_needs_no_approval(
         "agent": "a",
         "in_doubt": False,
         "kind": "approval",
+        "reason": None,
     }
 
     state = roundtrip(state)

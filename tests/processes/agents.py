@@ -73,5 +73,14 @@ def crash(ctx: RunContext) -> str:
     return "unreachable"
 
 
+def slow_review(output: Any, ctx: RunContext) -> None:
+    """An output guardrail that takes its time over an answer saying "slow"."""
+    journal("review.started", ctx, output=output)
+    if "slow" in str(output):
+        time.sleep(float(os.environ.get("REVIEW_SECONDS", "3")))
+    journal("review.done", ctx, output=output)
+
+
 ops = Agent(name="ops", description="Runs steps and charges.", tools=[step, charge, wire, crash])
-agents = [ops]
+reviewed = Agent(name="reviewed", description="Answers, reviewed.", output_guardrails=[slow_review])
+agents = [ops, reviewed]

@@ -282,3 +282,29 @@ def test_a_run_taken_over_mid_repair_goes_on_with_its_repair_count(
     assert len(repairs) == 1
     assert_one_owner_at_a_time(cluster, run["id"])
     assert second.metric("agent_runs_takeovers_total") == 1
+
+
+def test_a_run_taken_over_mid_output_check_checks_the_stored_answer_again(
+    cluster: Cluster, fake: FakeModel, connect: Connect
+) -> None:
+    """Guardrails: the answer is stored before its output guardrail runs, so the worker that
+    takes the run over from a killed one checks that answer again; the model is asked once."""
+    fake.script("m", [text("a slow answer")])
+    api = connect(cluster.api())
+    first = cluster.worker()
+    run = api.create("answer", agent="reviewed")
+    until(lambda: cluster.journal("review.started"), 20, "the review to start")
+
+    first.kill()
+    second = cluster.worker()
+    finished = api.rested(run["id"])
+
+    assert (finished["status"], finished["final_output"]) == ("completed", "a slow answer")
+    assert len(fake.requests_for("m")) == 1
+    reviews = cluster.journal("review.started")
+    assert [r["output"] for r in reviews] == ["a slow answer", "a slow answer"]
+    assert len({r["pid"] for r in reviews}) == 2
+    [done] = cluster.journal("review.done")
+    assert done["pid"] == reviews[1]["pid"]
+    assert_one_owner_at_a_time(cluster, run["id"])
+    assert second.metric("agent_runs_takeovers_total") == 1

@@ -12,6 +12,7 @@ from app.api.errors import ApiError
 from app.api.schemas import AgentOut, AgentPage, ToolOut
 from app.engine import Agent
 from app.engine.errors import UnknownAgent
+from app.engine.guardrails import guardrail_name
 
 router = APIRouter(prefix="/agents", tags=["agents"])
 
@@ -61,4 +62,6 @@ def _agent_out(agent: Agent, default_model: str) -> AgentOut:
         ],
         handoffs=[target.name for target in agent.handoffs],
         output_schema=agent.output.schema if agent.output else None,
+        input_guardrails=[guardrail_name(g) for g in agent.input_guardrails],
+        output_guardrails=[guardrail_name(g) for g in agent.output_guardrails],
     )
