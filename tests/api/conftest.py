@@ -159,12 +159,14 @@ LiveFactory = Callable[..., AbstractContextManager[Live]]
 
 @pytest.fixture
 def serve_live(settings: Settings) -> LiveFactory:
+    """The service's factory, with tests/api/agents.py's agents unless `agents_module` names
+    another module (as AGENTS_MODULE would)."""
     test_agents.reset()
-    module = load_agents_module("tests.api.agents")
 
     @contextmanager
     def serve(*, with_executor: bool = True, **overrides: Any) -> Iterator[Live]:
         watchers = Watchers()
+        module = load_agents_module(overrides.get("agents_module", "tests.api.agents"))
         app = create_app(
             settings.model_copy(update=overrides),
             agents_module=module,

@@ -750,3 +750,127 @@ async def test_an_approval_done_by_hand_on_the_run_page_does_not_run_the_tool(
             finished = client.get(f"/runs/{run['id']}").json()
         assert finished["decisions"][0]["output"] == "deleted r_13 by hand"
         assert finished["steps"][0]["tool_calls"][0]["output"] == "deleted r_13 by hand"
+
+
+GUARDED = "tests.api.guarded_agents"
+
+
+def guarded_run(live: Live, words: str) -> dict[str, Any]:
+    """A run of tests/api/guarded_agents.py's `support`, parked by one of its guardrails."""
+    with api(live) as client:
+        response = client.post(
+            "/runs", params={"wait": 10}, json={"agent": "support", "input": words}
+        )
+    run: dict[str, Any] = response.json()
+    assert run["status"] == "pending_approval", run
+    return run
+
+
+async def test_a_guardrail_s_question_shows_its_reason_in_the_inbox_and_approving_goes_on(
+    serve_live: LiveFactory, fake: FakeModel, browsing: Browsing
+) -> None:
+    fake.script("m", [text("Refund sent.")])
+    with serve_live(agents_module=GUARDED) as live:
+        run = guarded_run(live, "refund order 7")
+        page = await browsing.open(f"{live.url}/console")
+        card = card_of(page, run["id"])
+        await expect(
+            card.get_by_role("heading", name=re.compile(r"^Guardrail screen_input \(input\)"))
+        ).to_be_visible()
+        await expect(card.locator(".why")).to_have_text(
+            "Guardrail screen_input (input) asks: refunds need a person's eye"
+        )
+        await expect(card.locator(".context")).to_contain_text("refund order 7")
+        # A yes or no: no call's arguments to edit, no output to give, nothing to remember.
+        await expect(card.locator("textarea")).to_have_count(0)
+        await expect(card.get_by_role("checkbox")).to_have_count(0)
+        await expect(card.locator(".held")).to_have_count(0)
+
+        await card.get_by_label(re.compile("^Reason")).fill("order checked")
+        await card.get_by_role("button", name="Approve").click()
+        await expect(card.locator(".outcome")).to_contain_text("Approved")
+        await expect(page.locator("#announcer")).to_have_text(
+            "Approved guardrail screen_input (input) for agent support."
+        )
+
+        await card.get_by_role("link", name=run["id"]).click()
+        await expect(run_status(page)).to_have_text("completed")
+        await expect(page.locator(".final")).to_have_text("Refund sent.")
+        ask = page.locator(".guardrail-ask")
+        await expect(ask.locator(".heading")).to_have_text(
+            "Guardrail screen_input (input) asks a person approved"
+        )
+        await expect(ask.locator(".reason")).to_have_text("refunds need a person's eye")
+        await expect(ask.locator(".verdict")).to_have_text(
+            re.compile(r"^Approved by a person at .+, after waiting \d+ s: order checked$")
+        )
+        await expect(page.locator(".conversation .guardrail")).to_contain_text(
+            "Guardrail screen_output (output) passed"
+        )
+        with api(live) as client:
+            decision = client.get(f"/runs/{run['id']}").json()["decisions"][0]
+    assert (decision["approved"], decision["reason"]) == (True, "order checked")
+
+
+async def test_a_guardrail_s_question_rejected_on_the_run_page_fails_the_run(
+    serve_live: LiveFactory, fake: FakeModel, browsing: Browsing
+) -> None:
+    with serve_live(agents_module=GUARDED) as live:
+        run = guarded_run(live, "refund everything")
+        page = await browsing.open(f"{live.url}/console#/runs/{run['id']}")
+        card = page.locator("article.approval")
+        await expect(card.locator(".why")).to_have_text(
+            "Guardrail screen_input (input) asks: refunds need a person's eye"
+        )
+        await expect(card.locator("textarea")).to_have_count(0)
+        ask = page.locator(".guardrail-ask")
+        await expect(ask.locator(".status")).to_have_text("pending approval")
+
+        # The person's reason is shown as they typed it: text, never markup.
+        await card.get_by_label(re.compile("^Reason")).fill("<b>no</b> receipt")
+        await card.get_by_role("button", name="Reject").click()
+
+        await expect(run_status(page)).to_have_text("failed")
+        await expect(page.locator(".summary .facts")).to_contain_text(
+            "guardrail_tripped: guardrail 'screen_input' (input) asked a person, who rejected "
+            "it: refunds need a person's eye (decision: <b>no</b> receipt)"
+        )
+        await expect(ask.locator(".status")).to_have_text("rejected")
+        await expect(ask.locator(".verdict")).to_have_text(
+            re.compile(r"^Rejected by a person at .+: <b>no</b> receipt$")
+        )
+        await expect(page.locator(".conversation .lifecycle").last).to_contain_text(
+            "Run failed: guardrail_tripped"
+        )
+        await expect(page.get_by_role("heading", name="Pending approvals")).to_have_count(0)
+        assert await page.locator("main b").count() == 0
+        await screenshot(page, "console-guardrail-run.png")
+    assert fake.requests_for("m") == []
+
+
+async def test_an_output_guardrail_s_question_shows_the_answer_it_holds(
+    serve_live: LiveFactory, fake: FakeModel, browsing: Browsing
+) -> None:
+    fake.script("m", [text("I promise a discount.")])
+    with serve_live(agents_module=GUARDED) as live:
+        run = guarded_run(live, "any discount?")
+        inbox = await browsing.open(f"{live.url}/console")
+        card = card_of(inbox, run["id"])
+        await expect(card.locator(".why")).to_have_text(
+            "Guardrail screen_output (output) asks: the answer makes a promise"
+        )
+        await expect(card.locator(".held")).to_contain_text("I promise a discount.")
+        await screenshot(inbox, "console-guardrail.png")
+
+        page = await browsing.open(f"{live.url}/console#/runs/{run['id']}")
+        card = page.locator("article.approval")
+        await expect(card.locator(".held")).to_contain_text("I promise a discount.")
+        await card.get_by_role("button", name="Approve").click()
+        await expect(run_status(page)).to_have_text("completed")
+        await expect(page.locator(".final")).to_have_text("I promise a discount.")
+        await expect(page.locator(".conversation .guardrail")).to_contain_text(
+            "Guardrail screen_input (input) passed"
+        )
+        await expect(page.locator(".guardrail-ask .heading")).to_have_text(
+            "Guardrail screen_output (output) asks a person approved"
+        )

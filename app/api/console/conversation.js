@@ -1,6 +1,7 @@
 // A run's conversation, built from its events as they arrive: messages, text as the model
 // writes it, tool calls with their arguments, decisions (who, when, after how long, what they
-// changed), outputs and status, and handoffs; each entry with the time it happened.
+// changed), outputs and status, handoffs, and guardrails' checks (a question to a person with
+// its answer); each entry with the time it happened.
 
 import { clock, contentText, h, pretty, replace, span, statusBadge } from "./dom.js";
 
@@ -44,6 +45,17 @@ export function messageView(message) {
     text ? h("div", { class: "text" }, text) : null,
     calls.length ? h("p", { class: "muted" }, `Asks for: ${calls.join("; ")}`) : null,
   );
+}
+
+const GUARDRAIL_RESULTS = {
+  passed: "passed",
+  tripped: "tripped",
+  ask_human: "asks a person",
+};
+
+/** "input" or "output": a guardrail's pending item names its stage only in its id. */
+export function guardrailStage(callId) {
+  return String(callId).startsWith("guardrail_output_") ? "output" : "input";
 }
 
 function parsed(text) {
@@ -137,20 +149,6 @@ class ToolCallView {
   }
 
   setDecision(decision) {
-    // An output in the decision means the tool was not run: a person or the client gave it.
-    const verb = !decision.approved
-      ? "Rejected"
-      : decision.output != null
-        ? "Output given"
-        : "Approved";
-    const why = decision.reason ? `: ${decision.reason}` : "";
-    const who = `${DECIDERS[decision.source] ?? "by a person"}${
-      decision.decided_by ? ` (${decision.decided_by})` : ""
-    }`;
-    const waited =
-      this.requestedAt && decision.decided_at
-        ? new Date(decision.decided_at) - new Date(this.requestedAt)
-        : Number.NaN;
     const edited =
       decision.approved &&
       isObject(this.asked) &&
@@ -158,14 +156,7 @@ class ToolCallView {
       JSON.stringify(this.asked) !== JSON.stringify(decision.arguments);
     replace(
       this.decision,
-      h(
-        "p",
-        { class: "verdict" },
-        `${verb} ${who}`,
-        decision.decided_at ? [" at ", clock(decision.decided_at)] : null,
-        Number.isFinite(waited) ? `, after waiting ${span(waited)}` : null,
-        why,
-      ),
+      verdictView(decision, this.requestedAt),
       edited
         ? [
             h("p", { class: "label" }, "Arguments edited before approving"),
@@ -179,6 +170,66 @@ class ToolCallView {
     if (decision.approved && isObject(decision.arguments) && Object.keys(decision.arguments).length) {
       this.args.textContent = pretty(decision.arguments);
     }
+  }
+}
+
+/** "Approved by a person (lead) at 10:02:09, after waiting 6 s: reason". */
+function verdictView(decision, requestedAt) {
+  // An output in the decision means the tool was not run: a person or the client gave it.
+  const verb = !decision.approved
+    ? "Rejected"
+    : decision.output != null
+      ? "Output given"
+      : "Approved";
+  const who = `${DECIDERS[decision.source] ?? "by a person"}${
+    decision.decided_by ? ` (${decision.decided_by})` : ""
+  }`;
+  const waited =
+    requestedAt && decision.decided_at
+      ? new Date(decision.decided_at) - new Date(requestedAt)
+      : Number.NaN;
+  return h(
+    "p",
+    { class: "verdict" },
+    `${verb} ${who}`,
+    decision.decided_at ? [" at ", clock(decision.decided_at)] : null,
+    Number.isFinite(waited) ? `, after waiting ${span(waited)}` : null,
+    decision.reason ? `: ${decision.reason}` : "",
+  );
+}
+
+/** A guardrail's question to a person (its `guardrail.checked` and pending item), answered. */
+class GuardrailAskView {
+  constructor(callId, name, stage, reason) {
+    this.status = h("span", {}, statusBadge("pending_approval"));
+    this.requestedAt = null;
+    this.answered = false;
+    this.decision = h("div", { class: "decision", hidden: true });
+    this.element = h(
+      "li",
+      { class: "guardrail-ask", "data-call-id": callId },
+      h(
+        "p",
+        { class: "heading" },
+        h("strong", {}, `Guardrail ${name} (${stage}) asks a person`),
+        " ",
+        this.status,
+      ),
+      h("p", { class: "reason" }, reason ?? ""),
+      this.decision,
+    );
+  }
+
+  setDecision(decision) {
+    this.answered = true;
+    replace(this.decision, verdictView(decision, this.requestedAt));
+    this.decision.hidden = false;
+    replace(this.status, statusBadge(decision.approved ? "approved" : "rejected"));
+  }
+
+  /** A run cancelled while it asked ends the question with no event of its own. */
+  cancel() {
+    if (!this.answered) replace(this.status, statusBadge("cancelled"));
   }
 }
 
@@ -209,7 +260,14 @@ export class Timeline {
         call.mark("finished", at);
         return call.setStatus(data.status);
       }
+      case "guardrail.checked":
+        return this.guardrail(data, at);
       case "approval.requested": {
+        if (data.kind === "guardrail") {
+          const stage = guardrailStage(data.call_id);
+          this.ask(data.call_id, data.tool, stage, data.reason, at).requestedAt = at;
+          return undefined;
+        }
         const call = this.call(data.call_id, data.tool, at);
         call.setArguments(data.arguments);
         call.setAgent(data.agent);
@@ -246,8 +304,33 @@ export class Timeline {
     return call;
   }
 
+  guardrail({ name, stage, result, reason }, at) {
+    if (result === "ask_human") {
+      this.ask(`guardrail_${stage}_${name}`, name, stage, reason, at);
+      return;
+    }
+    const said = `Guardrail ${name} (${stage}) ${GUARDRAIL_RESULTS[result] ?? result}`;
+    const entry = h("li", { class: "event guardrail", "data-result": result }, said);
+    if (reason) entry.append(`: ${reason}`);
+    this.add(entry, at);
+  }
+
+  /** The entry of a guardrail's question: its check and its pending item name the same one. */
+  ask(callId, name, stage, reason, at) {
+    let ask = this.calls.get(callId);
+    if (!ask) {
+      ask = new GuardrailAskView(callId, name, stage, reason);
+      this.calls.set(callId, ask);
+      this.add(ask.element, at);
+    }
+    return ask;
+  }
+
   lifecycle(event, data, at) {
     if (event !== "run.started" && event !== "run.resumed") this.interrupt();
+    if (event === "run.cancelled") {
+      for (const view of this.calls.values()) if (view instanceof GuardrailAskView) view.cancel();
+    }
     const error = data.error ? `: ${data.error.code}: ${data.error.message}` : "";
     this.add(
       h("li", { class: "event lifecycle" }, `Run ${LIFECYCLE[event].toLowerCase()}${error}`),

@@ -2,9 +2,11 @@
 // waited), its arguments editable, Approve and Reject. A call the client runs (kind
 // "external") is answered with its output instead: its arguments are shown as asked, and the
 // output is required. An approval may carry an output too: done by hand, the tool is not run.
+// A guardrail's question (kind "guardrail") is no call: it takes a yes or no and a reason only.
 // Used by the inbox (with the run's last messages) and by the run page.
 
 import { request } from "./api.js";
+import { guardrailStage, messageView } from "./conversation.js";
 import { age, append, h, pretty, problemView, replace, time, uid } from "./dom.js";
 
 const EFFECTS = {
@@ -28,6 +30,48 @@ function whyAsked(item, tool) {
     return "the call started before a crash and left no result: it may or may not have taken effect.";
   }
   return RULES[tool?.needs_approval] ?? null;
+}
+
+/** What a person is asked about, as a sentence names it: a tool, or the guardrail asking. */
+export function subject(item) {
+  if (item.kind !== "guardrail") return item.tool;
+  return `guardrail ${item.tool} (${guardrailStage(item.call_id)})`;
+}
+
+function guardrailFacts(item) {
+  const stage = guardrailStage(item.call_id);
+  // The reason is the guardrail's own text: shown as text, like everything the service sends.
+  return h(
+    "div",
+    { class: "tool-facts" },
+    h(
+      "p",
+      { class: "why" },
+      h("strong", {}, `Guardrail ${item.tool} (${stage}) asks: `),
+      item.reason,
+    ),
+    h(
+      "p",
+      {},
+      stage === "input"
+        ? "The model has not seen the run's input yet. "
+        : "The run's final answer waits for this check. ",
+      "Approving lets the run go on; rejecting fails it (guardrail_tripped).",
+    ),
+  );
+}
+
+/** An output guardrail checks the final answer: the last assistant message the run holds. */
+function answerUnderCheck(item) {
+  if (item.kind !== "guardrail" || guardrailStage(item.call_id) !== "output") return null;
+  const answer = (item.last_messages ?? []).findLast((message) => message?.role === "assistant");
+  if (!answer) return null;
+  return h(
+    "div",
+    { class: "held" },
+    h("p", { class: "label" }, "The answer under check"),
+    h("ol", { class: "conversation compact" }, messageView(answer)),
+  );
 }
 
 function toolFacts(item, tool) {
@@ -92,6 +136,7 @@ export function decisionCard(
   const rememberId = uid("remember");
   const outputIds = { field: uid("output"), error: uid("output-error") };
   const external = item.kind === "external";
+  const guardrail = item.kind === "guardrail";
   const original = item.arguments ?? {};
   const text = pretty(original);
   let edited = false;
@@ -134,7 +179,7 @@ export function decisionCard(
     h(
       heading,
       { id: ids.title },
-      item.tool,
+      guardrail ? `Guardrail ${item.tool} (${guardrailStage(item.call_id)})` : item.tool,
       h("span", { class: "muted" }, ` · agent ${item.agent}`),
     ),
     h(
@@ -143,12 +188,12 @@ export function decisionCard(
       showTenant ? `Tenant ${item.tenant} · run ` : "Run ",
       h("a", { href: `#/runs/${encodeURIComponent(item.run_id)}` }, item.run_id),
       item.requested_at ? [" · requested ", time(item.requested_at)] : null,
-      ` · call ${item.call_id}`,
+      guardrail ? ` · item ${item.call_id}` : ` · call ${item.call_id}`,
     ),
     item.requested_at
       ? h("p", { class: "waited" }, age(item.requested_at, "Waiting for a decision for {}."))
       : null,
-    toolFacts(item, tool),
+    guardrail ? guardrailFacts(item) : toolFacts(item, tool),
     item.in_doubt
       ? h(
           "p",
@@ -157,26 +202,40 @@ export function decisionCard(
           "approving runs it again; rejecting tells the model it was not done.",
         )
       : null,
+    answerUnderCheck(item),
     context,
+    // A guardrail's question has no call behind it: nothing to edit, run by hand or remember.
+    guardrail
+      ? null
+      : [
+          h(
+            "label",
+            { for: ids.args },
+            external
+              ? "Arguments (as the model asked)"
+              : "Arguments (JSON, editable before approving)",
+          ),
+          textarea,
+          argsError,
+          h(
+            "label",
+            { for: outputIds.field },
+            external
+              ? "Output (required: what the client got; the model gets it as the call's result)"
+              : "Done by hand: output (optional; when given, nothing is run and the model gets this)",
+          ),
+          output,
+          outputError,
+        ],
     h(
       "label",
-      { for: ids.args },
-      external ? "Arguments (as the model asked)" : "Arguments (JSON, editable before approving)",
+      { for: reasonId },
+      guardrail
+        ? "Reason (optional; kept with your decision, and in the run's error when you reject)"
+        : "Reason (told to the model when you reject)",
     ),
-    textarea,
-    argsError,
-    h(
-      "label",
-      { for: outputIds.field },
-      external
-        ? "Output (required: what the client got; the model gets it as the call's result)"
-        : "Done by hand: output (optional; when given, nothing is run and the model gets this)",
-    ),
-    output,
-    outputError,
-    h("label", { for: reasonId }, "Reason (told to the model when you reject)"),
     reason,
-    external
+    external || guardrail
       ? null
       : h(
           "label",
@@ -226,7 +285,11 @@ export function decisionCard(
 
   async function decide(approved) {
     const decision = { call_id: item.call_id, approved };
-    if (approved && external) {
+    const said = reason.value.trim();
+    if (guardrail) {
+      // Approved or not, the person's reason is the record of why the run went on or failed.
+      if (said) decision.reason = said;
+    } else if (approved && external) {
       const problem = output.value ? null : "Give the tool's output, or reject the call.";
       showOutputProblem(problem);
       if (problem !== null) {
@@ -245,8 +308,8 @@ export function decisionCard(
       const args = JSON.parse(textarea.value);
       if (JSON.stringify(args) !== JSON.stringify(original)) decision.arguments = args;
       if (remember.checked) decision.remember = true;
-    } else if (reason.value.trim()) {
-      decision.reason = reason.value.trim();
+    } else if (said) {
+      decision.reason = said;
     }
     lock(true);
     replace(outcome, h("p", {}, "Sending…"));

@@ -1,9 +1,9 @@
-// The approvals inbox: every pending tool call across runs, newest first, kept current,
-// filtered by agent and tool.
+// The approvals inbox: every pending tool call and guardrail question across runs, newest
+// first, kept current, filtered by agent and tool.
 
 import { isAdmin, request, whoAmI } from "./api.js";
 import { messageView } from "./conversation.js";
-import { decisionCard } from "./decide.js";
+import { decisionCard, subject } from "./decide.js";
 import { h, problemView, refreshAges, replace, tenantField, uid } from "./dom.js";
 import { toolTable } from "./runs.js";
 
@@ -89,7 +89,8 @@ export function showInbox(main, { announce, query }) {
     h(
       "p",
       { class: "muted" },
-      "Tool calls waiting for a person, newest first. New ones appear by themselves.",
+      "Tool calls and guardrails' questions waiting for a person, newest first. " +
+        "New ones appear by themselves.",
     ),
     filters,
     summary,
@@ -121,7 +122,7 @@ export function showInbox(main, { announce, query }) {
       showTenant: admin,
       onDecided: (decided, approved) =>
         announce(
-          `${approved ? "Approved" : "Rejected"} ${decided.tool} for agent ${decided.agent}.`,
+          `${approved ? "Approved" : "Rejected"} ${subject(decided)} for agent ${decided.agent}.`,
         ),
       onSettled: offerDismiss,
     });
@@ -187,7 +188,7 @@ export function showInbox(main, { announce, query }) {
     if (first && fresh.length) {
       announce(`${fresh.length} approval${fresh.length === 1 ? "" : "s"} pending.`);
     } else if (fresh.length) {
-      const what = fresh.map((item) => `${item.tool} for agent ${item.agent}`).join("; ");
+      const what = fresh.map((item) => `${subject(item)} for agent ${item.agent}`).join("; ");
       announce(`New approval${fresh.length === 1 ? "" : "s"}: ${what}.`);
     }
     first = false;
