@@ -47,7 +47,7 @@ class ApprovalRepository:
                     asked_again.in_doubt = request["in_doubt"]
                     asked_again.kind = request["kind"]
                     asked_again.arguments = request["arguments"]
-                    asked_again.reason = request["reason"]
+                    asked_again.reason = request.get("reason")
                     asked_again.requested_at = now
                     asked_again.last_messages = last_messages
                 continue
@@ -60,7 +60,7 @@ class ApprovalRepository:
                     agent=request["agent"],
                     kind=request["kind"],
                     arguments=request["arguments"],
-                    reason=request["reason"],
+                    reason=request.get("reason"),
                     in_doubt=request["in_doubt"],
                     status="pending",
                     requested_at=now,

@@ -102,6 +102,7 @@ async def test_wait_returns_at_pending_approval(client: Client, fake: FakeModel)
             "agent": "calc",
             "in_doubt": False,
             "kind": "approval",
+            "reason": None,
         }
     ]
     assert run["steps"][0]["tool_calls"][0]["status"] == "pending"
