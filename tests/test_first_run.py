@@ -82,4 +82,7 @@ def test_serve_alone_plays_the_readme_walkthrough_on_the_demo_model(tmp_path: Pa
         'Reason given: over the limit"' in output
     )
     assert '"final_output":{"sum":30,"explanation":"10 + 20 = 30."}' in output
+    assert "tripped: the message holds what looks like a card number" in output
+    assert '"reason":"the message mentions a lawyer: a person reads it first"' in output
+    assert '"call_id":"guardrail_input_lawyers_read_by_a_person","approved":true' in output
     assert '"model_error"' not in output

@@ -1,4 +1,4 @@
-"""Example agents: tools, a conditional approval, an always-asking tool and a handoff.
+"""Example agents: tools, a conditional approval, an always-asking tool, a handoff and guardrails.
 
 Registered by default (`AGENTS_MODULE=app.examples.agents`). Point AGENTS_MODULE at a module of
 your own with the same shape: a list `agents`, and optionally a dict `providers`.
@@ -6,7 +6,13 @@ your own with the same shape: a list `agents`, and optionally a dict `providers`
 
 from __future__ import annotations
 
-from app import Agent, RunContext, tool
+import re
+from typing import Any
+
+from app import Agent, AskHuman, RunContext, Tripwire, tool
+
+# 13 to 19 digits, perhaps grouped by spaces or dashes: what a payment card number looks like.
+CARD_NUMBER = re.compile(r"\b\d(?:[ -]?\d){12,18}\b")
 
 
 @tool(effect="read")
@@ -40,6 +46,24 @@ async def refund(amount: float, ctx: RunContext) -> str:
     return f"refunded {amount:g} to {ctx.variables.get('user_id', 'the user')}"
 
 
+def _text_of(messages: list[dict[str, Any]]) -> str:
+    return " ".join(str(message.get("content") or "") for message in messages)
+
+
+def no_card_numbers(messages: list[dict[str, Any]], ctx: RunContext) -> Tripwire | None:
+    """A card number never reaches the model: the run fails before the model is called."""
+    if CARD_NUMBER.search(_text_of(messages)):
+        return Tripwire("the message holds what looks like a card number")
+    return None
+
+
+def lawyers_read_by_a_person(messages: list[dict[str, Any]], ctx: RunContext) -> AskHuman | None:
+    """A message that mentions a lawyer waits for a person before the model sees it."""
+    if "lawyer" in _text_of(messages).lower():
+        return AskHuman("the message mentions a lawyer: a person reads it first")
+    return None
+
+
 billing = Agent(
     name="billing",
     description="Handles refunds and billing questions.",
@@ -56,6 +80,7 @@ triage = Agent(
     ),
     tools=[add, delete_record],
     handoffs=[billing],
+    input_guardrails=[no_card_numbers, lawyers_read_by_a_person],
 )
 
 agents = [triage, billing]
