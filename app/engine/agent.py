@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from app.engine.config import RunConfig
 from app.engine.context import RunContext
 from app.engine.guardrails import Guardrail, check_guardrails
+from app.engine.mcp import MCPServer, MCPTool
 from app.engine.output import OutputSpec, output_spec
 from app.engine.schema import function_schema
 from app.engine.tools import Tool, as_tool, check_tool_name
@@ -55,6 +56,9 @@ class Agent:
     output_type: type | dict[str, Any] | None = None
     input_guardrails: Sequence[Guardrail] = field(default_factory=list)
     output_guardrails: Sequence[Guardrail] = field(default_factory=list)
+    mcp_servers: Sequence[str | MCPServer] = field(default_factory=list)
+    # The servers `mcp_servers` names, once the engine has given them (`bind_mcp_servers`).
+    _mcp: list[MCPServer] = field(init=False, default_factory=list, repr=False)
     output: OutputSpec | None = field(init=False, default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -67,13 +71,18 @@ class Agent:
         self.output_guardrails = list(self.output_guardrails)
         check_guardrails(self.name, "input", self.input_guardrails)
         check_guardrails(self.name, "output", self.output_guardrails)
+        self.mcp_servers = list(self.mcp_servers)
+        self._mcp = [server for server in self.mcp_servers if isinstance(server, MCPServer)]
         self.tool_table()
 
-    def tool_table(self) -> dict[str, Tool]:
-        """Every tool the model may call this turn, by name, the handoff tools included.
+    def tool_table(self, *, strict: bool = False) -> dict[str, Tool]:
+        """Every tool the model may call this turn, by name: its own, the handoff tools, then
+        its MCP servers' as they list them now.
 
         Built on each call because `handoffs` may be filled in after construction (two agents
-        that hand off to each other); raises `ValueError` when two tools share a name.
+        that hand off to each other) and servers change their lists; raises `ValueError` when
+        two of its own tools share a name, and with `strict` (at start) when an MCP tool takes
+        a name already taken. Later, such a tool is left out: a run goes on.
         """
         table: dict[str, Tool] = {}
         handoff_tools = [agent.handoff_tool for agent in self.handoffs]
@@ -81,7 +90,35 @@ class Agent:
             if tool.name in table:
                 raise ValueError(f"agent {self.name!r} has two tools named {tool.name!r}")
             table[tool.name] = tool
+        for server in self._mcp:
+            for name, mcp_tool in server.tools.items():
+                if name not in table:
+                    table[name] = mcp_tool
+                elif strict:
+                    raise ValueError(
+                        f"agent {self.name!r} has two tools named {name!r}: "
+                        f"{_origin(table[name])} and {_origin(mcp_tool)} (give the MCP server "
+                        "a prefix, or a tools list without it)"
+                    )
         return table
+
+    def bind_mcp_servers(self, servers: Mapping[str, MCPServer]) -> list[MCPServer]:
+        """Resolve `mcp_servers` names against the service's servers; raises `ValueError` for a
+        name none has."""
+        bound: list[MCPServer] = []
+        for server in self.mcp_servers:
+            if isinstance(server, MCPServer):
+                bound.append(server)
+                continue
+            if server not in servers:
+                known = ", ".join(sorted(servers)) or "none"
+                raise ValueError(
+                    f"agent {self.name!r} uses MCP server {server!r}, which is not defined "
+                    f"(MCP_SERVERS has {known})"
+                )
+            bound.append(servers[server])
+        self._mcp = bound
+        return bound
 
     @functools.cached_property
     def handoff_tool(self) -> Tool:
@@ -100,6 +137,11 @@ class Agent:
             effect="read",
         )
 
+    @property
+    def mcp(self) -> list[MCPServer]:
+        """The MCP servers whose tools it offers."""
+        return list(self._mcp)
+
     def guardrails(self, stage: GuardrailStage) -> list[Guardrail]:
         return list(self.input_guardrails if stage == "input" else self.output_guardrails)
 
@@ -115,3 +157,9 @@ class Agent:
         if isinstance(resolved, Awaitable):
             resolved = await resolved
         return str(resolved)
+
+
+def _origin(tool: Tool) -> str:
+    if isinstance(tool, MCPTool) and tool.server is not None:
+        return f"the tool {tool.remote_name!r} of MCP server {tool.server.name!r}"
+    return f"its own tool {tool.name!r}"

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import AsyncExitStack
 from typing import Any
+
+import anyio
 
 from app.engine import calls
 from app.engine.agent import Agent
@@ -15,6 +18,7 @@ from app.engine.events import NullObserver, RunEvent, RunObserver
 from app.engine.external import clashing_names
 from app.engine.history import history_window
 from app.engine.instruments import Instruments, NoInstruments
+from app.engine.mcp import MCPServer
 from app.engine.outcomes import TurnResult, goes_on
 from app.engine.output import schema_spec
 from app.engine.principal import ANONYMOUS, Principal
@@ -38,7 +42,8 @@ class Engine:
     """Runs agents turn by turn over a `RunState` that any process can store and continue.
 
     A tool's output longer than `max_tool_output_bytes` is cut there: every turn sends the
-    whole conversation to the model, and the run stores it.
+    whole conversation to the model, and the run stores it. `mcp_servers` are the servers agents
+    name in their `mcp_servers`; `connect` connects them (and every server an agent holds).
     """
 
     def __init__(
@@ -48,8 +53,11 @@ class Engine:
         *,
         instruments: Instruments | None = None,
         max_tool_output_bytes: int = DEFAULT_MAX_TOOL_OUTPUT_BYTES,
+        mcp_servers: Mapping[str, MCPServer] | None = None,
     ) -> None:
         self.agents = AgentRegistry(agents)
+        self.mcp_servers = _bind_mcp_servers(self.agents, mcp_servers or {})
+        self._connections = AsyncExitStack()
         self.models = models
         self.instruments: Instruments = instruments or NoInstruments()
         self.max_tool_output_bytes = max_tool_output_bytes
@@ -146,8 +154,21 @@ class Engine:
             state, self.agents, decisions, decided_by, self.max_tool_output_bytes
         )
 
+    async def connect(self) -> None:
+        """Connect the MCP servers, at once (one that cannot be reached is unavailable until a
+        call reaches it), then refuse an agent whose tools share a name (`ValueError`). Call it
+        and `aclose` from one task."""
+        for server in self.mcp_servers.values():
+            await self._connections.enter_async_context(server)
+        async with anyio.create_task_group() as group:
+            for server in self.mcp_servers.values():
+                group.start_soon(server.connect)
+        for agent in self.agents:
+            agent.tool_table(strict=True)
+
     async def aclose(self) -> None:
-        """Close the model providers' connections."""
+        """Close the MCP servers' and the model providers' connections."""
+        await self._connections.aclose()
         await self.models.aclose()
 
     def cancel(self, state: RunState) -> list[RunEvent]:
@@ -164,3 +185,15 @@ class Engine:
         if state.status.ended:
             raise RunEnded(f"the run has ended ({state.status.value})")
         return calls.fail_run(state, error)
+
+
+def _bind_mcp_servers(
+    agents: AgentRegistry, defined: Mapping[str, MCPServer]
+) -> dict[str, MCPServer]:
+    """Every server the engine connects, by name: the defined ones and those agents hold."""
+    servers = dict(defined)
+    for agent in agents:
+        for server in agent.bind_mcp_servers(defined):
+            if servers.setdefault(server.name, server) is not server:
+                raise ValueError(f"two different MCP servers are named {server.name!r}")
+    return servers

@@ -9,19 +9,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, NoReturn
 
-from pydantic import BaseModel, ConfigDict
-
 from app.engine.agent import Agent
 from app.engine.output import FINAL_OUTPUT_TOOL
-from app.engine.schema import FunctionSchema
+from app.engine.schema import foreign_schema
 from app.engine.state import RunState, RunTool
 from app.engine.tools import Tool
-
-
-class _AnyArguments(BaseModel):
-    """The client checks a run tool's arguments against its own schema: any object passes."""
-
-    model_config = ConfigDict(extra="allow")
 
 
 def _runs_at_the_client(**_: Any) -> NoReturn:
@@ -29,13 +21,7 @@ def _runs_at_the_client(**_: Any) -> NoReturn:
 
 
 def run_tool(spec: RunTool) -> Tool:
-    schema = FunctionSchema(
-        description=spec.description,
-        arguments_model=_AnyArguments,
-        json_schema=spec.parameters,
-        context_parameter=None,
-        _parameters=(),
-    )
+    schema = foreign_schema(spec.description, spec.parameters)
     return Tool(name=spec.name, function=_runs_at_the_client, schema=schema, external=True)
 
 

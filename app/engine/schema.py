@@ -135,3 +135,21 @@ def _without_titles(schema: Any) -> Any:
         else:
             cleaned[key] = _without_titles(value)
     return cleaned
+
+
+class _AnyArguments(BaseModel):
+    """Arguments another party checks against its own schema: any object passes here."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+def foreign_schema(description: str, parameters: dict[str, Any]) -> FunctionSchema:
+    """The schema of a tool that runs elsewhere (at the client, on an MCP server): shown to the
+    model as given, its arguments checked by whoever runs it."""
+    return FunctionSchema(
+        description=description,
+        arguments_model=_AnyArguments,
+        json_schema=parameters,
+        context_parameter=None,
+        _parameters=(),
+    )

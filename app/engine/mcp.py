@@ -1,0 +1,382 @@
+"""MCP tool servers: their tools offered to agents like any tool, called through the official
+`mcp` SDK over stdio or streamable HTTP.
+
+A server is connected once and kept: its tools are listed at connection and again when it says
+its list changed. A call to a server that is down, dropped or slow ends with an error text for
+the model, and the next call connects again (a stdio server is started again). Each tool's
+effect comes from its annotations, so a takeover repeats only read-only and idempotent calls.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Awaitable, Mapping, Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from datetime import timedelta
+from types import TracebackType
+from typing import Any, Literal, NoReturn, Self, TypeVar
+
+import anyio
+import httpx
+import structlog
+from anyio.abc import TaskGroup, TaskStatus
+from mcp import ClientSession, McpError, StdioServerParameters
+from mcp import types as mcp_types
+from mcp.client.stdio import stdio_client
+from mcp.client.streamable_http import streamable_http_client
+
+from app.engine.context import RunContext
+from app.engine.schema import foreign_schema
+from app.engine.text import storable_text
+from app.engine.tools import Tool, ToolEffect, check_tool_name
+
+log = structlog.get_logger("app.engine")
+
+MCPApproval = Literal["destructive", "always", "never"]
+MAX_TOOL_PAGES = 50  # a server paging its tool list forever is cut off there
+_TRANSPORT_ERRORS = (OSError, httpx.HTTPError)
+HTTP_READ_TIMEOUT_SECONDS = 300
+T = TypeVar("T")
+
+
+class MCPToolError(Exception):
+    """A call that did not give a result: the text says why, for the model."""
+
+
+@dataclass(frozen=True, eq=False)
+class MCPTool(Tool):
+    """A tool of an MCP server, as the model is offered it (with the server's `prefix`)."""
+
+    server: MCPServer | None = field(default=None, repr=False)
+    remote_name: str = ""  # its name on the server
+    annotations: mcp_types.ToolAnnotations | None = field(default=None, repr=False)
+
+    async def invoke(self, arguments: Mapping[str, Any], ctx: RunContext) -> Any:
+        assert self.server is not None
+        return await self.server.call(self.remote_name, dict(arguments), ctx)
+
+
+def _called_on_the_server(**_: Any) -> NoReturn:
+    raise RuntimeError("an MCP tool runs on its server")
+
+
+class MCPServer:
+    """One MCP server: `url` (streamable HTTP, with `headers`) or `command` (stdio, with `args`,
+    `env`). `tools` names the tools to offer (default all), `prefix` goes before each name,
+    `approval` says which calls a person approves (`destructive`: those of tools not read-only
+    and not marked `destructiveHint: false`), `effects` overrides an annotation's effect.
+    Use it as an async context manager (the engine does): it connects on entry, keeps the
+    connection, and closes it on exit."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        url: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        command: str | None = None,
+        args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+        tools: Sequence[str] | None = None,
+        prefix: str = "",
+        approval: MCPApproval = "destructive",
+        effects: Mapping[str, ToolEffect] | None = None,
+        timeout_seconds: float = 60.0,
+        connect_timeout_seconds: float = 15.0,
+    ) -> None:
+        if (url is None) == (command is None):
+            raise ValueError(f"MCP server {name!r}: give a url (HTTP) or a command (stdio)")
+        if approval not in ("destructive", "always", "never"):
+            raise ValueError(f"MCP server {name!r}: approval must be destructive, always or never")
+        if prefix:
+            check_tool_name(prefix)
+        self.name = name
+        self.url = url
+        self.headers = dict(headers or {})
+        self.command = command
+        self.args = list(args)
+        self.env = None if env is None else dict(env)
+        self.wanted = None if tools is None else list(tools)
+        self.prefix = prefix
+        self.approval: MCPApproval = approval
+        self.effects = dict(effects or {})
+        self.timeout_seconds = timeout_seconds
+        self._call_timeout = timedelta(seconds=timeout_seconds)
+        self.connect_timeout_seconds = connect_timeout_seconds
+        self.tools: dict[str, MCPTool] = {}  # by the name the model sees
+        self.error: str | None = "not connected yet"
+        self._session: ClientSession | None = None
+        self._stop: anyio.Event | None = None
+        self._group: TaskGroup | None = None
+        self._lock = anyio.Lock()
+
+    @property
+    def available(self) -> bool:
+        return self._session is not None
+
+    @property
+    def transport(self) -> Literal["http", "stdio"]:
+        return "http" if self.url is not None else "stdio"
+
+    async def __aenter__(self) -> Self:
+        group = anyio.create_task_group()
+        await group.__aenter__()
+        self._group = group
+        return self
+
+    async def connect(self) -> bool:
+        """Connect now (`__aenter__` only gets ready): whether the server could be reached. One
+        that cannot is said in the log and in `error`; its next call tries again."""
+        with contextlib.suppress(MCPToolError):
+            await self._connect()
+        return self.available
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        group, self._group = self._group, None
+        if group is None:
+            return
+        group.cancel_scope.cancel()
+        await group.__aexit__(None, None, None)
+        self._session = None
+
+    async def call(self, remote_name: str, arguments: dict[str, Any], ctx: RunContext) -> str:
+        """The tool's result as text; raises `MCPToolError` with the reason when there is none."""
+        session, gone = await self._connect()
+        try:
+            with anyio.fail_after(self.timeout_seconds + 1):
+                result = await _unless(
+                    gone,
+                    session.call_tool(
+                        remote_name, arguments, read_timeout_seconds=self._call_timeout
+                    ),
+                )
+        except McpError as exc:
+            if exc.error.code == mcp_types.CONNECTION_CLOSED:
+                self._drop(exc)
+            raise MCPToolError(f"MCP server {self.name!r}: {exc.error.message}") from exc
+        except TimeoutError as exc:
+            raise MCPToolError(
+                f"MCP server {self.name!r} gave no answer in {self.timeout_seconds:g} s"
+            ) from exc
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, *_TRANSPORT_ERRORS) as exc:
+            self._drop(exc)
+            raise MCPToolError(f"MCP server {self.name!r} dropped the connection") from exc
+        if result is None:
+            raise MCPToolError(
+                f"MCP server {self.name!r} dropped the connection: {self.error}; the call may "
+                "or may not have been done"
+            )
+        text = result_text(result)
+        if result.isError:
+            raise MCPToolError(text or f"the tool {remote_name} of {self.name!r} failed")
+        return text
+
+    async def _connect(self) -> tuple[ClientSession, anyio.Event]:
+        """The connection, and the event set once it is gone."""
+        async with self._lock:
+            if self._session is not None and self._stop is not None:
+                return self._session, self._stop
+            if self._group is None:
+                raise MCPToolError(f"MCP server {self.name!r} is not started")
+            try:
+                with anyio.fail_after(self.connect_timeout_seconds):
+                    session: ClientSession = await self._group.start(self._hold)
+            except Exception as exc:
+                self.error = _described(exc)
+                log.warning("mcp.unavailable", server=self.name, error=self.error)
+                raise MCPToolError(
+                    f"MCP server {self.name!r} is unavailable: {self.error}"
+                ) from exc
+            self.error = None
+            log.info("mcp.connected", server=self.name, tools=sorted(self.tools))
+            assert self._stop is not None
+            return session, self._stop
+
+    async def _hold(self, *, task_status: TaskStatus[ClientSession]) -> None:
+        """Open the connection, report it, and keep it until it is dropped or closed: the SDK's
+        contexts are entered and left in this one task."""
+        stop = anyio.Event()
+        started = False
+        try:
+            async with AsyncExitStack() as stack:
+                read, write = await self._open(stack)
+                session = await stack.enter_async_context(
+                    ClientSession(read, write, message_handler=self._on_message)
+                )
+                await session.initialize()
+                await self._list_tools(session)
+                self._session, self._stop = session, stop
+                started = True
+                task_status.started(session)
+                await stop.wait()
+        except Exception as exc:
+            if not started:
+                raise
+            self.error = _described(exc)
+            log.warning("mcp.dropped", server=self.name, error=self.error)
+        finally:
+            stop.set()  # calls waiting on this connection end now
+            if self._stop is stop:
+                self._session, self._stop = None, None
+
+    async def _open(self, stack: AsyncExitStack) -> tuple[Any, Any]:
+        """The transport's read and write streams, closed with `stack`."""
+        if self.url is not None:
+            # A response stream may stay open a long time: the SDK's own read timeout.
+            timeout = httpx.Timeout(self.connect_timeout_seconds, read=HTTP_READ_TIMEOUT_SECONDS)
+            client = await stack.enter_async_context(
+                httpx.AsyncClient(headers=self.headers, timeout=timeout)
+            )
+            read, write, _ = await stack.enter_async_context(
+                streamable_http_client(self.url, http_client=client)
+            )
+            return read, write
+        assert self.command is not None
+        parameters = StdioServerParameters(command=self.command, args=self.args, env=self.env)
+        return await stack.enter_async_context(stdio_client(parameters))
+
+    def _drop(self, reason: BaseException) -> None:
+        """Forget a broken connection: its holder closes it, the next call opens another."""
+        log.warning("mcp.dropped", server=self.name, error=_described(reason))
+        self.error = _described(reason)
+        if self._stop is not None:
+            self._stop.set()
+        self._session, self._stop = None, None
+
+    async def _on_message(self, message: Any) -> None:
+        # The SDK reads the next message only after this returns: the new list is asked for in
+        # a task of its own.
+        if (
+            isinstance(message, mcp_types.ServerNotification)
+            and isinstance(message.root, mcp_types.ToolListChangedNotification)
+            and self._session is not None
+            and self._group is not None
+        ):
+            self._group.start_soon(self._refresh, self._session)
+
+    async def _refresh(self, session: ClientSession) -> None:
+        try:
+            await self._list_tools(session)
+        except Exception as exc:
+            log.warning("mcp.list_failed", server=self.name, error=_described(exc))
+            return
+        log.info("mcp.tools_changed", server=self.name, tools=sorted(self.tools))
+
+    async def _list_tools(self, session: ClientSession) -> None:
+        listed: list[mcp_types.Tool] = []
+        cursor: str | None = None
+        for _ in range(MAX_TOOL_PAGES):
+            page = await session.list_tools(cursor)
+            listed += page.tools
+            cursor = page.nextCursor
+            if not cursor:
+                break
+        wanted = None if self.wanted is None else set(self.wanted)
+        tools: dict[str, MCPTool] = {}
+        for remote in listed:
+            if wanted is not None and remote.name not in wanted:
+                continue
+            try:
+                offered = self._tool(remote)
+            except ValueError as exc:
+                log.warning("mcp.tool_skipped", server=self.name, tool=remote.name, reason=str(exc))
+                continue
+            tools[offered.name] = offered
+        if wanted is not None and (missing := wanted - {t.name for t in listed}):
+            log.warning("mcp.tools_missing", server=self.name, tools=sorted(missing))
+        self.tools = tools
+
+    def _tool(self, remote: mcp_types.Tool) -> MCPTool:
+        hints = remote.annotations or mcp_types.ToolAnnotations()
+        return MCPTool(
+            name=self.prefix + remote.name,
+            function=_called_on_the_server,
+            schema=foreign_schema(remote.description or remote.title or "", remote.inputSchema),
+            needs_approval=self._needs_approval(hints),
+            effect=self.effects.get(remote.name) or _effect(hints),
+            server=self,
+            remote_name=remote.name,
+            annotations=remote.annotations,
+        )
+
+    def _needs_approval(self, hints: mcp_types.ToolAnnotations) -> bool:
+        if self.approval != "destructive":
+            return self.approval == "always"
+        # The spec's defaults: a tool is destructive unless it says it is read-only, or says
+        # it is not destructive.
+        return not hints.readOnlyHint and hints.destructiveHint is not False
+
+
+async def _unless(gone: anyio.Event, request: Awaitable[T]) -> T | None:
+    """The request's answer, or None once the connection is gone: the SDK leaves a request
+    waiting for its timeout when its HTTP transport fails."""
+    answer: list[T] = []
+    failure: list[Exception] = []
+    async with anyio.create_task_group() as race:
+
+        async def ask() -> None:
+            try:
+                answer.append(await request)
+            except Exception as exc:  # raised as itself below, not in a group
+                failure.append(exc)
+            race.cancel_scope.cancel()
+
+        async def watch() -> None:
+            await gone.wait()
+            race.cancel_scope.cancel()
+
+        race.start_soon(ask)
+        race.start_soon(watch)
+    if failure:
+        raise failure[0]
+    return answer[0] if answer else None
+
+
+def _effect(hints: mcp_types.ToolAnnotations) -> ToolEffect:
+    if hints.readOnlyHint:
+        return "read"
+    if hints.idempotentHint:
+        return "idempotent"
+    return "unsafe"
+
+
+def result_text(result: mcp_types.CallToolResult) -> str:
+    """What the model reads of a result: its content blocks (text as is; images, audio and
+    resources described), else its structured content as JSON. The spec asks a server giving
+    structured content to give its JSON as text too, which servers (FastMCP) do."""
+    if not result.content and result.structuredContent is not None:
+        return storable_text(json.dumps(result.structuredContent, ensure_ascii=False))
+    return storable_text("\n".join(_block_text(block) for block in result.content))
+
+
+def _block_text(block: mcp_types.ContentBlock) -> str:
+    match block:
+        case mcp_types.TextContent(text=text):
+            return text
+        case mcp_types.ImageContent(mimeType=mime, data=data):
+            return f"[image: {mime}, {len(data) * 3 // 4} bytes]"
+        case mcp_types.AudioContent(mimeType=mime, data=data):
+            return f"[audio: {mime}, {len(data) * 3 // 4} bytes]"
+        case mcp_types.ResourceLink(uri=uri, name=name):
+            return f"[resource link: {name} <{uri}>]"
+        case mcp_types.EmbeddedResource(resource=mcp_types.TextResourceContents() as resource):
+            return f"[resource <{resource.uri}>]\n{resource.text}"
+        case mcp_types.EmbeddedResource(resource=resource):
+            return f"[resource <{resource.uri}>: {resource.mimeType or 'binary'}]"
+
+
+def _described(exc: BaseException) -> str:
+    """An error in a line: the first of a group's, with its type when it says nothing."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    if isinstance(exc, McpError):
+        return exc.error.message
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
