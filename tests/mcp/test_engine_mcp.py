@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+
 import anyio
 import pytest
 
 from app import Agent, tool
-from app.engine import DecisionInput, Engine, RunState, RunStatus
+from app.engine import Completed, DecisionInput, Engine, RunState, RunStatus
 from app.engine.mcp import MCPServer, MCPTool
 from app.engine.state import CallStatus
 from app.testing import FakeModel, call, text
 from tests.engine.conftest import EngineFactory, Recorder
 from tests.mcp.conftest import HttpServer, Journal, stdio_server
+from tests.processes.conftest import until
 
 pytestmark = pytest.mark.anyio
 
@@ -26,6 +28,11 @@ async def connected(engine: Engine) -> AsyncIterator[Engine]:
         yield engine
     finally:
         await engine.aclose()
+
+
+async def eventually(check: Callable[[], object], what: str) -> None:
+    """Another process (the server) makes it true: polled, bounded, off the event loop."""
+    await anyio.to_thread.run_sync(until, check, 20, what)
 
 
 def tool_outputs(state: RunState) -> list[str]:
@@ -189,9 +196,7 @@ async def test_a_changed_tool_list_is_offered_from_the_next_turn(
     async with connected(engine):
         state = engine.start("a", "go")
         await engine.advance(state)
-        with anyio.fail_after(10):
-            while "fresh" not in server.tools:
-                await anyio.sleep(0.01)
+        await eventually(lambda: "fresh" in server.tools, "the new tool list")
         await engine.run(state)
 
     assert "fresh" not in offered(fake, 0)
@@ -217,9 +222,7 @@ async def test_a_call_cut_off_by_a_crash_is_repeated_only_when_read_only(
         state = engine.start("a", "go")
         async with anyio.create_task_group() as group:
             group.start_soon(engine.run, state, recorder)
-            with anyio.fail_after(20):
-                while not journal.entries(f"{tool_name}.started"):
-                    await anyio.sleep(0.01)
+            await eventually(lambda: journal.entries(f"{tool_name}.started"), "the call")
             group.cancel_scope.cancel()
         stored, _ = recorder.checkpoints[-1]
         resumed = RunState.from_json(stored)
@@ -234,8 +237,8 @@ async def test_a_call_cut_off_by_a_crash_is_repeated_only_when_read_only(
             [pending] = resumed.pending_approvals
             assert pending.in_doubt
             engine.decide(resumed, [DecisionInput(pending.call_id, False, "done already")])
-            await engine.run(resumed)
-            assert resumed.status is RunStatus.COMPLETED
+            result = await engine.run(resumed)
+            assert isinstance(result.outcome, Completed)
             assert len(journal.entries(f"{tool_name}.started")) == 1
 
 
