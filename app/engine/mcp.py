@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
+import string
+from collections import OrderedDict
 from collections.abc import Awaitable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -38,6 +41,7 @@ MCPApproval = Literal["destructive", "always", "never"]
 MAX_TOOL_PAGES = 50  # a server paging its tool list forever is cut off there
 _TRANSPORT_ERRORS = (OSError, httpx.HTTPError)
 HTTP_READ_TIMEOUT_SECONDS = 300
+MAX_IDENTITY_CONNECTIONS = 32  # sessions kept for run identities (run_headers), per server
 T = TypeVar("T")
 
 
@@ -67,8 +71,10 @@ class MCPServer:
     `env`). `tools` names the tools to offer (default all), `prefix` goes before each name,
     `approval` says which calls a person approves (`destructive`: those of tools not read-only
     and not marked `destructiveHint: false`), `effects` overrides an annotation's effect.
-    Use it as an async context manager (the engine does): it connects on entry, keeps the
-    connection, and closes it on exit."""
+    `run_headers` (HTTP) takes headers from the run's identity: `{"Authorization": "Bearer
+    {variables.token}", "X-User": "{principal.name}"}`; such calls go through a connection of
+    that identity. Use it as an async context manager (the engine does), then `connect`; it
+    keeps its connections and closes them on exit. Header values are never logged."""
 
     def __init__(
         self,
@@ -83,11 +89,15 @@ class MCPServer:
         prefix: str = "",
         approval: MCPApproval = "destructive",
         effects: Mapping[str, ToolEffect] | None = None,
+        run_headers: Mapping[str, str] | None = None,
         timeout_seconds: float = 60.0,
         connect_timeout_seconds: float = 15.0,
     ) -> None:
         if (url is None) == (command is None):
             raise ValueError(f"MCP server {name!r}: give a url (HTTP) or a command (stdio)")
+        if run_headers and url is None:
+            raise ValueError(f"MCP server {name!r}: run_headers are for a streamable HTTP server")
+        check_run_headers(run_headers or {})
         if approval not in ("destructive", "always", "never"):
             raise ValueError(f"MCP server {name!r}: approval must be destructive, always or never")
         if prefix:
@@ -105,16 +115,21 @@ class MCPServer:
         self.timeout_seconds = timeout_seconds
         self._call_timeout = timedelta(seconds=timeout_seconds)
         self.connect_timeout_seconds = connect_timeout_seconds
+        self.run_headers = dict(run_headers or {})
         self.tools: dict[str, MCPTool] = {}  # by the name the model sees
-        self.error: str | None = "not connected yet"
-        self._session: ClientSession | None = None
-        self._stop: anyio.Event | None = None
         self._group: TaskGroup | None = None
-        self._lock = anyio.Lock()
+        # The server's own connection lists its tools; a run's identity has one of its own.
+        self._main = _Connection(self, self.headers, lists_tools=True)
+        self._identities: OrderedDict[tuple[tuple[str, str], ...], _Connection] = OrderedDict()
 
     @property
     def available(self) -> bool:
-        return self._session is not None
+        return self._main.session is not None
+
+    @property
+    def error(self) -> str | None:
+        """Why the server is unavailable (or last dropped); None while connected."""
+        return self._main.error
 
     @property
     def transport(self) -> Literal["http", "stdio"]:
@@ -130,7 +145,7 @@ class MCPServer:
         """Connect now (`__aenter__` only gets ready): whether the server could be reached. One
         that cannot is said in the log and in `error`; its next call tries again."""
         with contextlib.suppress(MCPToolError):
-            await self._connect()
+            await self._main.open()
         return self.available
 
     async def __aexit__(
@@ -144,11 +159,12 @@ class MCPServer:
             return
         group.cancel_scope.cancel()
         await group.__aexit__(None, None, None)
-        self._session = None
+        self._identities.clear()
 
     async def call(self, remote_name: str, arguments: dict[str, Any], ctx: RunContext) -> str:
         """The tool's result as text; raises `MCPToolError` with the reason when there is none."""
-        session, gone = await self._connect()
+        connection = self._connection_for(ctx)
+        session, gone = await connection.open()
         try:
             with anyio.fail_after(self.timeout_seconds + 1):
                 result = await _unless(
@@ -159,107 +175,50 @@ class MCPServer:
                 )
         except McpError as exc:
             if exc.error.code == mcp_types.CONNECTION_CLOSED:
-                self._drop(exc)
+                connection.drop(exc)
             raise MCPToolError(f"MCP server {self.name!r}: {exc.error.message}") from exc
         except TimeoutError as exc:
             raise MCPToolError(
                 f"MCP server {self.name!r} gave no answer in {self.timeout_seconds:g} s"
             ) from exc
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, *_TRANSPORT_ERRORS) as exc:
-            self._drop(exc)
+            connection.drop(exc)
             raise MCPToolError(f"MCP server {self.name!r} dropped the connection") from exc
         if result is None:
             raise MCPToolError(
-                f"MCP server {self.name!r} dropped the connection: {self.error}; the call may "
-                "or may not have been done"
+                f"MCP server {self.name!r} dropped the connection: {connection.error}; the call "
+                "may or may not have been done"
             )
         text = result_text(result)
         if result.isError:
             raise MCPToolError(text or f"the tool {remote_name} of {self.name!r} failed")
         return text
 
-    async def _connect(self) -> tuple[ClientSession, anyio.Event]:
-        """The connection, and the event set once it is gone."""
-        async with self._lock:
-            if self._session is not None and self._stop is not None:
-                return self._session, self._stop
-            if self._group is None:
-                raise MCPToolError(f"MCP server {self.name!r} is not started")
-            try:
-                with anyio.fail_after(self.connect_timeout_seconds):
-                    session: ClientSession = await self._group.start(self._hold)
-            except Exception as exc:
-                self.error = _described(exc)
-                log.warning("mcp.unavailable", server=self.name, error=self.error)
-                raise MCPToolError(
-                    f"MCP server {self.name!r} is unavailable: {self.error}"
-                ) from exc
-            self.error = None
-            log.info("mcp.connected", server=self.name, tools=sorted(self.tools))
-            assert self._stop is not None
-            return session, self._stop
-
-    async def _hold(self, *, task_status: TaskStatus[ClientSession]) -> None:
-        """Open the connection, report it, and keep it until it is dropped or closed: the SDK's
-        contexts are entered and left in this one task."""
-        stop = anyio.Event()
-        started = False
-        try:
-            async with AsyncExitStack() as stack:
-                read, write = await self._open(stack)
-                session = await stack.enter_async_context(
-                    ClientSession(read, write, message_handler=self._on_message)
-                )
-                await session.initialize()
-                await self._list_tools(session)
-                self._session, self._stop = session, stop
-                started = True
-                task_status.started(session)
-                await stop.wait()
-        except Exception as exc:
-            if not started:
-                raise
-            self.error = _described(exc)
-            log.warning("mcp.dropped", server=self.name, error=self.error)
-        finally:
-            stop.set()  # calls waiting on this connection end now
-            if self._stop is stop:
-                self._session, self._stop = None, None
-
-    async def _open(self, stack: AsyncExitStack) -> tuple[Any, Any]:
-        """The transport's read and write streams, closed with `stack`."""
-        if self.url is not None:
-            # A response stream may stay open a long time: the SDK's own read timeout.
-            timeout = httpx.Timeout(self.connect_timeout_seconds, read=HTTP_READ_TIMEOUT_SECONDS)
-            client = await stack.enter_async_context(
-                httpx.AsyncClient(headers=self.headers, timeout=timeout)
-            )
-            read, write, _ = await stack.enter_async_context(
-                streamable_http_client(self.url, http_client=client)
-            )
-            return read, write
-        assert self.command is not None
-        parameters = StdioServerParameters(command=self.command, args=self.args, env=self.env)
-        return await stack.enter_async_context(stdio_client(parameters))
-
-    def _drop(self, reason: BaseException) -> None:
-        """Forget a broken connection: its holder closes it, the next call opens another."""
-        log.warning("mcp.dropped", server=self.name, error=_described(reason))
-        self.error = _described(reason)
-        if self._stop is not None:
-            self._stop.set()
-        self._session, self._stop = None, None
+    def _connection_for(self, ctx: RunContext | None) -> _Connection:
+        """The server's own connection, or with `run_headers` the run identity's: headers are
+        a connection's, so each identity has its own (the least recently used are closed)."""
+        if not self.run_headers or ctx is None:
+            return self._main
+        headers = {**self.headers, **run_headers_of(self.run_headers, ctx)}
+        key = tuple(sorted(headers.items()))
+        connection = self._identities.pop(key, None) or _Connection(self, headers)
+        self._identities[key] = connection
+        while len(self._identities) > MAX_IDENTITY_CONNECTIONS:
+            _, oldest = self._identities.popitem(last=False)
+            oldest.close()
+        return connection
 
     async def _on_message(self, message: Any) -> None:
         # The SDK reads the next message only after this returns: the new list is asked for in
         # a task of its own.
+        session = self._main.session
         if (
             isinstance(message, mcp_types.ServerNotification)
             and isinstance(message.root, mcp_types.ToolListChangedNotification)
-            and self._session is not None
+            and session is not None
             and self._group is not None
         ):
-            self._group.start_soon(self._refresh, self._session)
+            self._group.start_soon(self._refresh, session)
 
     async def _refresh(self, session: ClientSession) -> None:
         try:
@@ -337,6 +296,154 @@ async def _unless(gone: anyio.Event, request: Awaitable[T]) -> T | None:
     if failure:
         raise failure[0]
     return answer[0] if answer else None
+
+
+class _Connection:
+    """One session with a server, opened and held by a task of the server's group (the SDK's
+    contexts are entered and left in one task) until it drops or is closed."""
+
+    def __init__(
+        self, server: MCPServer, headers: dict[str, str], *, lists_tools: bool = False
+    ) -> None:
+        self.server = server
+        self.headers = headers
+        self.lists_tools = lists_tools
+        self.session: ClientSession | None = None
+        self.gone: anyio.Event | None = None  # set once this session ends
+        self.error: str | None = "not connected yet"
+        self._lock = anyio.Lock()
+
+    async def open(self) -> tuple[ClientSession, anyio.Event]:
+        """The session, and the event set once it is gone; connects when there is none."""
+        server = self.server
+        async with self._lock:
+            if self.session is not None and self.gone is not None:
+                return self.session, self.gone
+            if server._group is None:
+                raise MCPToolError(f"MCP server {server.name!r} is not started")
+            try:
+                with anyio.fail_after(server.connect_timeout_seconds):
+                    await server._group.start(self._hold)
+            except Exception as exc:
+                self.error = _described(exc)
+                log.warning("mcp.unavailable", server=server.name, error=self.error)
+                raise MCPToolError(
+                    f"MCP server {server.name!r} is unavailable: {self.error}"
+                ) from exc
+            self.error = None
+            if self.lists_tools:
+                log.info("mcp.connected", server=server.name, tools=sorted(server.tools))
+            assert self.session is not None
+            assert self.gone is not None
+            return self.session, self.gone
+
+    async def _hold(self, *, task_status: TaskStatus[None]) -> None:
+        server = self.server
+        gone = anyio.Event()
+        started = False
+        try:
+            async with AsyncExitStack() as stack:
+                read, write = await _open_transport(server, stack, self.headers)
+                handler = server._on_message if self.lists_tools else None
+                session = await stack.enter_async_context(
+                    ClientSession(read, write, message_handler=handler)
+                )
+                await session.initialize()
+                if self.lists_tools:
+                    await server._list_tools(session)
+                self.session, self.gone = session, gone
+                started = True
+                task_status.started()
+                await gone.wait()
+        except Exception as exc:
+            if not started:
+                raise
+            self.error = _described(exc)
+            log.warning("mcp.dropped", server=server.name, error=self.error)
+        finally:
+            gone.set()  # calls waiting on this session end now
+            if self.gone is gone:
+                self.session, self.gone = None, None
+
+    def drop(self, reason: BaseException) -> None:
+        """Forget a broken session: its holder closes it, the next call opens another."""
+        self.error = _described(reason)
+        log.warning("mcp.dropped", server=self.server.name, error=self.error)
+        self.close()
+
+    def close(self) -> None:
+        if self.gone is not None:
+            self.gone.set()
+        self.session, self.gone = None, None
+
+
+async def _open_transport(
+    server: MCPServer, stack: AsyncExitStack, headers: dict[str, str]
+) -> tuple[Any, Any]:
+    """The transport's read and write streams, closed with `stack`."""
+    if server.url is not None:
+        # A response stream may stay open a long time: the SDK's own read timeout.
+        timeout = httpx.Timeout(server.connect_timeout_seconds, read=HTTP_READ_TIMEOUT_SECONDS)
+        client = await stack.enter_async_context(
+            httpx.AsyncClient(headers=headers, timeout=timeout)
+        )
+        read, write, _ = await stack.enter_async_context(
+            streamable_http_client(server.url, http_client=client)
+        )
+        return read, write
+    assert server.command is not None
+    parameters = StdioServerParameters(command=server.command, args=server.args, env=server.env)
+    return await stack.enter_async_context(stdio_client(parameters))
+
+
+_PLACE = re.compile(r"^(principal\.(name|tenant)|principal\.claims\.[\w.-]+|variables\.[\w.-]+)$")
+
+
+def check_run_headers(templates: Mapping[str, str]) -> None:
+    """Refuse a template naming anything but `principal.name`, `principal.tenant`,
+    `principal.claims.<claim>` or `variables.<name>`."""
+    for header, template in templates.items():
+        for _, place, spec, conversion in string.Formatter().parse(template):
+            if place is None:
+                continue
+            if not _PLACE.match(place) or spec or conversion:
+                raise ValueError(
+                    f"run header {header!r}: {{{place}}} is not principal.name, "
+                    "principal.tenant, principal.claims.<claim> or variables.<name>"
+                )
+
+
+def run_headers_of(templates: Mapping[str, str], ctx: RunContext) -> dict[str, str]:
+    """The headers of a run's identity; a value the run does not have fails the call rather
+    than send a header without it."""
+    headers: dict[str, str] = {}
+    for header, template in templates.items():
+        parts: list[str] = []
+        for literal, place, _, _ in string.Formatter().parse(template):
+            parts.append(literal)
+            if place is not None:
+                parts.append(_identity_value(place, ctx, header))
+        headers[header] = "".join(parts)
+    return headers
+
+
+def _identity_value(place: str, ctx: RunContext, header: str) -> str:
+    source, _, key = place.partition(".")
+    value: object
+    if source == "variables":
+        value = ctx.variables.get(key)
+    elif key == "name":
+        value = ctx.principal.name
+    elif key == "tenant":
+        value = ctx.principal.tenant
+    else:
+        value = ctx.principal.claims.get(key.removeprefix("claims."))
+    if not isinstance(value, str | int) or isinstance(value, bool) or value == "":
+        raise MCPToolError(f"the call needs {place} for the header {header}, and the run has none")
+    text = str(value)
+    if "\r" in text or "\n" in text:
+        raise MCPToolError(f"{place} cannot go in the header {header}: it holds a line break")
+    return text
 
 
 def _effect(hints: mcp_types.ToolAnnotations) -> ToolEffect:

@@ -82,41 +82,41 @@ class Runtime:
             )
             db.on_commit = wakeups.deliver
             engine = build_engine(settings, module)
-            runtime = cls(
-                settings,
-                db,
-                engine,
-                wakeups,
-                RunService(
+            async with _connected(engine, settings):
+                runtime = cls(
+                    settings,
                     db,
                     engine,
                     wakeups,
-                    max_active_runs=settings.tenant_max_active_runs,
-                    idempotency_key_ttl=settings.idempotency_key_ttl,
-                ),
-                ApprovalService(db, engine, idempotency_key_ttl=settings.idempotency_key_ttl),
-                RunEventStream(db, wakeups),
-                _executor(settings, db, engine, wakeups, name) if executor else None,
-                WebhookPolicy(settings.webhook_allowed_hosts),
-                serves_api,
-            )
-            async with anyio.create_task_group() as group:
-                following = anyio.CancelScope()
-                if channel is not None:
-                    group.start_soon(runtime._follow_other_processes, channel, following)
-                if runtime.executor is not None:
-                    group.start_soon(runtime.executor.run)
-                    group.start_soon(runtime._sender().run)
-                    group.start_soon(_purger(settings, db).run)
-                yield runtime
-                if runtime.executor is not None:
-                    runtime.executor.stop()
-                    await runtime.executor.stopped.wait()
-                # The sender and the channel outlive the hand-back: other executors hear of
-                # the runs handed back at once.
-                following.cancel()
-                group.cancel_scope.cancel()
-            await engine.aclose()
+                    RunService(
+                        db,
+                        engine,
+                        wakeups,
+                        max_active_runs=settings.tenant_max_active_runs,
+                        idempotency_key_ttl=settings.idempotency_key_ttl,
+                    ),
+                    ApprovalService(db, engine, idempotency_key_ttl=settings.idempotency_key_ttl),
+                    RunEventStream(db, wakeups),
+                    _executor(settings, db, engine, wakeups, name) if executor else None,
+                    WebhookPolicy(settings.webhook_allowed_hosts),
+                    serves_api,
+                )
+                async with anyio.create_task_group() as group:
+                    following = anyio.CancelScope()
+                    if channel is not None:
+                        group.start_soon(runtime._follow_other_processes, channel, following)
+                    if runtime.executor is not None:
+                        group.start_soon(runtime.executor.run)
+                        group.start_soon(runtime._sender().run)
+                        group.start_soon(_purger(settings, db).run)
+                    yield runtime
+                    if runtime.executor is not None:
+                        runtime.executor.stop()
+                        await runtime.executor.stopped.wait()
+                    # The sender and the channel outlive the hand-back: other executors hear of
+                    # the runs handed back at once.
+                    following.cancel()
+                    group.cancel_scope.cancel()
         finally:
             await db.dispose()
 
@@ -189,3 +189,23 @@ async def _take_over_from_the_dead(db: Database) -> None:
         orphans = await Leases(session).expire_leases(now())
     if orphans:
         log.info("runs.orphans_taken_over", count=orphans)
+        orphans = await Leases(session).expire_leases(now())
+    if orphans:
+        log.info("runs.orphans_taken_over", count=orphans)
+
+
+@asynccontextmanager
+async def _connected(engine: Engine, settings: Settings) -> AsyncIterator[Engine]:
+    """The engine with its MCP servers connected, closed at the end; a start whose agents end
+    up with two tools of one name (once the servers listed theirs) is refused."""
+    try:
+        await engine.connect()
+    except ValueError as exc:
+        await engine.aclose()
+        error = AgentsModuleError(f"AGENTS_MODULE={settings.agents_module!r}: {exc}")
+        log.error("startup.refused", reason=str(error))
+        raise error from exc
+    try:
+        yield engine
+    finally:
+        await engine.aclose()

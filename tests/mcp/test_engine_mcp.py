@@ -8,8 +8,9 @@ from contextlib import asynccontextmanager
 
 import anyio
 import pytest
+import structlog
 
-from app import Agent, tool
+from app import Agent, Principal, tool
 from app.engine import Completed, DecisionInput, Engine, RunState, RunStatus
 from app.engine.mcp import MCPServer, MCPTool
 from app.engine.state import CallStatus
@@ -273,3 +274,36 @@ async def test_a_streamable_http_server_is_called_with_its_headers_and_reconnect
     assert "MCP server 'web'" in gone
     assert again == "value of c"  # connected again
     assert state.status is RunStatus.COMPLETED
+
+
+async def test_run_headers_carry_each_run_s_identity_and_are_never_logged(
+    make_engine: EngineFactory, fake: FakeModel, http_server: HttpServer
+) -> None:
+    server = MCPServer(
+        "web", url=http_server.url, run_headers={"X-User": "{principal.name}:{variables.token}"}
+    )
+    engine = make_engine([Agent(name="a", model="m", mcp_servers=[server])])
+    outputs: list[str] = []
+    with structlog.testing.capture_logs() as logs:
+        async with connected(engine):
+            for who, variables in [("lee", {"token": "t-lee"}), ("kim", {"token": "t-kim"})]:
+                fake.script("m", [call("whoami"), text("ok")])
+                state = engine.start("a", "who?", variables=variables)
+                await engine.run(state, principal=Principal(who))
+                outputs += tool_outputs(state)
+            fake.script("m", [call("whoami"), text("ok")])
+            state = engine.start("a", "who?")
+            await engine.run(state, principal=Principal("nobody"))
+            outputs += tool_outputs(state)
+
+    lee, kim, without = outputs
+    assert (lee, kim) == ("lee:t-lee", "kim:t-kim")
+    assert "needs variables.token for the header X-User" in without
+    assert not any("t-lee" in repr(entry) for entry in logs)
+
+
+def test_a_run_header_names_only_the_principal_or_variables() -> None:
+    with pytest.raises(ValueError, match=r"\{settings.secret\} is not principal.name"):
+        MCPServer("web", url="http://127.0.0.1:1/mcp", run_headers={"X": "{settings.secret}"})
+    with pytest.raises(ValueError, match="run_headers are for a streamable HTTP server"):
+        MCPServer("s", command="true", run_headers={"X": "{principal.name}"})
