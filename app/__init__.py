@@ -1,9 +1,9 @@
 """agent-runs: run LLM agents as durable REST resources.
 
 The public Python surface for defining agents is `Agent`, `tool`, `RunContext` (with the
-`Principal` a run acts for), a guardrail's verdicts `Tripwire` and `AskHuman` and, for a model
-backend of one's own, `ModelProvider`; `AnthropicProvider` speaks Anthropic's own API (with the
-`anthropic` extra).
+`Principal` a run acts for), a guardrail's verdicts `Tripwire` and `AskHuman`, `MCPServer` (an
+MCP tool server) and, for a model backend of one's own, `ModelProvider`; `AnthropicProvider`
+speaks Anthropic's own API (with the `anthropic` extra).
 """
 
 from app.engine import (
@@ -11,6 +11,7 @@ from app.engine import (
     AnthropicProvider,
     ApprovalRequest,
     AskHuman,
+    MCPServer,
     ModelError,
     ModelProvider,
     ModelRequest,
@@ -28,6 +29,7 @@ __all__ = [
     "AnthropicProvider",
     "ApprovalRequest",
     "AskHuman",
+    "MCPServer",
     "ModelError",
     "ModelProvider",
     "ModelRequest",

@@ -7,12 +7,22 @@ import re
 from datetime import timedelta
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.engine.mcp import MCPApproval, check_run_headers
 from app.engine.output import StructuredOutput
 from app.engine.providers.chat_request import OptionalField
 from app.engine.state import RunStatus
+from app.engine.tools import TOOL_NAME_PATTERN, ToolEffect
 from app.store.status import ENDED
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./agent-runs.db"
@@ -79,6 +89,43 @@ class ProviderSettings(BaseModel):
         return self
 
 
+class MCPServerSettings(BaseModel):
+    """One entry of `MCP_SERVERS`: a streamable HTTP server (`url`) or a stdio one (`command`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str | None = Field(None, description="streamable HTTP endpoint")
+    headers: dict[str, str] = Field(default_factory=dict, description="sent with every request")
+    command: str | None = Field(None, description="stdio: the program to start")
+    args: list[str] = Field(default_factory=list)
+    env: dict[str, str] | None = Field(None, description="stdio: added to a minimal environment")
+    tools: list[str] | None = Field(None, description="the tools to offer (default: all)")
+    prefix: str = Field("", description="put before each tool's name")
+    approval: MCPApproval = Field(
+        "destructive",
+        description="which calls a person approves: `destructive` (tools not read-only and not "
+        "`destructiveHint: false`), `always` or `never`",
+    )
+    effects: dict[str, ToolEffect] = Field(
+        default_factory=dict, description="tool -> effect, over its annotations"
+    )
+    run_headers: dict[str, str] = Field(
+        default_factory=dict,
+        description="HTTP: header -> template of the run's identity, e.g. "
+        '`"Bearer {variables.token}"`, `"{principal.name}"`, `"{principal.claims.sub}"`',
+    )
+    timeout_seconds: float = Field(60, gt=0, le=3600, description="bound on one call")
+
+    @model_validator(mode="after")
+    def _one_transport(self) -> MCPServerSettings:
+        if (self.url is None) == (self.command is None):
+            raise ValueError("give a url (streamable HTTP) or a command (stdio)")
+        if self.run_headers and self.url is None:
+            raise ValueError("run_headers are for a streamable HTTP server (url)")
+        check_run_headers(self.run_headers)
+        return self
+
+
 class Settings(BaseSettings):
     # A refused value is not printed back: keys, MODEL_PROVIDERS' headers and query, and
     # DATABASE_URL's password would be, in the error's text.
@@ -92,6 +139,12 @@ class Settings(BaseSettings):
         description='JSON: {"name": {"base_url": ..., "api_key": ..., "headers": {...}, '
         '"query": {...}, "body": {...}, "api_key_header": ..., "options": {...}, '
         '"structured_output": "response_format" | "tool"}}.',
+    )
+    mcp_servers: dict[str, MCPServerSettings] = Field(
+        default_factory=dict,
+        description='JSON: {"name": {"url": ..., "headers": {...}} or {"command": ..., "args": '
+        '[...], "env": {...}}, with "tools", "prefix", "approval", "effects", "run_headers", '
+        '"timeout_seconds"}.',
     )
     default_model: str = Field("gpt-4o-mini", description="Model of agents that name none.")
     agents_module: str = Field(
@@ -291,6 +344,14 @@ class Settings(BaseSettings):
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
+
+    @field_validator("mcp_servers")
+    @classmethod
+    def _mcp_server_names(cls, value: dict[str, MCPServerSettings]) -> dict[str, MCPServerSettings]:
+        for name in value:
+            if not re.fullmatch(TOOL_NAME_PATTERN, name):
+                raise ValueError(f"{name!r} is not a server name (1-64 of a-z A-Z 0-9 _ -)")
+        return value
 
     @field_validator("run_retention", mode="before")
     @classmethod

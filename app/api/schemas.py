@@ -237,6 +237,17 @@ class ToolOut(BaseModel):
     effect: ToolEffect
     needs_approval: ApprovalMode
     external: bool = Field(description="The client runs it: a call waits for its output.")
+    server: str | None = Field(None, description="The MCP server it is a tool of; null: Python.")
+
+
+class MCPServerOut(BaseModel):
+    name: str
+    transport: Literal["http", "stdio"]
+    status: Literal["available", "unavailable"] = Field(
+        description="`unavailable`: it cannot be reached now (its tools are not offered); a call "
+        "tries again."
+    )
+    error: str | None = Field(description="Why it is unavailable.")
 
 
 class AgentOut(BaseModel):
@@ -248,6 +259,9 @@ class AgentOut(BaseModel):
     output_schema: dict[str, Any] | None = Field(
         description="The JSON Schema of the agent's structured final answer (its "
         "`output_type`); null: it answers with text."
+    )
+    mcp_servers: list[MCPServerOut] = Field(
+        description="The MCP servers whose tools it offers (listed among `tools`)."
     )
     input_guardrails: list[str] = Field(
         description="Its input guardrails' names: they check a run it starts before the model."

@@ -11,6 +11,7 @@ from app.engine.engine import Engine
 from app.engine.errors import ModelError
 from app.engine.events import RunEvent, RunObserver, TextDelta
 from app.engine.guardrails import AskHuman, Guardrail, Tripwire
+from app.engine.mcp import MCPServer
 from app.engine.model import ModelProvider, ModelRequest, ModelResponse
 from app.engine.outcomes import Completed, Failed, HandedOff, Paused, RunAgain, TurnResult
 from app.engine.principal import Principal
@@ -29,6 +30,7 @@ __all__ = [
     "Failed",
     "Guardrail",
     "HandedOff",
+    "MCPServer",
     "ModelError",
     "ModelProvider",
     "ModelRequest",

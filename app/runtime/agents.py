@@ -14,6 +14,7 @@ from types import ModuleType
 
 from app.engine import Agent, Engine, ModelProvider, ModelRouter
 from app.engine.instruments import Instruments
+from app.engine.mcp import MCPServer
 from app.observability.metrics import PrometheusInstruments
 from app.observability.tracing import CombinedInstruments, TracingInstruments, configure_tracing
 from app.runtime.providers import build_providers
@@ -113,6 +114,28 @@ def build_engine(settings: Settings, module: AgentsModule) -> Engine:
             router,
             instruments=instruments,
             max_tool_output_bytes=settings.max_tool_output_bytes,
+            mcp_servers=build_mcp_servers(settings),
         )
-    except ValueError as exc:  # two agents of one name, two tools of one name in an agent
+    except ValueError as exc:  # two agents or tools of one name, an undefined MCP server
         raise AgentsModuleError(f"AGENTS_MODULE={settings.agents_module!r}: {exc}") from exc
+
+
+def build_mcp_servers(settings: Settings) -> dict[str, MCPServer]:
+    """`MCP_SERVERS`, each an `MCPServer` (not connected yet)."""
+    return {
+        name: MCPServer(
+            name,
+            url=entry.url,
+            headers=entry.headers,
+            command=entry.command,
+            args=entry.args,
+            env=entry.env,
+            tools=entry.tools,
+            prefix=entry.prefix,
+            approval=entry.approval,
+            effects=entry.effects,
+            run_headers=entry.run_headers,
+            timeout_seconds=entry.timeout_seconds,
+        )
+        for name, entry in settings.mcp_servers.items()
+    }

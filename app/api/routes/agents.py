@@ -9,10 +9,11 @@ from fastapi import APIRouter, Query
 from app.api import pagination
 from app.api.deps import ServicesDep, problems
 from app.api.errors import ApiError
-from app.api.schemas import AgentOut, AgentPage, ToolOut
+from app.api.schemas import AgentOut, AgentPage, MCPServerOut, ToolOut
 from app.engine import Agent
 from app.engine.errors import UnknownAgent
 from app.engine.guardrails import guardrail_name
+from app.engine.mcp import MCPTool
 
 router = APIRouter(prefix="/agents", tags=["agents"])
 
@@ -57,8 +58,18 @@ def _agent_out(agent: Agent, default_model: str) -> AgentOut:
                 effect=tool.effect,
                 needs_approval=tool.approval_mode,
                 external=tool.external,
+                server=tool.server.name if isinstance(tool, MCPTool) and tool.server else None,
             )
             for tool in agent.tool_table().values()
+        ],
+        mcp_servers=[
+            MCPServerOut(
+                name=server.name,
+                transport=server.transport,
+                status="available" if server.available else "unavailable",
+                error=None if server.available else server.error,
+            )
+            for server in agent.mcp
         ],
         handoffs=[target.name for target in agent.handoffs],
         output_schema=agent.output.schema if agent.output else None,
