@@ -114,7 +114,7 @@ def serve(
 
     settings = _settings(host=host, port=port, concurrency=concurrency)
     with _refusals(debug):
-        module = startup.agents(settings.agents_module)
+        module = startup.agents(settings)
         startup.database_url(settings.database_url)
         # Say plainly why a second process on one SQLite file cannot start, before uvicorn does.
         probe = Database(settings.database_url)
@@ -180,9 +180,7 @@ def reloading_app() -> FastAPI:
 
     settings = _settings()
     executor = os.environ.get("AGENT_RUNS_EXECUTOR", "true") == "true"
-    return create_app(
-        settings, agents_module=startup.agents(settings.agents_module), with_executor=executor
-    )
+    return create_app(settings, agents_module=startup.agents(settings), with_executor=executor)
 
 
 @cli.command()
@@ -199,7 +197,7 @@ def worker(concurrency: Concurrency = None, debug: Debug = False) -> None:
                 "DATABASE_URL: `worker` needs PostgreSQL: SQLite serves one process, and "
                 "`agent-runs serve` already runs the executor. Set DATABASE_URL=postgresql://..."
             )
-        module = startup.agents(settings.agents_module)
+        module = startup.agents(settings)
         anyio.run(partial(_check_database, settings, schema=True))
         anyio.run(run_worker, settings, (signal.SIGTERM, signal.SIGINT), module)
 

@@ -3,13 +3,15 @@ the traceback only with `--debug`."""
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import ROOT, free_port
 from tests.test_cli import agent_runs
 
 NO_SERVER = "postgresql://nobody@127.0.0.1:1/nothing"  # agents are checked before connecting
@@ -106,6 +108,59 @@ def test_two_agents_of_one_name(tmp_path: Path) -> None:
     )
 
     one_line_refusal(result, "AGENTS_MODULE", "two different agents are named 'a'")
+
+
+def test_an_mcp_tool_clashing_with_an_agent_s_own_refuses_the_start_naming_both(
+    tmp_path: Path,
+) -> None:
+    module = tmp_path / "clash.py"
+    module.write_text(
+        "from app import Agent, tool\n\n\n"
+        "@tool\ndef lookup(key: str) -> str:\n    return key\n\n\n"
+        "agents = [Agent(name='a', tools=[lookup], mcp_servers=['db'])]\n"
+    )
+    server = {"command": sys.executable, "args": [str(ROOT / "tests/mcp/tools_server.py")]}
+    result = agent_runs(
+        "serve",
+        DATABASE_URL=f"sqlite:///{tmp_path / 'x.db'}",
+        PORT=str(free_port()),
+        AGENTS_MODULE=str(module),
+        MCP_SERVERS=json.dumps({"db": server}),
+    )
+
+    one_line_refusal(
+        result, "two tools named 'lookup'", "its own tool", "the tool 'lookup' of MCP server 'db'"
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "words"),
+    [
+        ('{"db": {"args": ["x"]}}', ("MCP_SERVERS", "give a url")),
+        ('{"db": {"command": "x", "run_headers": {"A": "{principal.name}"}}}', ("run_headers",)),
+        ('{"d b": {"url": "http://127.0.0.1:1/mcp"}}', ("MCP_SERVERS", "not a server name")),
+        ('{"db": {"url": "http://h/mcp", "approval": "sometimes"}}', ("MCP_SERVERS", "APPROVAL", "never")),
+    ],
+)
+def test_unusable_mcp_servers(tmp_path: Path, value: str, words: tuple[str, ...]) -> None:
+    result = agent_runs(
+        "serve",
+        DATABASE_URL=f"sqlite:///{tmp_path / 'x.db'}",
+        PORT=str(free_port()),
+        MCP_SERVERS=value,
+    )
+
+    one_line_refusal(result, *words)
+
+
+def test_an_agent_naming_an_undefined_mcp_server(tmp_path: Path) -> None:
+    module = tmp_path / "undefined.py"
+    module.write_text("from app import Agent\n\nagents = [Agent(name='a', mcp_servers=['gh'])]\n")
+    result = agent_runs(
+        "serve", DATABASE_URL=f"sqlite:///{tmp_path / 'x.db'}", AGENTS_MODULE=str(module)
+    )
+
+    one_line_refusal(result, "uses MCP server 'gh', which is not defined")
 
 
 def test_a_port_in_use_is_refused_before_anything_is_migrated(tmp_path: Path) -> None:

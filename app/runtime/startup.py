@@ -10,12 +10,15 @@ import errno
 import socket
 from pathlib import Path
 
+import anyio
 from sqlalchemy import text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
+from app.engine import Engine
 from app.engine.registry import AgentRegistry
-from app.runtime.agents import AgentsModule, AgentsModuleError, load_agents_module
+from app.runtime.agents import AgentsModule, AgentsModuleError, build_engine, load_agents_module
+from app.settings import Settings
 from app.store.database import Database, normalize_url
 from app.store.migrations import SchemaNotReady, ensure_schema
 
@@ -93,16 +96,30 @@ def check_port(host: str, port: int) -> None:
             ) from None
 
 
-def agents(path: str) -> AgentsModule:
-    """The agents module, loaded and its agents checked (names unique, tools per agent too)."""
+def agents(settings: Settings) -> AgentsModule:
+    """The agents module, loaded and its agents checked: names unique, tools per agent too,
+    the MCP servers they name defined, and (once those servers listed their tools) no two tools
+    of an agent sharing a name. A server that cannot be reached is no refusal: it is unavailable
+    until it can be."""
+    path = settings.agents_module
     try:
         module = load_agents_module(path)
         AgentRegistry(module.agents)
+        engine = build_engine(settings, module)
+        if engine.mcp_servers:
+            anyio.run(_connect_once, engine)
     except AgentsModuleError as exc:
         raise StartupError(str(exc)) from exc
     except ValueError as exc:
         raise StartupError(f"AGENTS_MODULE={path!r}: {exc}") from exc
     return module
+
+
+async def _connect_once(engine: Engine) -> None:
+    try:
+        await engine.connect()
+    finally:
+        await engine.aclose()
 
 
 def _one_line(exc: BaseException) -> str:

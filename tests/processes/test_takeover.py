@@ -308,3 +308,33 @@ def test_a_run_taken_over_mid_output_check_checks_the_stored_answer_again(
     assert done["pid"] == reviews[1]["pid"]
     assert_one_owner_at_a_time(cluster, run["id"])
     assert second.metric("agent_runs_takeovers_total") == 1
+
+
+@pytest.mark.parametrize(("tool_name", "repeated"), [("slow", True), ("slow_write", False)])
+def test_a_worker_killed_mid_mcp_call_leaves_it_to_be_repeated_only_when_read_only(
+    cluster: Cluster, fake: FakeModel, connect: Connect, tool_name: str, repeated: bool
+) -> None:
+    """MCP tools take their effect from their annotations: the worker that takes the run over
+    calls a read-only tool again, and parks an unsafe one in doubt for a person."""
+    fake.script("m", [call(tool_name, {"seconds": STEP_SECONDS}), text("done")])
+    mcp = {"AGENTS_MODULE": "tests.processes.mcp_agents"}
+    api = connect(cluster.api(**mcp))
+    first = cluster.worker(**mcp)
+    run = api.create("work")
+    until(lambda: cluster.journal(f"{tool_name}.started"), 30, "the MCP call to start")
+
+    first.kill()
+    cluster.worker(**mcp)
+
+    rested = api.rested(run["id"])
+    started = cluster.journal(f"{tool_name}.started")
+    if repeated:
+        assert rested["status"] == "completed"
+        assert len(started) == 2
+        assert len({entry["pid"] for entry in started}) == 2  # one server process per worker
+    else:
+        assert rested["status"] == "pending_approval"
+        [pending] = rested["pending_approvals"]
+        assert (pending["tool"], pending["in_doubt"]) == ("slow_write", True)
+        assert len(started) == 1
+    assert_one_owner_at_a_time(cluster, run["id"])
