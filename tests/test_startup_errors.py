@@ -139,7 +139,10 @@ def test_an_mcp_tool_clashing_with_an_agent_s_own_refuses_the_start_naming_both(
         ('{"db": {"args": ["x"]}}', ("MCP_SERVERS", "give a url")),
         ('{"db": {"command": "x", "run_headers": {"A": "{principal.name}"}}}', ("run_headers",)),
         ('{"d b": {"url": "http://127.0.0.1:1/mcp"}}', ("MCP_SERVERS", "not a server name")),
-        ('{"db": {"url": "http://h/mcp", "approval": "sometimes"}}', ("MCP_SERVERS", "APPROVAL", "never")),
+        (
+            '{"db": {"url": "http://h/mcp", "approval": "sometimes"}}',
+            ("MCP_SERVERS", "APPROVAL", "never"),
+        ),
     ],
 )
 def test_unusable_mcp_servers(tmp_path: Path, value: str, words: tuple[str, ...]) -> None:
