@@ -62,7 +62,7 @@ def test_serve_alone_plays_the_readme_walkthrough_on_the_demo_model(tmp_path: Pa
     assert shown.returncode == 0, shown.stderr
     said = json.loads(banner.read_text().splitlines()[0])
     assert said["demo_model"] is True
-    assert said["agents"] == ["billing", "triage"]
+    assert said["agents"] == ["billing", "librarian", "triage"]
     assert said["models"] == [
         {"provider": "default", "endpoint": said["models"][0]["endpoint"], "key_set": False}
     ]
@@ -85,4 +85,11 @@ def test_serve_alone_plays_the_readme_walkthrough_on_the_demo_model(tmp_path: Pa
     assert "tripped: the message holds what looks like a card number" in output
     assert '"reason":"the message mentions a lawyer: a person reads it first"' in output
     assert '"call_id":"guardrail_input_lawyers_read_by_a_person","approved":true' in output
+    # The librarian's tools, from the example MCP server the service started.
+    assert '"name":"find_note","description":"Read the note of that title."' in output
+    assert '"effect":"read","needs_approval":"never","external":false,"server":"notes"' in output
+    assert '"status":"available"' in output
+    assert (
+        "find_note gave: The guest network is 'visitors'; its password is on the fridge." in output
+    )
     assert '"model_error"' not in output

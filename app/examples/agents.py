@@ -1,4 +1,5 @@
-"""Example agents: tools, a conditional approval, an always-asking tool, a handoff and guardrails.
+"""Example agents: tools, a conditional approval, an always-asking tool, a handoff, guardrails
+and an MCP server's tools.
 
 Registered by default (`AGENTS_MODULE=app.examples.agents`). Point AGENTS_MODULE at a module of
 your own with the same shape: a list `agents`, and optionally a dict `providers`.
@@ -7,9 +8,10 @@ your own with the same shape: a list `agents`, and optionally a dict `providers`
 from __future__ import annotations
 
 import re
+import sys
 from typing import Any
 
-from app import Agent, AskHuman, RunContext, Tripwire, tool
+from app import Agent, AskHuman, MCPServer, RunContext, Tripwire, tool
 
 # 13 to 19 digits, perhaps grouped by spaces or dashes: what a payment card number looks like.
 CARD_NUMBER = re.compile(r"\b\d(?:[ -]?\d){12,18}\b")
@@ -83,4 +85,13 @@ triage = Agent(
     input_guardrails=[no_card_numbers, lawyers_read_by_a_person],
 )
 
-agents = [triage, billing]
+# Its tools come from an MCP server, started by the service over stdio.
+notes_server = MCPServer("notes", command=sys.executable, args=["-m", "app.examples.notes_server"])
+librarian = Agent(
+    name="librarian",
+    description="Finds and keeps notes, with the tools of an MCP server.",
+    instructions="Answer from the notes; add a note when asked.",
+    mcp_servers=[notes_server],
+)
+
+agents = [triage, billing, librarian]

@@ -222,7 +222,8 @@ def _report(result: _Result) -> str:
         return f"{result.arguments.get('a')} + {result.arguments.get('b')} = {output}."
     if result.name in ("delete_record", "refund"):
         return f"Done: {output}."
-    return f"{result.name} gave: {output}."
+    # One full stop ends the sentence, whether the output ends with one or not.
+    return f"{result.name} gave: {output.rstrip('.')}."
 
 
 def _action(result: _Result) -> str:
