@@ -174,25 +174,30 @@ class MCPServer:
                     ),
                 )
         except McpError as exc:
-            if exc.error.code == mcp_types.CONNECTION_CLOSED:
-                connection.drop(exc)
-            raise MCPToolError(f"MCP server {self.name!r}: {exc.error.message}") from exc
+            if exc.error.code != mcp_types.CONNECTION_CLOSED:
+                raise MCPToolError(f"MCP server {self.name!r}: {exc.error.message}") from exc
+            connection.drop(exc)
+            raise MCPToolError(self._dropped_mid_call(connection)) from exc
         except TimeoutError as exc:
             raise MCPToolError(
                 f"MCP server {self.name!r} gave no answer in {self.timeout_seconds:g} s"
             ) from exc
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, *_TRANSPORT_ERRORS) as exc:
             connection.drop(exc)
-            raise MCPToolError(f"MCP server {self.name!r} dropped the connection") from exc
+            raise MCPToolError(self._dropped_mid_call(connection)) from exc
         if result is None:
-            raise MCPToolError(
-                f"MCP server {self.name!r} dropped the connection: {connection.error}; the call "
-                "may or may not have been done"
-            )
+            raise MCPToolError(self._dropped_mid_call(connection))
         text = result_text(result)
         if result.isError:
             raise MCPToolError(text or f"the tool {remote_name} of {self.name!r} failed")
         return text
+
+    def _dropped_mid_call(self, connection: _Connection) -> str:
+        # The model and a person reading the run must not take it for "not done".
+        return (
+            f"MCP server {self.name!r} dropped the connection ({connection.error}): the call "
+            "may or may not have been done"
+        )
 
     def _connection_for(self, ctx: RunContext | None) -> _Connection:
         """The server's own connection, or with `run_headers` the run identity's: headers are
@@ -468,15 +473,20 @@ def _block_text(block: mcp_types.ContentBlock) -> str:
         case mcp_types.TextContent(text=text):
             return text
         case mcp_types.ImageContent(mimeType=mime, data=data):
-            return f"[image: {mime}, {len(data) * 3 // 4} bytes]"
+            return f"[image: {mime}, {_decoded_size(data)} bytes]"
         case mcp_types.AudioContent(mimeType=mime, data=data):
-            return f"[audio: {mime}, {len(data) * 3 // 4} bytes]"
+            return f"[audio: {mime}, {_decoded_size(data)} bytes]"
         case mcp_types.ResourceLink(uri=uri, name=name):
             return f"[resource link: {name} <{uri}>]"
         case mcp_types.EmbeddedResource(resource=mcp_types.TextResourceContents() as resource):
             return f"[resource <{resource.uri}>]\n{resource.text}"
         case mcp_types.EmbeddedResource(resource=resource):
             return f"[resource <{resource.uri}>: {resource.mimeType or 'binary'}]"
+
+
+def _decoded_size(base64_data: str) -> int:
+    """The size of base64 data once decoded, without decoding it."""
+    return len(base64_data) * 3 // 4 - base64_data[-2:].count("=")
 
 
 def _described(exc: BaseException) -> str:

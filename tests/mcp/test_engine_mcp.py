@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -9,10 +10,12 @@ from contextlib import asynccontextmanager
 import anyio
 import pytest
 import structlog
+from mcp import types as mcp_types
+from pydantic import AnyUrl
 
 from app import Agent, Principal, tool
 from app.engine import Completed, DecisionInput, Engine, RunState, RunStatus
-from app.engine.mcp import MCPServer, MCPTool
+from app.engine.mcp import MCPServer, MCPTool, result_text
 from app.engine.state import CallStatus
 from app.testing import FakeModel, call, text
 from tests.engine.conftest import EngineFactory, Recorder
@@ -157,18 +160,21 @@ async def test_a_server_that_cannot_be_reached_is_unavailable_and_its_calls_are_
     assert state.status is RunStatus.COMPLETED  # its tools are simply not offered
 
 
+@pytest.mark.parametrize("crash", ["crash_reading", "crash_writing"])
 async def test_a_server_killed_mid_call_gives_an_error_and_is_started_again_on_the_next(
-    make_engine: EngineFactory, fake: FakeModel, journal: Journal
+    make_engine: EngineFactory, fake: FakeModel, journal: Journal, crash: str
 ) -> None:
-    fake.script("m", [call("crash_reading"), call("lookup", {"key": "k"}), text("ok")])
-    engine = make_engine([Agent(name="a", model="m", mcp_servers=[stdio_server(journal)])])
+    fake.script("m", [call(crash), call("lookup", {"key": "k"}), text("ok")])
+    server = stdio_server(journal, approval="never")
+    engine = make_engine([Agent(name="a", model="m", mcp_servers=[server])])
     async with connected(engine):
         state = engine.start("a", "go")
         await engine.run(state)
 
     assert state.status is RunStatus.COMPLETED
     crashed, looked_up = tool_outputs(state)
-    assert "MCP server 'db'" in crashed
+    assert "MCP server 'db' dropped the connection" in crashed
+    assert "may or may not have been done" in crashed
     assert looked_up == "value of k"
     assert len(journal.entries("started")) == 2  # the server process, started again
 
@@ -307,3 +313,39 @@ def test_a_run_header_names_only_the_principal_or_variables() -> None:
         MCPServer("web", url="http://127.0.0.1:1/mcp", run_headers={"X": "{settings.secret}"})
     with pytest.raises(ValueError, match="run_headers are for a streamable HTTP server"):
         MCPServer("s", command="true", run_headers={"X": "{principal.name}"})
+
+
+def test_results_read_as_text_with_images_audio_and_resources_described() -> None:
+    pixel = base64.b64encode(b"0123456789").decode()
+    result = mcp_types.CallToolResult(
+        content=[
+            mcp_types.TextContent(type="text", text="Here:"),
+            mcp_types.ImageContent(type="image", data=pixel, mimeType="image/png"),
+            mcp_types.AudioContent(type="audio", data=pixel, mimeType="audio/wav"),
+            mcp_types.EmbeddedResource(
+                type="resource",
+                resource=mcp_types.TextResourceContents(
+                    uri=AnyUrl("file:///notes/a.md"), text="# A", mimeType="text/markdown"
+                ),
+            ),
+            mcp_types.EmbeddedResource(
+                type="resource",
+                resource=mcp_types.BlobResourceContents(
+                    uri=AnyUrl("file:///b.bin"), blob=pixel, mimeType="application/pdf"
+                ),
+            ),
+            mcp_types.ResourceLink(type="resource_link", uri=AnyUrl("file:///c.txt"), name="c"),
+        ]
+    )
+
+    assert result_text(result).splitlines() == [
+        "Here:",
+        "[image: image/png, 10 bytes]",
+        "[audio: audio/wav, 10 bytes]",
+        "[resource <file:///notes/a.md>]",
+        "# A",
+        "[resource <file:///b.bin>: application/pdf]",
+        "[resource link: c <file:///c.txt>]",
+    ]
+    structured_only = mcp_types.CallToolResult(content=[], structuredContent={"rows": 3})
+    assert result_text(structured_only) == '{"rows": 3}'
