@@ -33,7 +33,7 @@ from mcp.client.streamable_http import streamable_http_client
 from app.engine.context import RunContext
 from app.engine.schema import foreign_schema
 from app.engine.text import storable_text
-from app.engine.tools import Tool, ToolEffect, check_tool_name
+from app.engine.tools import TOOL_NAME_PATTERN, Tool, ToolEffect, check_tool_name
 
 log = structlog.get_logger("app.engine")
 
@@ -43,6 +43,7 @@ _TRANSPORT_ERRORS = (OSError, httpx.HTTPError)
 HTTP_READ_TIMEOUT_SECONDS = 300
 MAX_IDENTITY_CONNECTIONS = 32  # sessions kept for run identities (run_headers), per server
 T = TypeVar("T")
+_NAME = re.compile(TOOL_NAME_PATTERN)
 
 
 class MCPToolError(Exception):
@@ -55,7 +56,6 @@ class MCPTool(Tool):
 
     server: MCPServer | None = field(default=None, repr=False)
     remote_name: str = ""  # its name on the server
-    annotations: mcp_types.ToolAnnotations | None = field(default=None, repr=False)
 
     async def invoke(self, arguments: Mapping[str, Any], ctx: RunContext) -> Any:
         assert self.server is not None
@@ -93,6 +93,8 @@ class MCPServer:
         timeout_seconds: float = 60.0,
         connect_timeout_seconds: float = 15.0,
     ) -> None:
+        if not _NAME.fullmatch(name):
+            raise ValueError(f"{name!r} is not an MCP server name (1-64 of a-z A-Z 0-9 _ -)")
         if (url is None) == (command is None):
             raise ValueError(f"MCP server {name!r}: give a url (HTTP) or a command (stdio)")
         if run_headers and url is None:
@@ -267,7 +269,6 @@ class MCPServer:
             effect=self.effects.get(remote.name) or _effect(hints),
             server=self,
             remote_name=remote.name,
-            annotations=remote.annotations,
         )
 
     def _needs_approval(self, hints: mcp_types.ToolAnnotations) -> bool:
