@@ -20,6 +20,7 @@ async def test_agents_are_listed_with_tools_and_handoffs(client: Client) -> None
     assert calc["description"] == "Arithmetic."
     assert calc["model"] == "m"  # the default model, as the agent names none
     assert calc["handoffs"] == ["billing"]
+    assert calc["mcp_servers"] == []
     tools = {tool["name"]: tool for tool in calc["tools"]}
     assert set(tools) == {
         "add",
@@ -43,6 +44,7 @@ async def test_agents_are_listed_with_tools_and_handoffs(client: Client) -> None
         "effect": "read",
         "needs_approval": "never",
         "external": False,
+        "server": None,
     }
     assert tools["delete_record"]["needs_approval"] == "always"
     assert tools["delete_record"]["effect"] == "unsafe"

@@ -874,3 +874,63 @@ async def test_an_output_guardrail_s_question_shows_the_answer_it_holds(
         await expect(page.locator(".guardrail-ask .heading")).to_have_text(
             "Guardrail screen_output (output) asks a person approved"
         )
+
+
+MCP_AGENTS = "tests.api.mcp_agents"
+
+
+async def test_an_agent_s_mcp_tools_show_their_server_and_a_server_that_is_down_says_why(
+    serve_live: LiveFactory, fake: FakeModel, browsing: Browsing
+) -> None:
+    fake.script("m", [call("delete_row", {"row": 7}), text("Deleted row 7.")])
+    with serve_live(agents_module=MCP_AGENTS) as live:
+        page = await browsing.open(f"{live.url}/console#/new")
+        await page.get_by_label("Agent").select_option("records")
+        tools = page.locator(".agent-tools")
+        await expect(tools.get_by_role("heading", name="Tools of records")).to_be_visible()
+        # Each tool's effect, approval rule and, for an MCP tool, its server.
+        await expect(tools.locator("[data-tool] .rules")).to_have_text(
+            [
+                "read · no approval",
+                "read · no approval · from MCP server db",
+                "idempotent · no approval · from MCP server db",
+                "unsafe · always asks a person · from MCP server db",
+            ]
+        )
+        await expect(tools.locator('[data-tool="delete_row"] .tool-description')).to_have_text(
+            "Delete a row for good."
+        )
+        await expect(tools.locator('[data-server="db"]')).to_have_text("db (stdio) available")
+        # The server that cannot be reached says so, and why its tools are missing.
+        down = tools.locator('[data-server="down"]')
+        await expect(down.locator(".status")).to_have_text("unavailable")
+        await expect(down.locator(".why")).to_have_text(
+            "Its tools could not be listed: ConnectError: All connection attempts failed"
+        )
+        await expect(down.locator(".why")).to_be_visible()
+        await screenshot(page, "console-mcp-tools.png")
+
+        await page.get_by_label("Input").fill("delete row 7")
+        await page.get_by_role("button", name="Start run").click()
+        await expect(page).to_have_url(re.compile(r"#/runs/run_\w+$"))
+        run_id = page.url.rsplit("/", 1)[1]
+        await expect(run_status(page)).to_have_text("pending approval")
+
+        # The inbox card says which server the tool is of, beside its effect and rule.
+        inbox = await browsing.open(f"{live.url}/console")
+        card = card_of(inbox, run_id)
+        await expect(card.locator(".effect")).to_have_text(
+            "Effect: unsafe: it changes something; running it twice may do it twice"
+        )
+        await expect(card.locator(".origin")).to_have_text("From: MCP server db")
+        await expect(card.locator(".why")).to_have_text(
+            "Why approval is needed: every call of this tool needs a person's approval."
+        )
+        await card.get_by_role("button", name="Approve").click()
+        await expect(card.locator(".outcome")).to_contain_text("Approved")
+
+        # Approved, the call ran on the MCP server; the run page shows its result.
+        await expect(run_status(page)).to_have_text("completed")
+        tool_call = page.locator(".tool-call").filter(has_text="delete_row")
+        await expect(tool_call.locator(".output")).to_have_text("deleted row 7")
+        await expect(page.locator(".final")).to_have_text("Deleted row 7.")

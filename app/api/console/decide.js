@@ -8,6 +8,7 @@
 import { request } from "./api.js";
 import { guardrailStage, messageView } from "./conversation.js";
 import { age, append, h, pretty, problemView, replace, time, uid } from "./dom.js";
+import { origin } from "./tools.js";
 
 const EFFECTS = {
   read: "read: it only reads",
@@ -83,6 +84,8 @@ function toolFacts(item, tool) {
     tool?.effect && item.kind !== "external"
       ? h("p", { class: "effect" }, h("strong", {}, "Effect: "), EFFECTS[tool.effect] ?? tool.effect)
       : null,
+    // A call the client runs says so in why it waits; an MCP server is named here.
+    tool?.server ? h("p", { class: "origin" }, h("strong", {}, "From: "), origin(tool)) : null,
     why
       ? h(
           "p",

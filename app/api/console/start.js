@@ -1,8 +1,10 @@
-// Start a run: an agent from `GET /agents`, the input, and optional session and context JSON.
+// Start a run: an agent from `GET /agents` (its tools and MCP servers shown once chosen), the
+// input, and optional session and context JSON.
 
 import { request } from "./api.js";
 import { h, problemView, replace, uid } from "./dom.js";
-import { agentNames } from "./runs.js";
+import { agentList } from "./runs.js";
+import { agentTools } from "./tools.js";
 
 function field(label, control, help) {
   const error = h("p", { class: "field-error", id: uid("error"), hidden: true });
@@ -65,10 +67,14 @@ export function showStart(main, { navigate }) {
   const fields = { agent, input, session_id: session, context };
   const submit = h("button", { type: "submit", class: "primary" }, "Start run");
   const problems = h("div", { tabindex: "-1" });
+  const agents = new Map(); // by name, as `GET /agents` lists them
+  const about = h("div"); // the chosen agent's tools and MCP servers
   const form = h(
     "form",
     { class: "start", novalidate: true },
-    Object.values(fields).map((f) => f.element),
+    agent.element,
+    about,
+    [input, session, context].map((f) => f.element),
     h("div", { class: "actions" }, submit),
     problems,
   );
@@ -76,8 +82,10 @@ export function showStart(main, { navigate }) {
   replace(main, h("h1", { tabindex: "-1" }, "Start a run"), form);
   document.title = "Start a run · agent-runs";
 
-  agentNames(controller.signal)
-    .then((names) => {
+  agentList(controller.signal)
+    .then((found) => {
+      for (const item of found) agents.set(item.name, item);
+      const names = [...agents.keys()];
       replace(
         agent.control,
         h("option", { value: "" }, names.length ? "Choose an agent" : "No agent is registered"),
@@ -87,6 +95,11 @@ export function showStart(main, { navigate }) {
     .catch((error) => {
       if (!controller.signal.aborted) replace(problems, problemView(error));
     });
+
+  agent.control.addEventListener("change", () => {
+    const chosen = agents.get(agent.control.value);
+    replace(about, chosen ? agentTools(chosen) : null);
+  });
 
   context.control.addEventListener("input", () =>
     context.show(contextProblem(context.control.value)),

@@ -1,0 +1,103 @@
+"""MCP tool servers over HTTP: `GET /agents` lists an agent's MCP tools with their server,
+effect and approval rule beside its Python tools, and its servers with their status; one that
+cannot be reached is `unavailable`, with the reason, and offers no tools."""
+
+from __future__ import annotations
+
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+import pytest
+
+from app.api.app import create_app
+from app.runtime.agents import load_agents_module
+from app.settings import Settings
+from tests.api.conftest import Client, ClientFactory, serving
+
+pytestmark = pytest.mark.anyio
+
+MCP_AGENTS = "tests.api.mcp_agents"
+
+
+@pytest.fixture
+def make_mcp_client(settings: Settings) -> ClientFactory:
+    module = load_agents_module(MCP_AGENTS)
+
+    def make(
+        *, with_executor: bool = True, **overrides: Any
+    ) -> AbstractAsyncContextManager[Client]:
+        changed = settings.model_copy(update={"agents_module": MCP_AGENTS, **overrides})
+        return serving(create_app(changed, agents_module=module, with_executor=with_executor))
+
+    return make
+
+
+def db_tool(name: str, description: str, types: dict[str, str], **rules: str) -> dict[str, Any]:
+    """A tool of the `db` server as listed: its schema as FastMCP writes it (with titles)."""
+    return {
+        "name": name,
+        "description": description,
+        "parameters": {
+            "type": "object",
+            "title": f"{name}Arguments",
+            "properties": {
+                field: {"title": field.capitalize(), "type": kind} for field, kind in types.items()
+            },
+            "required": list(types),
+        },
+        "external": False,
+        "server": "db",
+        **rules,
+    }
+
+
+async def test_an_agent_shows_its_mcp_tools_with_their_server_and_its_servers_status(
+    make_mcp_client: ClientFactory,
+) -> None:
+    # Twice, one app after the other on the same module: its servers are connected at each
+    # start and closed at each stop.
+    for _ in range(2):
+        async with make_mcp_client(with_executor=False) as client:
+            listed = (await client.get("/agents")).json()
+            response = await client.get("/agents/records")
+
+        assert response.status_code == 200
+        agent = response.json()
+        assert listed["items"] == [agent]
+        db, down = agent.pop("mcp_servers")
+        assert agent["tools"] == [
+            {
+                "name": "today",
+                "description": "Today's date.",
+                "parameters": {"type": "object", "properties": {}, "additionalProperties": False},
+                "effect": "read",
+                "needs_approval": "never",
+                "external": False,
+                "server": None,
+            },
+            db_tool(
+                "lookup", "Look a key up.", {"key": "string"}, effect="read", needs_approval="never"
+            ),
+            db_tool(
+                "put",
+                "Store a value under a key (the same twice is no change).",
+                {"key": "string", "value": "string"},
+                effect="idempotent",
+                needs_approval="never",
+            ),
+            db_tool(
+                "delete_row",
+                "Delete a row for good.",
+                {"row": "integer"},
+                effect="unsafe",
+                needs_approval="always",
+            ),
+        ]
+        assert db == {"name": "db", "transport": "stdio", "status": "available", "error": None}
+        # Nothing listens on port 9: the reason is the refused connection, as httpx says it.
+        assert down == {
+            "name": "down",
+            "transport": "http",
+            "status": "unavailable",
+            "error": "ConnectError: All connection attempts failed",
+        }
