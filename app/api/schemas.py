@@ -244,8 +244,8 @@ class MCPServerOut(BaseModel):
     name: str
     transport: Literal["http", "stdio"]
     status: Literal["available", "unavailable"] = Field(
-        description="`unavailable`: it cannot be reached now (its tools are not offered); a call "
-        "tries again."
+        description="`unavailable`: it cannot be reached now (its tools are not offered); it is "
+        "tried again in the background."
     )
     error: str | None = Field(description="Why it is unavailable.")
 

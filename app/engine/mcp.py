@@ -41,6 +41,8 @@ MCPApproval = Literal["destructive", "always", "never"]
 MAX_TOOL_PAGES = 50  # a server paging its tool list forever is cut off there
 _TRANSPORT_ERRORS = (OSError, httpx.HTTPError)
 HTTP_READ_TIMEOUT_SECONDS = 300
+# A server unavailable at start is tried again this often, twice as long each time.
+FIRST_RETRY_SECONDS, LAST_RETRY_SECONDS = 1.0, 60.0
 MAX_IDENTITY_CONNECTIONS = 32  # sessions kept for run identities (run_headers), per server
 T = TypeVar("T")
 _NAME = re.compile(TOOL_NAME_PATTERN)
@@ -145,10 +147,21 @@ class MCPServer:
 
     async def connect(self) -> bool:
         """Connect now (`__aenter__` only gets ready): whether the server could be reached. One
-        that cannot is said in the log and in `error`; its next call tries again."""
+        that cannot is said in the log and in `error`, and tried again in the background until
+        it answers: its tools were never listed, so no call would try."""
         with contextlib.suppress(MCPToolError):
             await self._main.open()
+        if not self.available and self._group is not None:
+            self._group.start_soon(self._keep_trying)
         return self.available
+
+    async def _keep_trying(self) -> None:
+        delay = FIRST_RETRY_SECONDS
+        while not self.available:
+            await anyio.sleep(delay)
+            delay = min(delay * 2, LAST_RETRY_SECONDS)
+            with contextlib.suppress(MCPToolError):
+                await self._main.open()
 
     async def __aexit__(
         self,

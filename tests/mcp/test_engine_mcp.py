@@ -349,3 +349,24 @@ def test_results_read_as_text_with_images_audio_and_resources_described() -> Non
     ]
     structured_only = mcp_types.CallToolResult(content=[], structuredContent={"rows": 3})
     assert result_text(structured_only) == '{"rows": 3}'
+
+
+async def test_a_server_down_at_start_is_tried_again_until_it_answers(
+    make_engine: EngineFactory, fake: FakeModel, journal: Journal
+) -> None:
+    http_server = HttpServer(journal)
+    server = MCPServer("late", url=http_server.url, connect_timeout_seconds=2)
+    engine = make_engine([Agent(name="a", model="m", mcp_servers=[server])])
+    async with connected(engine):
+        assert not server.available
+        assert engine.agents.get("a").tool_table() == {}
+        http_server.start()
+        try:
+            await eventually(lambda: server.available, "the server to be connected")
+            fake.script("m", [call("lookup", {"key": "k"}), text("ok")])
+            state = engine.start("a", "go")
+            await engine.run(state)
+        finally:
+            http_server.stop()
+
+    assert tool_outputs(state) == ["value of k"]
