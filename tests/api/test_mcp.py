@@ -12,6 +12,7 @@ import pytest
 from app.api.app import create_app
 from app.runtime.agents import load_agents_module
 from app.settings import Settings
+from app.testing import FakeModel, call, text
 from tests.api.conftest import Client, ClientFactory, serving
 
 pytestmark = pytest.mark.anyio
@@ -101,3 +102,32 @@ async def test_an_agent_shows_its_mcp_tools_with_their_server_and_its_servers_st
             "status": "unavailable",
             "error": "ConnectError: All connection attempts failed",
         }
+
+
+async def test_a_run_calls_mcp_tools_and_a_destructive_one_waits_for_a_person(
+    make_mcp_client: ClientFactory, fake: FakeModel
+) -> None:
+    fake.script("m", [call("lookup", {"key": "r7"}), call("delete_row", {"row": 7}), text("done")])
+    async with make_mcp_client() as client:
+        created = await client.post(
+            "/runs", params={"wait": 10}, json={"agent": "records", "input": "drop row 7"}
+        )
+        run = created.json()
+        assert run["status"] == "pending_approval", run["error"]
+        [pending] = run["pending_approvals"]
+        assert (pending["tool"], pending["arguments"], pending["kind"]) == (
+            "delete_row",
+            {"row": 7},
+            "approval",
+        )
+
+        decided = await client.post(
+            f"/runs/{run['id']}/approvals",
+            params={"wait": 10},
+            json={"decisions": [{"call_id": pending["call_id"], "approved": True}]},
+        )
+
+    finished = decided.json()
+    assert finished["status"] == "completed"
+    outputs = [m["content"] for m in finished["messages"] if m["role"] == "tool"]
+    assert outputs == ["value of r7", "deleted row 7"]
