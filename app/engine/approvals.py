@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import anyio.to_thread
 import pydantic
 import structlog
 
 from app.engine import events
 from app.engine.agent import Agent, HandlerVerdict
 from app.engine.calls import limit_output, rejected_output, validation_errors
-from app.engine.context import RunContext
+from app.engine.context import RunContext, call_users_function
 from app.engine.errors import (
     CallAlreadyDecided,
     InvalidDecision,
@@ -63,12 +61,7 @@ async def ask_handler(agent: Agent, request: ApprovalRequest, ctx: RunContext) -
     if handler is None:
         return None
     try:
-        if inspect.iscoroutinefunction(handler):
-            verdict = await handler(request, ctx)
-        else:
-            verdict = await anyio.to_thread.run_sync(handler, request, ctx)
-        if inspect.isawaitable(verdict):
-            verdict = await verdict
+        verdict = await call_users_function(handler, request, ctx)
     except Exception:
         log.exception("approval_handler.failed", run_id=ctx.run_id, call_id=request.call_id)
         return None

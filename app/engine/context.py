@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
+
+import anyio.to_thread
 
 from app.engine.principal import ANONYMOUS, Principal
 
@@ -31,3 +34,15 @@ class RunContext:
     def cancelled(self) -> bool:
         """True once the run is cancelled or timed out; safe to poll from a sync tool's thread."""
         return self._cancel_event.is_set()
+
+
+async def call_users_function(function: Callable[..., Any], *args: Any) -> Any:
+    """Call a sync or async function of the user's (a handler, a guardrail) and await what it
+    gives; a sync one runs in a worker thread, off the event loop."""
+    if inspect.iscoroutinefunction(function):
+        result = await function(*args)
+    else:
+        result = await anyio.to_thread.run_sync(function, *args)
+    if inspect.isawaitable(result):
+        result = await result
+    return result

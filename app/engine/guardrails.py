@@ -8,7 +8,6 @@ A person's answer to an ask is a decision like any approval's, on a pending item
 from __future__ import annotations
 
 import copy
-import inspect
 import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ import anyio
 import anyio.to_thread
 import structlog
 
-from app.engine.context import RunContext
+from app.engine.context import RunContext, call_users_function
 from app.engine.events import RunEvent
 from app.engine.state import Decision, GuardrailAsk, GuardrailStage, RunError
 from app.engine.text import storable_text
@@ -117,12 +116,7 @@ async def run_guardrails(
 async def _check(guardrail: Guardrail, stage: GuardrailStage, data: Any, ctx: RunContext) -> Check:
     name = guardrail_name(guardrail)
     try:
-        if inspect.iscoroutinefunction(guardrail):
-            verdict = await guardrail(data, ctx)
-        else:
-            verdict = await anyio.to_thread.run_sync(guardrail, data, ctx)
-        if inspect.isawaitable(verdict):
-            verdict = await verdict
+        verdict = await call_users_function(guardrail, data, ctx)
     except Exception as exc:
         # A check that cannot say lets nothing through.
         log.exception("guardrail.failed", run_id=ctx.run_id, guardrail=name, stage=stage)

@@ -121,21 +121,8 @@ def build_engine(settings: Settings, module: AgentsModule) -> Engine:
 
 
 def build_mcp_servers(settings: Settings) -> dict[str, MCPServer]:
-    """`MCP_SERVERS`, each an `MCPServer` (not connected yet)."""
+    """`MCP_SERVERS`, each an `MCPServer` (not connected yet): an entry's fields are its
+    keyword arguments."""
     return {
-        name: MCPServer(
-            name,
-            url=entry.url,
-            headers=entry.headers,
-            command=entry.command,
-            args=entry.args,
-            env=entry.env,
-            tools=entry.tools,
-            prefix=entry.prefix,
-            approval=entry.approval,
-            effects=entry.effects,
-            run_headers=entry.run_headers,
-            timeout_seconds=entry.timeout_seconds,
-        )
-        for name, entry in settings.mcp_servers.items()
+        name: MCPServer(name, **entry.model_dump()) for name, entry in settings.mcp_servers.items()
     }

@@ -105,20 +105,23 @@ async def requests_arrived(fake: FakeModel, count: int, model: str | None = None
     assert await anyio.to_thread.run_sync(fake.wait_for_requests, count, model)
 
 
-@pytest.fixture
-def make_client(settings: Settings) -> ClientFactory:
-    test_agents.reset()
-    module = load_agents_module("tests.api.agents")
+def client_factory(settings: Settings, module_name: str, **fixed: Any) -> ClientFactory:
+    """Apps on that agents module, with `fixed` settings and each app's own overrides."""
+    module = load_agents_module(module_name)
 
     def make(
         *, with_executor: bool = True, **overrides: Any
     ) -> AbstractAsyncContextManager[Client]:
-        app = create_app(
-            settings.model_copy(update=overrides), agents_module=module, with_executor=with_executor
-        )
-        return serving(app)
+        changed = settings.model_copy(update={**fixed, **overrides})
+        return serving(create_app(changed, agents_module=module, with_executor=with_executor))
 
     return make
+
+
+@pytest.fixture
+def make_client(settings: Settings) -> ClientFactory:
+    test_agents.reset()
+    return client_factory(settings, "tests.api.agents")
 
 
 class Watchers:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import anyio
@@ -14,12 +13,10 @@ import jwt
 import pytest
 from pydantic import SecretStr
 
-from app.api.app import create_app
-from app.runtime.agents import load_agents_module
 from app.settings import Settings
 from app.testing import FakeModel, text
 from tests.api import guarded_agents
-from tests.api.conftest import Client, ClientFactory, Receiver, rested, serving
+from tests.api.conftest import Client, ClientFactory, Receiver, client_factory, rested
 from tests.api.test_durability import stored_events
 
 pytestmark = pytest.mark.anyio
@@ -32,15 +29,7 @@ ASK_ID = "guardrail_input_screen_input"
 @pytest.fixture
 def make_guarded(settings: Settings) -> ClientFactory:
     guarded_agents.reset()
-    module = load_agents_module("tests.api.guarded_agents")
-
-    def make(
-        *, with_executor: bool = True, **overrides: Any
-    ) -> AbstractAsyncContextManager[Client]:
-        changed = settings.model_copy(update=overrides)
-        return serving(create_app(changed, agents_module=module, with_executor=with_executor))
-
-    return make
+    return client_factory(settings, "tests.api.guarded_agents")
 
 
 @pytest.fixture

@@ -4,16 +4,13 @@ cannot be reached is `unavailable`, with the reason, and offers no tools."""
 
 from __future__ import annotations
 
-from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import pytest
 
-from app.api.app import create_app
-from app.runtime.agents import load_agents_module
 from app.settings import Settings
 from app.testing import FakeModel, call, text
-from tests.api.conftest import Client, ClientFactory, serving
+from tests.api.conftest import ClientFactory, client_factory
 
 pytestmark = pytest.mark.anyio
 
@@ -22,15 +19,7 @@ MCP_AGENTS = "tests.api.mcp_agents"
 
 @pytest.fixture
 def make_mcp_client(settings: Settings) -> ClientFactory:
-    module = load_agents_module(MCP_AGENTS)
-
-    def make(
-        *, with_executor: bool = True, **overrides: Any
-    ) -> AbstractAsyncContextManager[Client]:
-        changed = settings.model_copy(update={"agents_module": MCP_AGENTS, **overrides})
-        return serving(create_app(changed, agents_module=module, with_executor=with_executor))
-
-    return make
+    return client_factory(settings, MCP_AGENTS, agents_module=MCP_AGENTS)
 
 
 def db_tool(name: str, description: str, types: dict[str, str], **rules: str) -> dict[str, Any]:

@@ -6,18 +6,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import anyio
 import pytest
 
-from app.api.app import create_app
-from app.runtime.agents import load_agents_module
 from app.settings import ProviderSettings, Settings
 from app.testing import FakeModel, call, text
 from app.testing.script import Rule, Script
-from tests.api.conftest import Client, ClientFactory, rested, serving
+from tests.api.conftest import Client, ClientFactory, client_factory, rested
 from tests.api.structured_agents import SUM_SCHEMA
 
 pytestmark = pytest.mark.anyio
@@ -25,17 +22,9 @@ pytestmark = pytest.mark.anyio
 
 @pytest.fixture
 def make_structured(settings: Settings, fake_server: Any) -> ClientFactory:
-    module = load_agents_module("tests.api.structured_agents")
     # A server configured for the tool mechanism: the same fake, by another provider name.
     providers = {"tools": ProviderSettings(base_url=fake_server.base_url, structured_output="tool")}
-
-    def make(
-        *, with_executor: bool = True, **overrides: Any
-    ) -> AbstractAsyncContextManager[Client]:
-        changed = settings.model_copy(update={"model_providers": providers, **overrides})
-        return serving(create_app(changed, agents_module=module, with_executor=with_executor))
-
-    return make
+    return client_factory(settings, "tests.api.structured_agents", model_providers=providers)
 
 
 @pytest.fixture
