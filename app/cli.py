@@ -180,7 +180,9 @@ def reloading_app() -> FastAPI:
 
     settings = _settings()
     executor = os.environ.get("AGENT_RUNS_EXECUTOR", "true") == "true"
-    return create_app(settings, agents_module=startup.agents(settings), with_executor=executor)
+    # uvicorn builds it in its running event loop: the MCP servers are checked as they connect.
+    module = startup.agents(settings, connect=False)
+    return create_app(settings, agents_module=module, with_executor=executor)
 
 
 @cli.command()

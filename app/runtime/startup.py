@@ -96,17 +96,18 @@ def check_port(host: str, port: int) -> None:
             ) from None
 
 
-def agents(settings: Settings) -> AgentsModule:
+def agents(settings: Settings, *, connect: bool = True) -> AgentsModule:
     """The agents module, loaded and its agents checked: names unique, tools per agent too,
-    the MCP servers they name defined, and (once those servers listed their tools) no two tools
-    of an agent sharing a name. A server that cannot be reached is no refusal: it is unavailable
-    until it can be."""
+    the MCP servers they name defined, and (with `connect`, once those servers listed their
+    tools) no two tools of an agent sharing a name. A server that cannot be reached is no
+    refusal: it is unavailable until it can be. Without `connect` (in an event loop already
+    running) the runtime's own start makes that last check."""
     path = settings.agents_module
     try:
         module = load_agents_module(path)
         AgentRegistry(module.agents)
         engine = build_engine(settings, module)
-        if engine.mcp_servers:
+        if engine.mcp_servers and connect:
             anyio.run(_connect_once, engine)
     except AgentsModuleError as exc:
         raise StartupError(str(exc)) from exc
