@@ -234,3 +234,25 @@ def test_backup_copies_a_served_sqlite_database_while_it_runs(
     )
     assert refused.returncode == 2
     assert "pg_dump" in refused.stderr
+
+
+def test_serve_reload_serves_the_example_agents_with_their_mcp_server(tmp_path: Path) -> None:
+    """`--reload` builds its app inside uvicorn's event loop: the example MCP server is
+    connected by the runtime there, not checked by a loop of the command's own."""
+    port = free_port()
+    process = subprocess.Popen(
+        [AGENT_RUNS, "serve", "--reload", "--port", str(port)],
+        cwd=tmp_path,
+        env=env(DATABASE_URL=f"sqlite:///{tmp_path / 'reload.db'}"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        wait_until_listening(process, port)
+        librarian = httpx.get(f"http://127.0.0.1:{port}/agents/librarian", timeout=30).json()
+    finally:
+        stop(process, signal.SIGTERM)
+
+    assert librarian["mcp_servers"][0]["status"] == "available"
+    assert [tool["name"] for tool in librarian["tools"]] == ["find_note", "add_note"]
