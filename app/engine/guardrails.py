@@ -15,7 +15,6 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import anyio
-import anyio.to_thread
 import structlog
 
 from app.engine.context import RunContext, call_users_function

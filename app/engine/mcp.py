@@ -45,11 +45,23 @@ HTTP_READ_TIMEOUT_SECONDS = 300
 FIRST_RETRY_SECONDS, LAST_RETRY_SECONDS = 1.0, 60.0
 MAX_IDENTITY_CONNECTIONS = 32  # sessions kept for run identities (run_headers), per server
 T = TypeVar("T")
+# The SDK's answer, over streamable HTTP, to a request a restarted server refused (HTTP 404).
+_SESSION_TERMINATED = (32600, "Session terminated")
 _NAME = re.compile(TOOL_NAME_PATTERN)
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110's token
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # all but a tab
 
 
 class MCPToolError(Exception):
     """A call that did not give a result: the text says why, for the model."""
+
+
+class _Undelivered(Exception):
+    """A request that never reached the server."""
+
+    def __init__(self, reason: Exception) -> None:
+        super().__init__(str(reason))
+        self.reason = reason
 
 
 @dataclass(frozen=True, eq=False)
@@ -102,6 +114,13 @@ class MCPServer:
         if run_headers and url is None:
             raise ValueError(f"MCP server {name!r}: run_headers are for a streamable HTTP server")
         check_run_headers(run_headers or {})
+        for header, value in (headers or {}).items():
+            # Told apart here, never echoed: a value is often a secret.
+            if not _HEADER_NAME.fullmatch(header) or _CONTROL.search(value):
+                raise ValueError(
+                    f"MCP server {name!r}: header {header!r} has a name or value HTTP cannot "
+                    "carry (a line break or another control character?)"
+                )
         if approval not in ("destructive", "always", "never"):
             raise ValueError(f"MCP server {name!r}: approval must be destructive, always or never")
         if prefix:
@@ -140,6 +159,9 @@ class MCPServer:
         return "http" if self.url is not None else "stdio"
 
     async def __aenter__(self) -> Self:
+        if self._group is not None:
+            # Its connections live in one task group, left by the task that entered it.
+            raise RuntimeError(f"MCP server {self.name!r} is already in use by another engine")
         group = anyio.create_task_group()
         await group.__aenter__()
         self._group = group
@@ -177,41 +199,77 @@ class MCPServer:
         self._identities.clear()
 
     async def call(self, remote_name: str, arguments: dict[str, Any], ctx: RunContext) -> str:
-        """The tool's result as text; raises `MCPToolError` with the reason when there is none."""
-        connection = self._connection_for(ctx)
-        session, gone = await connection.open()
+        """The tool's result as text; raises `MCPToolError` with the reason when there is none.
+
+        A request the old session could not deliver (its server restarted or died while idle)
+        goes once more on a new session: it never reached the server, so it cannot run twice.
+        """
+        for attempt in (1, 2):
+            connection = self._connection_for(ctx)
+            connection.calls += 1  # a busy connection is not closed to make room for another
+            try:
+                session, gone = await connection.open()
+                result = await self._ask(session, gone, remote_name, arguments)
+            except _Undelivered as undelivered:
+                connection.drop(undelivered.reason)
+                if attempt == 1:
+                    continue
+                raise MCPToolError(
+                    f"MCP server {self.name!r} could not be reached: {connection.error}"
+                ) from undelivered.reason
+            except McpError as exc:
+                if exc.error.code != mcp_types.CONNECTION_CLOSED:
+                    raise MCPToolError(f"MCP server {self.name!r}: {exc.error.message}") from exc
+                connection.drop(exc)
+                raise MCPToolError(self._dropped_mid_call(connection)) from exc
+            except TimeoutError as exc:
+                raise MCPToolError(
+                    f"MCP server {self.name!r} gave no answer in {self.timeout_seconds:g} s"
+                ) from exc
+            except _TRANSPORT_ERRORS as exc:
+                connection.drop(exc)
+                raise MCPToolError(self._dropped_mid_call(connection)) from exc
+            finally:
+                connection.calls -= 1
+            if result is None:
+                raise MCPToolError(self._dropped_mid_call(connection))
+            text = result_text(result)
+            if result.isError:
+                raise MCPToolError(text or f"the tool {remote_name} of {self.name!r} failed")
+            return text
+        raise AssertionError("unreachable: the second attempt returns or raises")
+
+    async def _ask(
+        self,
+        session: ClientSession,
+        gone: anyio.Event,
+        remote_name: str,
+        arguments: dict[str, Any],
+    ) -> mcp_types.CallToolResult | None:
+        """The call's result, None once the session is gone; raises `_Undelivered` for a
+        request that never left."""
         try:
             with anyio.fail_after(self.timeout_seconds + 1):
-                result = await _unless(
+                return await _unless(
                     gone,
                     session.call_tool(
                         remote_name, arguments, read_timeout_seconds=self._call_timeout
                     ),
                 )
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
+            # Raised by sending into a session whose transport has ended.
+            raise _Undelivered(exc) from exc
         except McpError as exc:
-            if exc.error.code != mcp_types.CONNECTION_CLOSED:
-                raise MCPToolError(f"MCP server {self.name!r}: {exc.error.message}") from exc
-            connection.drop(exc)
-            raise MCPToolError(self._dropped_mid_call(connection)) from exc
-        except TimeoutError as exc:
-            raise MCPToolError(
-                f"MCP server {self.name!r} gave no answer in {self.timeout_seconds:g} s"
-            ) from exc
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError, *_TRANSPORT_ERRORS) as exc:
-            connection.drop(exc)
-            raise MCPToolError(self._dropped_mid_call(connection)) from exc
-        if result is None:
-            raise MCPToolError(self._dropped_mid_call(connection))
-        text = result_text(result)
-        if result.isError:
-            raise MCPToolError(text or f"the tool {remote_name} of {self.name!r} failed")
-        return text
+            if (exc.error.code, exc.error.message) == _SESSION_TERMINATED:
+                # The server restarted and no longer knows the session: it refused the request.
+                raise _Undelivered(exc) from exc
+            raise
 
     def _dropped_mid_call(self, connection: _Connection) -> str:
         # The model and a person reading the run must not take it for "not done".
         return (
-            f"MCP server {self.name!r} dropped the connection ({connection.error}): the call "
-            "may or may not have been done"
+            f"MCP server {self.name!r} dropped the connection ({connection.error or 'closed'}): "
+            "the call may or may not have been done"
         )
 
     def _connection_for(self, ctx: RunContext | None) -> _Connection:
@@ -224,8 +282,10 @@ class MCPServer:
         connection = self._identities.pop(key, None) or _Connection(self, headers)
         self._identities[key] = connection
         while len(self._identities) > MAX_IDENTITY_CONNECTIONS:
-            _, oldest = self._identities.popitem(last=False)
-            oldest.close()
+            idle = next((k for k, c in self._identities.items() if c.calls == 0), None)
+            if idle is None or idle == key:
+                break  # every other one is in use: the pool shrinks back as they are reused
+            self._identities.pop(idle).close()
         return connection
 
     async def _on_message(self, message: Any) -> None:
@@ -329,6 +389,7 @@ class _Connection:
         self.lists_tools = lists_tools
         self.session: ClientSession | None = None
         self.gone: anyio.Event | None = None  # set once this session ends
+        self.calls = 0  # in flight, connecting included
         self.error: str | None = "not connected yet"
         self._lock = anyio.Lock()
 
@@ -422,6 +483,8 @@ def check_run_headers(templates: Mapping[str, str]) -> None:
     """Refuse a template naming anything but `principal.name`, `principal.tenant`,
     `principal.claims.<claim>` or `variables.<name>`."""
     for header, template in templates.items():
+        if not _HEADER_NAME.fullmatch(header) or _CONTROL.search(template):
+            raise ValueError(f"run header {header!r}: not a name or template HTTP can carry")
         for _, place, spec, conversion in string.Formatter().parse(template):
             if place is None:
                 continue
@@ -460,8 +523,10 @@ def _identity_value(place: str, ctx: RunContext, header: str) -> str:
     if not isinstance(value, str | int) or isinstance(value, bool) or value == "":
         raise MCPToolError(f"the call needs {place} for the header {header}, and the run has none")
     text = str(value)
-    if "\r" in text or "\n" in text:
-        raise MCPToolError(f"{place} cannot go in the header {header}: it holds a line break")
+    if _CONTROL.search(text):
+        raise MCPToolError(
+            f"{place} cannot go in the header {header}: it holds a control character"
+        )
     return text
 
 

@@ -189,9 +189,6 @@ async def _take_over_from_the_dead(db: Database) -> None:
         orphans = await Leases(session).expire_leases(now())
     if orphans:
         log.info("runs.orphans_taken_over", count=orphans)
-        orphans = await Leases(session).expire_leases(now())
-    if orphans:
-        log.info("runs.orphans_taken_over", count=orphans)
 
 
 @asynccontextmanager
@@ -205,6 +202,11 @@ async def _connected(engine: Engine, settings: Settings) -> AsyncIterator[Engine
         error = AgentsModuleError(f"AGENTS_MODULE={settings.agents_module!r}: {exc}")
         log.error("startup.refused", reason=str(error))
         raise error from exc
+    except BaseException:
+        # Stopped while connecting: the servers' connections close all the same.
+        with anyio.CancelScope(shield=True):
+            await engine.aclose()
+        raise
     try:
         yield engine
     finally:

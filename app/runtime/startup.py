@@ -17,7 +17,13 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from app.engine import Engine
 from app.engine.registry import AgentRegistry
-from app.runtime.agents import AgentsModule, AgentsModuleError, build_engine, load_agents_module
+from app.runtime.agents import (
+    AgentsModule,
+    AgentsModuleError,
+    build_engine,
+    build_mcp_servers,
+    load_agents_module,
+)
 from app.settings import Settings
 from app.store.database import Database, normalize_url
 from app.store.migrations import SchemaNotReady, ensure_schema
@@ -105,10 +111,11 @@ def agents(settings: Settings, *, connect: bool = True) -> AgentsModule:
     path = settings.agents_module
     try:
         module = load_agents_module(path)
-        AgentRegistry(module.agents)
-        engine = build_engine(settings, module)
-        if engine.mcp_servers and connect:
-            anyio.run(_connect_once, engine)
+        registry = AgentRegistry(module.agents)
+        defined = build_mcp_servers(settings)
+        used = [server for agent in registry for server in agent.bind_mcp_servers(defined)]
+        if used and connect:
+            anyio.run(_connect_once, build_engine(settings, module))
     except AgentsModuleError as exc:
         raise StartupError(str(exc)) from exc
     except ValueError as exc:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import signal
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -315,6 +317,14 @@ def test_a_run_header_names_only_the_principal_or_variables() -> None:
         MCPServer("s", command="true", run_headers={"X": "{principal.name}"})
 
 
+def test_a_header_http_cannot_carry_is_refused_without_echoing_its_value() -> None:
+    with pytest.raises(ValueError, match="header 'Authorization'") as refused:
+        MCPServer("web", url="http://127.0.0.1:1/mcp", headers={"Authorization": "sk-1\n"})
+    assert "sk-1" not in str(refused.value)
+    with pytest.raises(ValueError, match="not a name or template"):
+        MCPServer("web", url="http://127.0.0.1:1/mcp", run_headers={"X User": "{principal.name}"})
+
+
 def test_results_read_as_text_with_images_audio_and_resources_described() -> None:
     pixel = base64.b64encode(b"0123456789").decode()
     result = mcp_types.CallToolResult(
@@ -370,3 +380,26 @@ async def test_a_server_down_at_start_is_tried_again_until_it_answers(
             http_server.stop()
 
     assert tool_outputs(state) == ["value of k"]
+
+
+async def test_a_server_that_died_or_restarted_while_idle_takes_the_next_call_on_a_new_session(
+    make_engine: EngineFactory, fake: FakeModel, journal: Journal, http_server: HttpServer
+) -> None:
+    """The old session cannot deliver the request (a closed pipe; a restarted HTTP server that
+    no longer knows the session): it never reached the server, so it goes on a new one."""
+    stdio = stdio_server(journal, name="local", prefix="local_")
+    web = MCPServer("web", url=http_server.url, prefix="web_")
+    engine = make_engine([Agent(name="a", model="m", mcp_servers=[stdio, web])])
+    async with connected(engine):
+        [stdio_process] = [e for e in journal.entries("started") if e["argv"] == []]
+        os.kill(stdio_process["pid"], signal.SIGKILL)
+        http_server.stop()
+        http_server.start()
+        fake.script(
+            "m",
+            [call("local_lookup", {"key": "a"}), call("web_lookup", {"key": "b"}), text("ok")],
+        )
+        state = engine.start("a", "go")
+        await engine.run(state)
+
+    assert tool_outputs(state) == ["value of a", "value of b"]
