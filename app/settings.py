@@ -18,11 +18,11 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from app.engine.mcp import MCPApproval, check_run_headers
+from app.engine.mcp import MCPApproval, MCPServer
 from app.engine.output import StructuredOutput
 from app.engine.providers.chat_request import OptionalField
 from app.engine.state import RunStatus
-from app.engine.tools import TOOL_NAME_PATTERN, ToolEffect
+from app.engine.tools import ToolEffect
 from app.store.status import ENDED
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./agent-runs.db"
@@ -115,15 +115,6 @@ class MCPServerSettings(BaseModel):
         '`"Bearer {variables.token}"`, `"{principal.name}"`, `"{principal.claims.sub}"`',
     )
     timeout_seconds: float = Field(60, gt=0, le=3600, description="bound on one call")
-
-    @model_validator(mode="after")
-    def _one_transport(self) -> MCPServerSettings:
-        if (self.url is None) == (self.command is None):
-            raise ValueError("give a url (streamable HTTP) or a command (stdio)")
-        if self.run_headers and self.url is None:
-            raise ValueError("run_headers are for a streamable HTTP server (url)")
-        check_run_headers(self.run_headers)
-        return self
 
 
 class Settings(BaseSettings):
@@ -347,10 +338,11 @@ class Settings(BaseSettings):
 
     @field_validator("mcp_servers")
     @classmethod
-    def _mcp_server_names(cls, value: dict[str, MCPServerSettings]) -> dict[str, MCPServerSettings]:
-        for name in value:
-            if not re.fullmatch(TOOL_NAME_PATTERN, name):
-                raise ValueError(f"{name!r} is not a server name (1-64 of a-z A-Z 0-9 _ -)")
+    def _mcp_servers(cls, value: dict[str, MCPServerSettings]) -> dict[str, MCPServerSettings]:
+        # The server checks its own name, transport and headers: built here (not connected),
+        # a wrong entry is refused as the setting it is.
+        for name, entry in value.items():
+            MCPServer(name, **entry.model_dump())
         return value
 
     @field_validator("run_retention", mode="before")

@@ -108,7 +108,7 @@ class MCPServer:
         connect_timeout_seconds: float = 15.0,
     ) -> None:
         if not _NAME.fullmatch(name):
-            raise ValueError(f"{name!r} is not an MCP server name (1-64 of a-z A-Z 0-9 _ -)")
+            raise ValueError(f"{name!r} is not a server name (1-64 of a-z A-Z 0-9 _ -)")
         if (url is None) == (command is None):
             raise ValueError(f"MCP server {name!r}: give a url (HTTP) or a command (stdio)")
         if run_headers and url is None:

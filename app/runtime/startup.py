@@ -112,10 +112,13 @@ def agents(settings: Settings, *, connect: bool = True) -> AgentsModule:
     try:
         module = load_agents_module(path)
         registry = AgentRegistry(module.agents)
-        defined = build_mcp_servers(settings)
-        used = [server for agent in registry for server in agent.bind_mcp_servers(defined)]
-        if used and connect:
+        if connect and any(agent.mcp_servers for agent in registry):
+            # The engine binds the servers (an undefined name is refused) and connects them.
             anyio.run(_connect_once, build_engine(settings, module))
+        else:
+            defined = build_mcp_servers(settings)
+            for agent in registry:
+                agent.bind_mcp_servers(defined)
     except AgentsModuleError as exc:
         raise StartupError(str(exc)) from exc
     except ValueError as exc:
