@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import signal
 import sys
 import tempfile
 import time
@@ -13,6 +14,7 @@ import traceback
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from types import FrameType
 
 from bench import report
 from bench.context import Context
@@ -42,8 +44,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    # As Ctrl-C does: the exit stacks stop every process the suite started on the way out.
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     # W7 holds a thousand event streams: this driver and the API (which inherits the limit)
     # need more open files than a common soft limit of 1024.
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

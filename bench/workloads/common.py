@@ -104,7 +104,12 @@ async def drain(http: httpx.AsyncClient, seconds: float = 300) -> None:
     `?wait` gave up) would load whatever is measured next."""
 
     async def idle() -> bool:
-        response = await http.get("/runs", params={"status": ["queued", "running"], "limit": 1})
+        try:
+            response = await http.get("/runs", params={"status": ["queued", "running"], "limit": 1})
+        except httpx.TransportError:
+            # A kept-alive connection the server closed as this request went out (its idle
+            # timeout, after a saturated step): the next poll opens a new one.
+            return False
         return response.status_code == 200 and not response.json()["items"]
 
     await until(idle, seconds, interval=0.5)
