@@ -7,6 +7,7 @@ from typing import Any
 
 import anyio
 import pytest
+from sqlalchemy import select
 
 from app.engine.state import RunStatus
 from app.store.database import Database
@@ -96,3 +97,36 @@ async def test_claimers_at_once_never_share_a_run(db_url: str) -> None:
             await db.dispose()
 
     assert len(taken) == len(set(taken)) == 200
+
+
+async def test_a_renewal_extends_the_leases_still_held_and_tells_cancels_and_takeovers(
+    db_url: str,
+) -> None:
+    db = Database(db_url)
+    soon = datetime.now(UTC) + timedelta(seconds=5)
+    later = soon + timedelta(seconds=60)
+    try:
+        async with db.session_scope() as session:
+            session.add_all(
+                [
+                    stored_run("kept", RunStatus.RUNNING, lease_token=2, lease_expires_at=soon),
+                    stored_run("to_stop", RunStatus.RUNNING, lease_token=1,
+                               lease_expires_at=soon, cancel_requested=True),
+                    stored_run("taken", RunStatus.RUNNING, lease_token=7, lease_expires_at=soon),
+                    stored_run("rested", RunStatus.COMPLETED, lease_token=4),
+                ]
+            )  # fmt: skip
+        held = [Claim("to_stop", 1), Claim("kept", 2), Claim("taken", 6), Claim("rested", 4)]
+
+        async with db.session_scope() as session:
+            renewal = await Leases(session).renew_leases(held, expires_at=later)
+
+        assert renewal.cancel_requested == ["to_stop"]
+        assert renewal.taken == {"taken"}
+        async with db.read_scope() as session:
+            runs = {run.id: run for run in (await session.scalars(select(Run))).all()}
+        assert runs["kept"].lease_expires_at == later
+        assert runs["to_stop"].lease_expires_at == later
+        assert runs["taken"].lease_expires_at == soon
+    finally:
+        await db.dispose()

@@ -132,3 +132,26 @@ async def test_a_fenced_out_write_in_a_group_leaves_the_others_committed(db: Dat
     for run_id in ("r0", "r2", "r3"):
         assert await stored_events(db, run_id) == [1]
     assert commits.groups == 1  # r0 and r2 together, r1's fenced write beside them
+
+
+async def test_a_group_writes_its_runs_in_the_order_of_their_ids(db: Database) -> None:
+    """The lock order every transaction of several runs keeps (a heartbeat's too), so none
+    can deadlock with another."""
+    claims = await claimed(db, 4)
+    commits = GroupCommit(db)
+    written: list[str] = []
+
+    def recorded(claim: Claim) -> Write:
+        write = checkpoint(claim)
+
+        async def record(session: AsyncSession) -> Saved:
+            written.append(claim.run_id)
+            return await write(session)
+
+        return record
+
+    queued = [claims[3], claims[2], claims[0], claims[1]]  # r3 commits alone first
+    await at_once(commits, [(recorded(c), run_of(c)) for c in queued])
+
+    assert written == ["r3", "r0", "r1", "r2"]
+    assert commits.groups == 1

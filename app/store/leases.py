@@ -118,11 +118,22 @@ class Leases:
         held = [(claim.run_id, claim.lease_token) for claim in claims]
         if not held:
             return Renewal([], set())
+        # The rows are locked in the order of their ids, as every write of several runs in
+        # one transaction takes them (the group commit, the start of claimed runs): in
+        # another order, renewing beside a group's checkpoints could deadlock.
+        locked = (
+            select(_RUNS.c.id)
+            .where(tuple_(_RUNS.c.id, _RUNS.c.lease_token).in_(held))
+            .where(_RUNS.c.status == RunStatus.RUNNING)
+            .order_by(_RUNS.c.id)
+            .with_for_update()
+            .subquery()
+        )
         result = await self.session.execute(
-            update(Run)
-            .where(tuple_(Run.id, Run.lease_token).in_(held), Run.status == RunStatus.RUNNING)
+            update(_RUNS)
+            .where(_RUNS.c.id == locked.c.id)
             .values(lease_expires_at=expires_at)
-            .returning(Run.id, Run.cancel_requested)
+            .returning(_RUNS.c.id, _RUNS.c.cancel_requested)
         )
         rows = result.all()
         renewed = {run_id for run_id, _ in rows}

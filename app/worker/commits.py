@@ -91,7 +91,9 @@ class GroupCommit:
                     self._queue[0].wake.set()  # the next group's writer commits it
 
     async def _commit_queued(self) -> None:
-        group = self._queue[: self.max_group]
+        # Runs' rows are locked in the order of their ids, as in every transaction that writes
+        # several (a heartbeat's renewal, the start of claimed runs): two such cannot deadlock.
+        group = sorted(self._queue[: self.max_group], key=lambda queued: queued.run.id)
         del self._queue[: len(group)]
         outcomes: list[tuple[Any, BaseException | None]] = []
         try:

@@ -168,7 +168,8 @@ class Executor:
         try:
             with anyio.CancelScope(shield=True):  # a stop waits for the transaction
                 async with self.db.session_scope() as session:
-                    for driver in drivers:
+                    # In the order of the runs' ids, as every write of several runs locks them.
+                    for driver in sorted(drivers, key=lambda d: d.claim.run_id):
                         await driver.start_in(session)
         except Exception as exc:
             self._database_failed("executor.start_failed", exc)
