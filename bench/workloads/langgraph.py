@@ -17,7 +17,7 @@ from bench.cpu import CpuMeter, service_ms
 from bench.fake import prompt
 from bench.load import Failed, Step, closed_loop
 from bench.procs import PEERS, Resources, child_env, free_port, running, wait_until_ready
-from bench.report import Figure, Outcome, at_least
+from bench.report import Figure, Outcome, at_least, at_most
 from bench.workloads.common import log, meter
 
 CONCURRENCY = 16
@@ -104,6 +104,9 @@ def run(ctx: Context) -> Outcome:
         mine, my_cpu = anyio.run(ours)
     log(f"agent-runs: {mine.throughput:.1f} runs/s")
     ratio = mine.throughput / theirs.throughput if theirs.throughput else None
+    their_ms = their_cpu.get("langgraph", 0) / max(1, theirs.completed)
+    my_ms = service_ms(my_cpu) / max(1, mine.completed)
+    cpu_ratio = my_ms / their_ms if their_ms else None
     return Outcome(
         figures=[
             Figure(
@@ -119,17 +122,15 @@ def run(ctx: Context) -> Outcome:
                 "/s",
             ),
             Figure("peer", "agent-runs / langgraph dev", ratio, "x", ">= 10x", at_least(ratio, 10)),
+            Figure("peer", "langgraph dev: CPU per run", their_ms, "ms"),
+            Figure("peer", "agent-runs: service CPU per run", my_ms, "ms"),
             Figure(
                 "peer",
-                "langgraph dev: CPU per run",
-                their_cpu.get("langgraph", 0) / max(1, theirs.completed),
-                "ms",
-            ),
-            Figure(
-                "peer",
-                "agent-runs: service CPU per run",
-                service_ms(my_cpu) / max(1, mine.completed),
-                "ms",
+                "service CPU per run, agent-runs / langgraph dev",
+                cpu_ratio,
+                "x",
+                "<= 0.5x",
+                at_most(cpu_ratio, 0.5),
             ),
         ],
         details={

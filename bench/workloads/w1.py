@@ -63,7 +63,7 @@ def run(ctx: Context) -> Outcome:
         rate = found.best.throughput
         if database == "postgres":
             ctx.shared["w1_saturation"] = rate
-        target = "" if database == "sqlite" else ">= 300/s"
+        target = "" if database == "sqlite" else ">= 250/s"
         outcome.figures += [
             Figure(
                 "W1",
@@ -71,7 +71,7 @@ def run(ctx: Context) -> Outcome:
                 rate,
                 "/s",
                 target,
-                at_least(rate, 300) if target else None,
+                at_least(rate, 250) if target else None,
             ),
             Figure(
                 "W1",
