@@ -3,10 +3,11 @@ repositories; each public method is one transaction (or a short series of them).
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import anyio
@@ -29,6 +30,7 @@ from app.services.errors import (
 from app.services.idempotency import Idempotency, once
 from app.services.lifecycle import cancel_resting_run, now
 from app.store.database import Database
+from app.store.direct import DirectReads, DirectWrites, NeedsSession
 from app.store.erasure import Erasure
 from app.store.lifecycle import RunLifecycle
 from app.store.models import Run, Session, WebhookDelivery
@@ -81,6 +83,28 @@ def new_run_id() -> str:
     return f"run_{secrets.token_hex(12)}"
 
 
+def _new_run(new: NewRun, creator: Principal, stamp: datetime) -> Run:
+    """The run as created, of its creator's tenant, not yet stored."""
+    return Run(
+        id=new_run_id(),
+        tenant=creator.tenant,
+        principal=creator.to_json(),
+        agent=new.agent,
+        current_agent=new.agent,
+        session_id=new.session_id,
+        input=input_messages(new.input),
+        tools=[asdict(spec) for spec in new.tools] or None,
+        config=new.config.model_dump(mode="json"),
+        context=new.context,
+        run_metadata=new.metadata,
+        webhook=new.webhook,
+        output_schema=new.output_schema,
+        state=None,
+        created_at=stamp,
+        updated_at=stamp,
+    )
+
+
 class RunService:
     def __init__(
         self,
@@ -97,6 +121,9 @@ class RunService:
         # TENANT_MAX_ACTIVE_RUNS: a tenant's queued and running runs at most.
         self.max_active_runs = max_active_runs
         self.idempotency_key_ttl = idempotency_key_ttl
+        # A new run that is the whole of its transaction is one statement on PostgreSQL.
+        self.direct = None if db.is_sqlite else DirectWrites(db)
+        self.reads = None if db.is_sqlite else DirectReads(db)
 
     async def create(
         self, new: NewRun, caller: Caller, idempotency: Idempotency | None = None
@@ -105,6 +132,12 @@ class RunService:
         idempotent repeat)."""
         self.engine.agents.get(new.agent)  # an unknown agent is refused before anything is stored
         self.engine.check_run_tools(new.tools)
+        alone = new.session_id is None and idempotency is None and self.max_active_runs is None
+        if self.direct is not None and alone:
+            stamp = now()
+            run = _new_run(new, caller.principal, stamp)
+            await self.direct.create(run, stamp)
+            return run, True
 
         async def insert(session: AsyncSession) -> Run:
             return await self._insert(session, new, caller.principal)
@@ -128,24 +161,7 @@ class RunService:
                     f"tenant {tenant!r} has {active} queued and running runs, "
                     f"the most it may have (TENANT_MAX_ACTIVE_RUNS)"
                 )
-        run = Run(
-            id=new_run_id(),
-            tenant=tenant,
-            principal=creator.to_json(),
-            agent=new.agent,
-            current_agent=new.agent,
-            session_id=new.session_id,
-            input=input_messages(new.input),
-            tools=[asdict(spec) for spec in new.tools] or None,
-            config=new.config.model_dump(mode="json"),
-            context=new.context,
-            run_metadata=new.metadata,
-            webhook=new.webhook,
-            output_schema=new.output_schema,
-            state=None,
-            created_at=stamp,
-            updated_at=stamp,
-        )
+        run = _new_run(new, creator, stamp)
         await RunLifecycle(session).create(run, stamp)
         return run
 
@@ -172,8 +188,15 @@ class RunService:
         return await self._get(run_id, caller.tenancy)
 
     async def _get(self, run_id: str, tenancy: Tenancy) -> Run:
+        if self.reads is not None:
+            with contextlib.suppress(NeedsSession):
+                return self._found(run_id, await self.reads.run(run_id, tenancy))
         async with self.db.read_scope() as session:
             run = await RunRepository(session, tenancy).get(run_id)
+        return self._found(run_id, run)
+
+    @staticmethod
+    def _found(run_id: str, run: Run | None) -> Run:
         if run is None:
             raise RunNotFound(f"no run has id {run_id!r}")
         return run

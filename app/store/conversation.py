@@ -297,6 +297,21 @@ async def expand(session: AsyncSession, runs: Sequence[Run]) -> None:
         set_committed_value(run, "state", whole)
 
 
+def whole_of_own_rows(
+    state: dict[str, Any],
+    messages: Iterable[tuple[int, dict[str, Any], int | None]],
+    earlier_steps: list[dict[str, Any]],
+    held: dict[int, Any],
+) -> dict[str, Any]:
+    """`expand` for a run of no session, given its rows as read: its messages (position,
+    message, the event holding its content), its steps but the last, and the outputs its
+    `tool_call.completed` events hold (event id -> output)."""
+    own = {
+        position: restored_message(message, event, held) for position, message, event in messages
+    }
+    return _whole(state, own, earlier_steps, held, [])
+
+
 def _output_events_of(state: dict[str, Any]) -> list[int]:
     return [
         call["output_event"]

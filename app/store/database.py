@@ -12,12 +12,13 @@ import re
 import socket
 import sqlite3
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import anyio
 import asyncpg
 from sqlalchemy import event, text, update
 from sqlalchemy import exc as sa_exc
@@ -177,8 +178,35 @@ class Database:
             async with session.begin():
                 yield session
             recorded = signals.take(session)
+        await self.committed(recorded)
+
+    async def committed(self, recorded: Sequence[signals.Signal]) -> None:
+        """Tell `on_commit` what a committed write signals."""
         if recorded and self.on_commit is not None:
             await self.on_commit(recorded)
+
+    @asynccontextmanager
+    async def driver(self) -> AsyncIterator[asyncpg.Connection]:
+        """PostgreSQL only: a pooled connection as asyncpg's own, outside any transaction (a
+        statement commits itself), for the hot statements of `app.store.direct`. A fault
+        comes as SQLAlchemy's `DBAPIError`, as from every other statement, and a connection
+        that may be broken leaves the pool."""
+        async with self.engine.connect() as connection:
+            raw = await connection.get_raw_connection()
+            driver = raw.driver_connection
+            assert isinstance(driver, asyncpg.Connection)
+            try:
+                yield driver
+            except BaseException as exc:
+                # Refused by the server on a sound connection, or else cut off mid-statement
+                # (lost, cancelled, a bug between two statements): its state is unknown.
+                lost = driver.is_closed() or not isinstance(exc, asyncpg.PostgresError)
+                if lost:
+                    with anyio.CancelScope(shield=True):
+                        await connection.invalidate()
+                if isinstance(exc, (asyncpg.PostgresError, asyncpg.InterfaceError, *_UNREACHABLE)):
+                    raise sa_exc.DBAPIError(None, None, exc, connection_invalidated=lost) from exc
+                raise
 
     @asynccontextmanager
     async def read_scope(self) -> AsyncIterator[AsyncSession]:

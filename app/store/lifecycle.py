@@ -90,7 +90,7 @@ class Rest:
 
 _RUNS = cast(Table, Run.__table__)
 # A run's attributes by the names of their columns (`run_metadata` is stored as `metadata`).
-_RUN_COLUMNS = {attribute.key: attribute.columns[0].name for attribute in inspect(Run).column_attrs}
+RUN_COLUMNS = {attribute.key: attribute.columns[0].name for attribute in inspect(Run).column_attrs}
 # No executor holds a resting or queued run.
 _NO_LEASE = {"claimed_by": None, "lease_expires_at": None}
 
@@ -107,7 +107,7 @@ class RunLifecycle:
         run.cancel_requested, run.lease_token, run.takeovers = False, 0, 0
         given = dict(inspect(run).dict)  # the attributes set; the columns' defaults fill the rest
         stored, carried, split = await self._state_written(run, given, [event], 1)
-        values = {_RUN_COLUMNS[key]: value for key, value in stored.items() if key in _RUN_COLUMNS}
+        values = {RUN_COLUMNS[key]: value for key, value in stored.items() if key in RUN_COLUMNS}
         values["queue_rank"] = queue_rank(run.tenant)
         inserted = await self.session.execute(
             insert(_RUNS).values(values).returning(_RUNS.c.seq, _RUNS.c.queue_rank)
@@ -130,14 +130,8 @@ class RunLifecycle:
         first: bool,
     ) -> Saved | None:
         """The claimed run's state as its executor starts it (`first`) or resumes it."""
-        values: dict[str, Any] = self._progress_values(progress)
-        if first:
-            values["started_at"] = now
-        name = "run.started" if first else "run.resumed"
-        opening = status_event(
-            name, run.id, RunStatus.RUNNING, progress.current_agent, run.error, progress.state
-        )
-        return await self._fenced(claim, run, values, [opening, *events], now)
+        values, records = start_values(run, progress, events, now, first=first)
+        return await self._fenced(claim, run, values, records, now)
 
     async def checkpoint(
         self,
@@ -151,16 +145,7 @@ class RunLifecycle:
     ) -> Saved | None:
         """Store the executor's progress with its events, and where the run rests, if it does:
         its lease ends with it. None when `claim` no longer holds the run."""
-        values: dict[str, Any] = self._progress_values(progress) if progress else {}
-        records = list(events)
-        if rest is not None:
-            values |= {"status": rest.status, "error": rest.error, **_NO_LEASE}
-            if rest.status in ENDED:
-                values |= {"final_output": _output_text(rest.final_output), "finished_at": now}
-            agent = progress.current_agent if progress else run.current_agent
-            state = progress.state if progress else run.state
-            name = f"run.{rest.status}"
-            records.append(status_event(name, run.id, rest.status, agent, rest.error, state))
+        values, records = checkpoint_values(run, events, now, progress=progress, rest=rest)
         return await self._fenced(claim, run, values, records, now)
 
     async def hand_back(self, claim: Claim, run: Run, now: datetime) -> None:
@@ -187,7 +172,7 @@ class RunLifecycle:
             "run.queued", run.id, RunStatus.QUEUED, run.current_agent, run.error, run.state
         )
         await insert_events(self.session, run.id, last_seq, [event], now)
-        _apply(run, {"status": RunStatus.QUEUED, **_NO_LEASE, "event_seq": last_seq})
+        apply_stored(run, {"status": RunStatus.QUEUED, **_NO_LEASE, "event_seq": last_seq})
         signals.record(self.session, signals.RunChanged(run.id, last_seq, RunStatus.QUEUED))
         signals.record(self.session, signals.WorkQueued())
 
@@ -238,20 +223,9 @@ class RunLifecycle:
         await self.session.execute(
             update(_RUNS).where(_RUNS.c.id == run.id).values(cancel_requested=True, updated_at=now)
         )
-        _apply(run, {"cancel_requested": True, "updated_at": now})
+        apply_stored(run, {"cancel_requested": True, "updated_at": now})
         signals.record(self.session, signals.RunChanged(run.id))
         signals.record(self.session, signals.CancelRequested(run.id))
-
-    @staticmethod
-    def _progress_values(progress: Progress) -> dict[str, Any]:
-        values: dict[str, Any] = {
-            "state": progress.state,
-            "current_agent": progress.current_agent,
-            "turns": progress.turns,
-        }
-        if progress.moved_on:
-            values["takeovers"] = 0
-        return values
 
     async def _state_written(
         self,
@@ -333,7 +307,7 @@ class RunLifecycle:
         else:
             saved = Saved(event_seq=row.event_seq, cancel_requested=bool(row.cancel_requested))
             await self._write(run.id, split, saved.event_seq, events, now)
-        _apply(run, {**carried, "event_seq": saved.event_seq, "updated_at": now})
+        apply_stored(run, {**carried, "event_seq": saved.event_seq, "updated_at": now})
         signals.record(self.session, signals.RunChanged(run.id, saved.event_seq, run.status))
         return saved
 
@@ -360,15 +334,62 @@ class RunLifecycle:
             update(_RUNS).where(_RUNS.c.id == run.id).values(**_columns({**stored, **written}))
         )
         await self._write(run.id, split, last_seq, events, now)
-        _apply(run, {**carried, **written})
+        apply_stored(run, {**carried, **written})
         signals.record(self.session, signals.RunChanged(run.id, last_seq, run.status))
 
 
+def _progress_values(progress: Progress) -> dict[str, Any]:
+    values: dict[str, Any] = {
+        "state": progress.state,
+        "current_agent": progress.current_agent,
+        "turns": progress.turns,
+    }
+    if progress.moved_on:
+        values["takeovers"] = 0
+    return values
+
+
+def start_values(
+    run: Run, progress: Progress, events: Sequence[EventRecord], now: datetime, *, first: bool
+) -> tuple[dict[str, Any], list[EventRecord]]:
+    """What a start writes of the run (by attribute), and its events: the opening one first."""
+    values = _progress_values(progress)
+    if first:
+        values["started_at"] = now
+    name = "run.started" if first else "run.resumed"
+    opening = status_event(
+        name, run.id, RunStatus.RUNNING, progress.current_agent, run.error, progress.state
+    )
+    return values, [opening, *events]
+
+
+def checkpoint_values(
+    run: Run,
+    events: Sequence[EventRecord],
+    now: datetime,
+    *,
+    progress: Progress | None,
+    rest: Rest | None,
+) -> tuple[dict[str, Any], list[EventRecord]]:
+    """What a checkpoint writes of the run (by attribute), and its events: a rest's last."""
+    values: dict[str, Any] = _progress_values(progress) if progress else {}
+    records = list(events)
+    if rest is not None:
+        values |= {"status": rest.status, "error": rest.error, **_NO_LEASE}
+        if rest.status in ENDED:
+            values |= {"final_output": _output_text(rest.final_output), "finished_at": now}
+        agent = progress.current_agent if progress else run.current_agent
+        state = progress.state if progress else run.state
+        name = f"run.{rest.status}"
+        records.append(status_event(name, run.id, rest.status, agent, rest.error, state))
+    return values, records
+
+
 def _columns(values: dict[str, Any]) -> dict[str, Any]:
-    return {_RUN_COLUMNS[key]: value for key, value in values.items()}
+    return {RUN_COLUMNS[key]: value for key, value in values.items()}
 
 
-def _apply(run: Run, values: dict[str, Any]) -> None:
+def apply_stored(run: Run, values: dict[str, Any]) -> None:
     """Keep the caller's copy of the run as stored, without making it a pending change."""
     for key, value in values.items():
         set_committed_value(run, key, value)

@@ -19,9 +19,10 @@ from app.observability.tracing import run_span
 from app.services.errors import LeaseLost
 from app.services.lifecycle import event_records, now
 from app.store.database import Database, is_transient
+from app.store.direct import DirectWrites
 from app.store.events import EventRecord
 from app.store.leases import Claim
-from app.store.lifecycle import Progress, Rest, RunLifecycle
+from app.store.lifecycle import Progress, Rest, RunLifecycle, Saved
 from app.store.models import Run
 from app.store.runs import RunRepository
 from app.store.sessions import SessionRepository
@@ -81,12 +82,15 @@ class RunDriver:
         lease_seconds: float,
         max_takeovers: int,
         worker: str | None = None,
+        direct: DirectWrites | None = None,
     ) -> None:
         self.db = db
         self.engine = engine
         self.wakeups = wakeups
         self.claim = claim
         self.commits = commits
+        # PostgreSQL: the run's writes that touch only its own rows, one statement each.
+        self.direct = direct
         self.max_takeovers = max_takeovers
         # Which executor drove the run, in each of its lines: after takeovers, there were several.
         self.log = log.bind(run_id=claim.run_id, worker=worker)
@@ -141,7 +145,9 @@ class RunDriver:
                             return
                         loaded = await self._start(run, history)
                 state = loaded
-                observer = StoreObserver(self.commits, self.wakeups, self.claim, run, self.retry)
+                observer = StoreObserver(
+                    self.commits, self.wakeups, self.claim, run, self.retry, self.direct
+                )
                 if run.cancel_requested:
                     self.stop(StopReason.CANCEL)
                 await self._advance(loaded, observer)
@@ -198,6 +204,29 @@ class RunDriver:
         if saved is not None:
             self._started = (run, state)
 
+    @property
+    def starts_directly(self) -> bool:
+        """Whether the run's start writes only its own rows (no session), in one statement."""
+        run = self.claim.run
+        return self.direct is not None and run is not None and run.session_id is None
+
+    async def start_directly(self) -> None:
+        """`start_in` for a run that `starts_directly`, in a statement of its own."""
+        run = self.claim.run
+        assert self.direct is not None
+        assert run is not None
+        if self.claim.takeovers > self.max_takeovers:
+            return
+        try:
+            state, progress, records = self._opening(run, NO_HISTORY)
+        except Exception:
+            return
+        saved = await self.direct.start(
+            self.claim, run, progress, records, now(), first=run.state is None
+        )
+        if saved is not None:
+            self._started = (run, state)
+
     def start_undone(self) -> None:
         """The transaction of `start_in` failed: `drive` starts the run, read anew (the
         claim's copy may hold what was not stored, or the start may have been stored after
@@ -231,10 +260,16 @@ class RunDriver:
         state, progress, records = self._opening(run, history)
 
         async def start() -> None:
-            async with self.db.session_scope() as session:
-                saved = await RunLifecycle(session).start(
+            saved: Saved | None
+            if self.direct is not None and run.session_id is None:
+                saved = await self.direct.start(
                     self.claim, run, progress, records, now(), first=first
                 )
+            else:
+                async with self.db.session_scope() as session:
+                    saved = await RunLifecycle(session).start(
+                        self.claim, run, progress, records, now(), first=first
+                    )
             if saved is None:
                 raise LeaseLost(f"run {self.claim.run_id} is no longer held by this executor")
 
@@ -261,7 +296,9 @@ class RunDriver:
         if state is None:
             await self._fail_unloaded(run, error)
             return
-        observer = StoreObserver(self.commits, self.wakeups, self.claim, run, self.retry)
+        observer = StoreObserver(
+            self.commits, self.wakeups, self.claim, run, self.retry, self.direct
+        )
         await observer.store(state, event_records(self.engine.fail(state, error)))
 
     async def _advance(self, state: RunState, observer: StoreObserver) -> None:

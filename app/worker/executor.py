@@ -19,6 +19,7 @@ from app.engine import Engine
 from app.observability import metrics
 from app.services.lifecycle import now
 from app.store.database import Database, is_transient
+from app.store.direct import DirectWrites
 from app.store.leases import Leases
 from app.store.wakeups import Wakeups
 from app.worker.commits import GroupCommit
@@ -62,6 +63,7 @@ class Executor:
         self.name = name or worker_name()
         self.drivers: dict[str, RunDriver] = {}
         self.commits = GroupCommit(db)  # the checkpoints of its runs, many a transaction
+        self.direct = None if db.is_sqlite else DirectWrites(db)  # or one statement each
         # Drivers of runs this executor claimed again (its own lease had expired in a
         # database outage): told to stop, they hold a slot until they have.
         self._retiring: set[RunDriver] = set()
@@ -147,6 +149,7 @@ class Executor:
                 lease_seconds=self.lease_seconds,
                 max_takeovers=self.max_takeovers,
                 worker=self.name,
+                direct=self.direct,
             )
             for claim in claims
         ]
@@ -163,18 +166,26 @@ class Executor:
     async def _start(self, drivers: list[RunDriver]) -> None:
         """Start the claimed runs in one transaction rather than one each. Should it fail,
         each driver starts its run itself, through its retries or to its run's failure."""
-        if not drivers:
-            return
-        try:
-            with anyio.CancelScope(shield=True):  # a stop waits for the transaction
+        together = [driver for driver in drivers if not driver.starts_directly]
+        with anyio.CancelScope(shield=True):  # a stop waits for the starts
+            for driver in drivers:
+                if driver.starts_directly:
+                    try:
+                        await driver.start_directly()
+                    except Exception as exc:
+                        self._database_failed("executor.start_failed", exc)
+                        driver.start_undone()
+            if not together:
+                return
+            try:
                 async with self.db.session_scope() as session:
                     # In the order of the runs' ids, as every write of several runs locks them.
-                    for driver in sorted(drivers, key=lambda d: d.claim.run_id):
+                    for driver in sorted(together, key=lambda d: d.claim.run_id):
                         await driver.start_in(session)
-        except Exception as exc:
-            self._database_failed("executor.start_failed", exc)
-            for driver in drivers:
-                driver.start_undone()
+            except Exception as exc:
+                self._database_failed("executor.start_failed", exc)
+                for driver in together:
+                    driver.start_undone()
 
     async def _drive(self, driver: RunDriver) -> None:
         # Drivers are shielded from the group's cancel so a stop hands runs back cleanly.

@@ -13,6 +13,7 @@ from app.engine.events import RunEvent, TextDelta
 from app.services.errors import LeaseLost
 from app.services.lifecycle import event_records, now, save_to_session
 from app.store.approvals import ApprovalRepository
+from app.store.direct import DirectWrites
 from app.store.events import EventRecord
 from app.store.leases import Claim
 from app.store.lifecycle import Progress, Rest, RunLifecycle, Saved
@@ -31,9 +32,16 @@ class StoreObserver:
     """Stores the run after every engine checkpoint, fenced by the executor's lease."""
 
     def __init__(
-        self, commits: GroupCommit, wakeups: Wakeups, claim: Claim, run: Run, retry: Retrier
+        self,
+        commits: GroupCommit,
+        wakeups: Wakeups,
+        claim: Claim,
+        run: Run,
+        retry: Retrier,
+        direct: DirectWrites | None = None,
     ) -> None:
         self.commits = commits
+        self.direct = direct
         self.retry = retry
         self.wakeups = wakeups
         self.claim = claim
@@ -56,10 +64,14 @@ class StoreObserver:
         records = [*self._unsaved, *records]
         stamp = now()
         await self.wakeups.flush_deltas()
-        # A write that locks a session too keeps its lock order (session, then run) alone.
-        alone = state.status.ended and self.run.session_id is not None
-        write = partial(self._write, state, records, stamp)
-        saved = await self.retry(lambda: self.commits(write, self.run, alone=alone))
+        saved: Saved | None
+        if self.direct is not None and _only_the_runs_rows(self.run, state):
+            saved = await self.retry(lambda: self._write_directly(state, records, stamp))
+        else:
+            # A write that locks a session too keeps its lock order (session, then run) alone.
+            alone = state.status.ended and self.run.session_id is not None
+            write = partial(self._write, state, records, stamp)
+            saved = await self.retry(lambda: self.commits(write, self.run, alone=alone))
         if saved is None:
             # Cancelled while the turn ran: it must not park (an approval UI would show calls
             # of a cancelled run). The driver stores `cancelled` with these events.
@@ -69,18 +81,38 @@ class StoreObserver:
         self._unsaved = []
         self.cancel_requested = saved.cancel_requested
 
+    def _progress(self, state: RunState, records: list[EventRecord]) -> Progress:
+        return Progress(
+            state_json(state, self.run.state),
+            state.current_agent,
+            state.turns,
+            moved_on=any(name in PROGRESS for name, _ in records),
+        )
+
+    async def _write_directly(
+        self, state: RunState, records: list[EventRecord], stamp: datetime
+    ) -> Saved:
+        """`_write` for a checkpoint that writes only the run's own rows, in one statement."""
+        assert self.direct is not None
+        saved = await self.direct.checkpoint(
+            self.claim,
+            self.run,
+            records,
+            stamp,
+            progress=self._progress(state, records),
+            rest=_rest_of(state),
+        )
+        if saved is None:
+            raise LeaseLost(f"run {self.run.id} is no longer held by this executor")
+        return saved
+
     async def _write(
         self, state: RunState, records: list[EventRecord], stamp: datetime, session: AsyncSession
     ) -> Saved | None:
         """One attempt of `store`, in a transaction it may share with other runs' writes; None
         when a cancelled run was not parked."""
         run = self.run
-        progress = Progress(
-            state_json(state, run.state),
-            state.current_agent,
-            state.turns,
-            moved_on=any(name in PROGRESS for name, _ in records),
-        )
+        progress = self._progress(state, records)
         rest = _rest_of(state)
         ends_session = state.status.ended and run.session_id is not None
         if ends_session:
@@ -103,6 +135,15 @@ class StoreObserver:
         if rest is not None:
             await outbox.enqueue(session, run, stamp)
         return saved
+
+
+def _only_the_runs_rows(run: Run, state: RunState) -> bool:
+    """Whether storing the state writes the run's own rows only: not a session's (a session
+    run's history and end), not approval requests (parked, or withdrawn at the end of a run
+    that had decisions), not a webhook delivery (a rest of a run with a webhook)."""
+    if run.session_id is not None or state.status is RunStatus.PENDING_APPROVAL:
+        return False
+    return not (state.status.ended and (state.decisions or run.webhook is not None))
 
 
 def _rest_of(state: RunState) -> Rest | None:

@@ -6,6 +6,9 @@ not copied."""
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +17,12 @@ from sqlalchemy import event, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.store.database import Database
+from app.store.direct import DirectReads, NeedsSession
+from app.store.lifecycle import RUN_COLUMNS
 from app.store.migrations import downgrade, upgrade
 from app.store.models import Run, RunMessage, RunStep, StoredEvent
 from app.store.runs import RunRepository
-from app.store.tenancy import EVERY_TENANT
+from app.store.tenancy import EVERY_TENANT, Tenancy
 from app.testing import FakeModel, call, calls
 from app.testing import text as answer
 from tests.api.conftest import Client, services_of
@@ -46,25 +51,57 @@ async def stored_steps(client: Client, run_id: str) -> list[dict[str, Any]]:
         return list(rows)
 
 
-async def run_watching(client: Client, statement: str) -> tuple[dict[str, Any], list[Any]]:
-    """A run of agent `calc` to its rest, and the parameters of each of the store's statements
-    that begin with `statement` meanwhile."""
-    seen: list[Any] = []
-    engine = services_of(client).db.engine.sync_engine
+@dataclass
+class Written:
+    """What the store sent for one write of a run's state: its parameters, and how many
+    messages it inserted."""
 
-    def watch(conn: Any, cursor: Any, sent: str, parameters: Any, *_: Any) -> None:
-        if sent.lstrip().upper().startswith(statement):
-            seen.append(parameters)
+    parameters: Any
+    messages: int
 
-    event.listen(engine, "before_cursor_execute", watch)
+
+async def run_watching(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> tuple[dict[str, Any], list[Written]]:
+    """A run of agent `calc` to its rest, and each write of its state meanwhile: through the
+    ORM (an UPDATE of its row, INSERTs of its messages), or on PostgreSQL in one statement
+    sent by asyncpg itself (`app.store.direct`)."""
+    written: list[Written] = []
+    db = services_of(client).db
+
+    def orm(conn: Any, cursor: Any, sent: str, parameters: Any, *_: Any) -> None:
+        statement = sent.lstrip().upper()
+        if statement.startswith("UPDATE RUNS SET") and "STATE" in statement:
+            written.append(Written(parameters, 0))
+        elif statement.startswith("INSERT INTO RUN_MESSAGES"):
+            rows = len(parameters) if isinstance(parameters, list) else 1
+            written.append(Written(None, rows))
+
+    def direct(query: Any) -> None:
+        if "UPDATE runs SET" in query.query and " state = " in query.query:
+            written.append(Written(query.args, len(query.args[5])))
+
+    sends = db.driver
+
+    @asynccontextmanager
+    async def watched() -> AsyncIterator[Any]:
+        async with sends() as connection:
+            connection.add_query_logger(direct)
+            try:
+                yield connection
+            finally:
+                connection.remove_query_logger(direct)
+
+    monkeypatch.setattr(db, "driver", watched)
+    event.listen(db.engine.sync_engine, "before_cursor_execute", orm)
     try:
         created = await client.post(
             "/runs", params={"wait": 10}, json={"agent": "calc", "input": "x"}
         )
     finally:
-        event.remove(engine, "before_cursor_execute", watch)
+        event.remove(db.engine.sync_engine, "before_cursor_execute", orm)
     run: dict[str, Any] = created.json()
-    return run, seen
+    return run, written
 
 
 async def run_with_large_outputs(client: Client, fake: FakeModel) -> dict[str, Any]:
@@ -142,22 +179,70 @@ async def test_each_message_and_output_is_stored_once_and_read_whole(
     assert stored < len(json.dumps(run["messages"])) * 1.2
 
 
-async def test_a_checkpoint_stores_as_much_at_turn_ten_as_at_turn_two(
+async def test_a_run_read_in_one_statement_is_the_run_the_orm_reads(
     client: Client, fake: FakeModel
 ) -> None:
+    """On PostgreSQL a run of no session is read in one statement (`app.store.direct`): the
+    same run as the ORM's three reads give, closed steps' outputs from their tool messages, an
+    open step's from the events that carried them."""
+    db = services_of(client).db
+    if db.is_sqlite:
+        pytest.skip("SQLite reads every run through the ORM")
+    completed = await run_with_large_outputs(client, fake)
+    fake.script("m", [calls(("delete_record", {"record_id": "r1"}), ("add", {"a": 1, "b": 2}))])
+    parked = (
+        await client.post("/runs", params={"wait": 10}, json={"agent": "calc", "input": "x"})
+    ).json()
+    assert parked["status"] == "pending_approval"
+    fake.script("m", [answer("hi")])
+    in_session = (
+        await client.post(
+            "/runs", params={"wait": 10}, json={"agent": "calc", "input": "x", "session_id": "s"}
+        )
+    ).json()
+
+    reads = DirectReads(db)
+    states: list[Any] = []
+    for run_id in (completed["id"], parked["id"]):
+        direct = await reads.run(run_id, EVERY_TENANT)
+        async with db.read_scope() as session:
+            through_orm = await RunRepository(session, EVERY_TENANT).get(run_id)
+        assert direct is not None
+        assert through_orm is not None
+        for attribute in RUN_COLUMNS:
+            assert getattr(direct, attribute) == getattr(through_orm, attribute), attribute
+        states.append(direct.state)
+    open_calls = states[1]["steps"][-1]["tool_calls"]  # the parked run's
+    assert [c.get("output") for c in open_calls] == [None, "3"]
+    assert await reads.run(completed["id"], Tenancy("someone else")) is None
+    with pytest.raises(NeedsSession):
+        await reads.run(in_session["id"], EVERY_TENANT)
+    assert (await client.get(f"/runs/{in_session['id']}")).json()["messages"][-1] == {
+        "role": "assistant",
+        "content": "hi",
+    }
+
+
+async def test_a_checkpoint_stores_as_much_at_turn_ten_as_at_turn_two(
+    client: Client, fake: FakeModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
     fake.script("m", [*(call("add", {"a": i, "b": 1}) for i in range(10)), answer("done")])
-    run, updates = await run_watching(client, "UPDATE RUNS SET")
+    run, writes = await run_watching(client, monkeypatch)
     assert run["status"] == "completed"
-    written = [len(json.dumps(parameters, default=str)) for parameters in updates]
+    written = [
+        len(json.dumps(w.parameters, default=str)) for w in writes if w.parameters is not None
+    ]
     # Three writes a turn; the last turns' are no longer than the first turns'.
     assert len(written) > 20
     assert max(written[-6:-1]) <= max(written[1:6]) + 50
 
 
-async def test_a_checkpoint_adds_only_the_new_messages(client: Client, fake: FakeModel) -> None:
+async def test_a_checkpoint_adds_only_the_new_messages(
+    client: Client, fake: FakeModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
     fake.script("m", [call("add", {"a": 1, "b": 2}), call("add", {"a": 3, "b": 4}), answer("7")])
-    run, inserts = await run_watching(client, "INSERT INTO RUN_MESSAGES")
-    inserted = [len(p) if isinstance(p, list) else 1 for p in inserts]
+    run, writes = await run_watching(client, monkeypatch)
+    inserted = [w.messages for w in writes if w.messages]
 
     assert run["status"] == "completed"
     # Every message is inserted once (the primary key would refuse a second time), in the
