@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,6 +31,9 @@ cli = typer.Typer(
 )
 
 EXAMPLE_SCRIPT = Path(__file__).parent / "examples" / "fake_model.json"
+
+# The worker's event loop: uvloop where it is installed, as uvicorn picks it for `serve`.
+LOOP_OPTIONS = {"use_uvloop": importlib.util.find_spec("uvloop") is not None}
 
 Host = Annotated[str | None, typer.Option(help="Address to bind [env: HOST; default 127.0.0.1].")]
 Port = Annotated[int | None, typer.Option(help="Port to bind [env: PORT; default 8000].")]
@@ -201,7 +205,13 @@ def worker(concurrency: Concurrency = None, debug: Debug = False) -> None:
             )
         module = startup.agents(settings)
         anyio.run(partial(_check_database, settings, schema=True))
-        anyio.run(run_worker, settings, (signal.SIGTERM, signal.SIGINT), module)
+        anyio.run(
+            run_worker,
+            settings,
+            (signal.SIGTERM, signal.SIGINT),
+            module,
+            backend_options=LOOP_OPTIONS,
+        )
 
 
 @cli.command()
