@@ -52,14 +52,17 @@ def _text_of(messages: list[dict[str, Any]]) -> str:
     return " ".join(str(message.get("content") or "") for message in messages)
 
 
-def no_card_numbers(messages: list[dict[str, Any]], ctx: RunContext) -> Tripwire | None:
-    """A card number never reaches the model: the run fails before the model is called."""
+async def no_card_numbers(messages: list[dict[str, Any]], ctx: RunContext) -> Tripwire | None:
+    """A card number never reaches the model: the run fails before the model is called.
+    (`async def`: a check that never blocks runs on the event loop, not in a worker thread.)"""
     if CARD_NUMBER.search(_text_of(messages)):
         return Tripwire("the message holds what looks like a card number")
     return None
 
 
-def lawyers_read_by_a_person(messages: list[dict[str, Any]], ctx: RunContext) -> AskHuman | None:
+async def lawyers_read_by_a_person(
+    messages: list[dict[str, Any]], ctx: RunContext
+) -> AskHuman | None:
     """A message that mentions a lawyer waits for a person before the model sees it."""
     if "lawyer" in _text_of(messages).lower():
         return AskHuman("the message mentions a lawyer: a person reads it first")
