@@ -1,6 +1,7 @@
 """The LangGraph peer: `langgraph dev` (in-memory, from the peers project) running an equivalent
 tool-calling agent on the same fake, `POST /runs/wait`; beside it our service (SQLite, one
-process, like `langgraph dev`) persisting every turn; 2-turn runs at the same concurrency."""
+process, like `langgraph dev`) persisting every turn, and as deployed (PostgreSQL, 1 API + 2
+workers); 2-turn runs at the same concurrency."""
 
 from __future__ import annotations
 
@@ -88,25 +89,34 @@ async def _ours(
     return await _drive(send, runs, pids)
 
 
+def _ours_on(ctx: Context, database: str, runs: int) -> tuple[Step, dict[str, float]]:
+    with Resources() as stack:
+        service = ctx.service(stack, f"langgraph-ours-{database}", database=database)
+
+        async def ours() -> tuple[Step, dict[str, float]]:
+            async with client.http(service.url) as http:
+                return await _ours(http, meter(service).pids, runs)
+
+        step, cpu = anyio.run(ours)
+    log(f"agent-runs ({database}): {step.throughput:.1f} runs/s")
+    return step, cpu
+
+
 def run(ctx: Context) -> Outcome:
     runs = ctx.count(1000, 200)
     with Resources() as stack:
         url, pid = _langgraph(stack, ctx)
         theirs, their_cpu = anyio.run(_peer, url, pid, runs)
     log(f"langgraph dev: {theirs.throughput:.1f} runs/s")
-    with Resources() as stack:
-        service = ctx.service(stack, "langgraph-ours", database="sqlite")
-
-        async def ours() -> tuple[Step, dict[str, float]]:
-            async with client.http(service.url) as http:
-                return await _ours(http, meter(service).pids, runs)
-
-        mine, my_cpu = anyio.run(ours)
-    log(f"agent-runs: {mine.throughput:.1f} runs/s")
+    mine, my_cpu = _ours_on(ctx, "sqlite", runs)
+    # Beside it, as deployed: PostgreSQL, 1 API + 2 workers.
+    deployed, deployed_cpu = _ours_on(ctx, "postgres", runs)
     ratio = mine.throughput / theirs.throughput if theirs.throughput else None
     their_ms = their_cpu.get("langgraph", 0) / max(1, theirs.completed)
     my_ms = service_ms(my_cpu) / max(1, mine.completed)
+    deployed_ms = service_ms(deployed_cpu) / max(1, deployed.completed)
     cpu_ratio = my_ms / their_ms if their_ms else None
+    deployed_ratio = deployed_ms / their_ms if their_ms else None
     return Outcome(
         figures=[
             Figure(
@@ -132,14 +142,27 @@ def run(ctx: Context) -> Outcome:
                 "<= 0.5x",
                 at_most(cpu_ratio, 0.5),
             ),
+            Figure("peer", "agent-runs on PostgreSQL: service CPU per run", deployed_ms, "ms"),
+            Figure(
+                "peer",
+                "the same on PostgreSQL (1 API + 2 workers) / langgraph dev",
+                deployed_ratio,
+                "x",
+                "<= 0.5x",
+                at_most(deployed_ratio, 0.5),
+            ),
         ],
         details={
             "concurrency": CONCURRENCY,
             "langgraph": theirs.summary(),
             "agent-runs": mine.summary(),
+            "agent-runs-postgres": deployed.summary(),
             "cpu_ms_per_run": {
                 "langgraph": {k: v / max(1, theirs.completed) for k, v in their_cpu.items()},
                 "agent-runs": {k: v / max(1, mine.completed) for k, v in my_cpu.items()},
+                "agent-runs-postgres": {
+                    k: v / max(1, deployed.completed) for k, v in deployed_cpu.items()
+                },
             },
         },
     )
