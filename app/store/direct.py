@@ -33,12 +33,9 @@ from app.store.events import EventRecord, status_event
 from app.store.leases import Claim
 from app.store.lifecycle import (
     RUN_COLUMNS,
-    Progress,
-    Rest,
+    FencedWrites,
     Saved,
     apply_stored,
-    checkpoint_values,
-    start_values,
 )
 from app.store.models import Run
 from app.store.tenancy import Tenancy
@@ -129,7 +126,7 @@ _RUN_ATTRIBUTES = {column: attribute for attribute, column in RUN_COLUMNS.items(
 _STORED_EARLIER = "SELECT lease_token, event_seq, cancel_requested FROM runs WHERE id = $1"
 
 
-class DirectWrites:
+class DirectWrites(FencedWrites):
     """A run's writes that are the whole of their transaction (the caller knows), one
     statement each."""
 
@@ -180,34 +177,6 @@ class DirectWrites:
         }
         apply_stored(run, values)
         await self.db.committed([signals.WorkQueued()])
-
-    async def start(
-        self,
-        claim: Claim,
-        run: Run,
-        progress: Progress,
-        events: Sequence[EventRecord],
-        now: datetime,
-        *,
-        first: bool,
-    ) -> Saved | None:
-        """`RunLifecycle.start`, in one statement."""
-        values, records = start_values(run, progress, events, now, first=first)
-        return await self._fenced(claim, run, values, records, now)
-
-    async def checkpoint(
-        self,
-        claim: Claim,
-        run: Run,
-        events: Sequence[EventRecord],
-        now: datetime,
-        *,
-        progress: Progress | None = None,
-        rest: Rest | None = None,
-    ) -> Saved | None:
-        """`RunLifecycle.checkpoint`, in one statement."""
-        values, records = checkpoint_values(run, events, now, progress=progress, rest=rest)
-        return await self._fenced(claim, run, values, records, now)
 
     async def _fenced(
         self,

@@ -18,6 +18,7 @@ a write: on the hot path the ORM's unit of work costs more than the SQL it sends
 from __future__ import annotations
 
 import json
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -95,7 +96,69 @@ RUN_COLUMNS = {attribute.key: attribute.columns[0].name for attribute in inspect
 _NO_LEASE = {"claimed_by": None, "lease_expires_at": None}
 
 
-class RunLifecycle:
+class FencedWrites(ABC):
+    """The writes of an executor's claimed run, each fenced by its lease: what they store is
+    decided here, how it is stored by `_fenced` (`RunLifecycle` in a session, or one
+    statement on PostgreSQL, `app.store.direct.DirectWrites`)."""
+
+    async def start(
+        self,
+        claim: Claim,
+        run: Run,
+        progress: Progress,
+        events: Sequence[EventRecord],
+        now: datetime,
+        *,
+        first: bool,
+    ) -> Saved | None:
+        """The claimed run's state as its executor starts it (`first`) or resumes it."""
+        values = _progress_values(progress)
+        if first:
+            values["started_at"] = now
+        name = "run.started" if first else "run.resumed"
+        opening = status_event(
+            name, run.id, RunStatus.RUNNING, progress.current_agent, run.error, progress.state
+        )
+        return await self._fenced(claim, run, values, [opening, *events], now)
+
+    async def checkpoint(
+        self,
+        claim: Claim,
+        run: Run,
+        events: Sequence[EventRecord],
+        now: datetime,
+        *,
+        progress: Progress | None = None,
+        rest: Rest | None = None,
+    ) -> Saved | None:
+        """Store the executor's progress with its events, and where the run rests, if it does:
+        its lease ends with it. None when `claim` no longer holds the run."""
+        values: dict[str, Any] = _progress_values(progress) if progress else {}
+        records = list(events)
+        if rest is not None:
+            values |= {"status": rest.status, "error": rest.error, **_NO_LEASE}
+            if rest.status in ENDED:
+                values |= {"final_output": _output_text(rest.final_output), "finished_at": now}
+            agent = progress.current_agent if progress else run.current_agent
+            state = progress.state if progress else run.state
+            name = f"run.{rest.status}"
+            records.append(status_event(name, run.id, rest.status, agent, rest.error, state))
+        return await self._fenced(claim, run, values, records, now)
+
+    @abstractmethod
+    async def _fenced(
+        self,
+        claim: Claim,
+        run: Run,
+        values: dict[str, Any],
+        events: Sequence[EventRecord],
+        now: datetime,
+    ) -> Saved | None:
+        """Write `values` (by attribute) and `events` only while `claim` still holds the run,
+        on top of the run as this executor last stored it; None when it no longer does."""
+
+
+class RunLifecycle(FencedWrites):
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
 
@@ -118,35 +181,6 @@ class RunLifecycle:
             set_committed_value(run, "state", carried["state"])
         await self._write(run.id, split, 1, [event], now)
         signals.record(self.session, signals.WorkQueued())
-
-    async def start(
-        self,
-        claim: Claim,
-        run: Run,
-        progress: Progress,
-        events: Sequence[EventRecord],
-        now: datetime,
-        *,
-        first: bool,
-    ) -> Saved | None:
-        """The claimed run's state as its executor starts it (`first`) or resumes it."""
-        values, records = start_values(run, progress, events, now, first=first)
-        return await self._fenced(claim, run, values, records, now)
-
-    async def checkpoint(
-        self,
-        claim: Claim,
-        run: Run,
-        events: Sequence[EventRecord],
-        now: datetime,
-        *,
-        progress: Progress | None = None,
-        rest: Rest | None = None,
-    ) -> Saved | None:
-        """Store the executor's progress with its events, and where the run rests, if it does:
-        its lease ends with it. None when `claim` no longer holds the run."""
-        values, records = checkpoint_values(run, events, now, progress=progress, rest=rest)
-        return await self._fenced(claim, run, values, records, now)
 
     async def hand_back(self, claim: Claim, run: Run, now: datetime) -> None:
         """Put a run this claim still drives back in the queue, from its last stored state."""
@@ -347,42 +381,6 @@ def _progress_values(progress: Progress) -> dict[str, Any]:
     if progress.moved_on:
         values["takeovers"] = 0
     return values
-
-
-def start_values(
-    run: Run, progress: Progress, events: Sequence[EventRecord], now: datetime, *, first: bool
-) -> tuple[dict[str, Any], list[EventRecord]]:
-    """What a start writes of the run (by attribute), and its events: the opening one first."""
-    values = _progress_values(progress)
-    if first:
-        values["started_at"] = now
-    name = "run.started" if first else "run.resumed"
-    opening = status_event(
-        name, run.id, RunStatus.RUNNING, progress.current_agent, run.error, progress.state
-    )
-    return values, [opening, *events]
-
-
-def checkpoint_values(
-    run: Run,
-    events: Sequence[EventRecord],
-    now: datetime,
-    *,
-    progress: Progress | None,
-    rest: Rest | None,
-) -> tuple[dict[str, Any], list[EventRecord]]:
-    """What a checkpoint writes of the run (by attribute), and its events: a rest's last."""
-    values: dict[str, Any] = _progress_values(progress) if progress else {}
-    records = list(events)
-    if rest is not None:
-        values |= {"status": rest.status, "error": rest.error, **_NO_LEASE}
-        if rest.status in ENDED:
-            values |= {"final_output": _output_text(rest.final_output), "finished_at": now}
-        agent = progress.current_agent if progress else run.current_agent
-        state = progress.state if progress else run.state
-        name = f"run.{rest.status}"
-        records.append(status_event(name, run.id, rest.status, agent, rest.error, state))
-    return values, records
 
 
 def _columns(values: dict[str, Any]) -> dict[str, Any]:
