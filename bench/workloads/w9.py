@@ -125,8 +125,8 @@ def run(ctx: Context) -> Outcome:
     with Resources() as stack:
         service = ctx.service(stack, "w9", settings=SETTINGS)
         measured = anyio.run(_measure, ctx, service, noisy, quiet)
-    alone = percentile(measured["quiet_alone_wait_ms"], 0.99) or 0.0
-    behind = percentile(measured["quiet_behind_burst_wait_ms"], 0.99) or 0.0
+    alone = percentile(measured["quiet_alone_wait_ms"], 99) or 0.0
+    behind = percentile(measured["quiet_behind_burst_wait_ms"], 99) or 0.0
     drain_ms = measured["burst_drain_s"] * 1000
     log(f"w9: quiet p99 wait alone {alone:.0f} ms, behind {noisy} runs {behind:.0f} ms")
     return Outcome(
