@@ -1,5 +1,6 @@
 """Listing runs by status on a store where the newest runs are of another status: the page must
-come from the (status, seq) index, not a walk over every newer run."""
+come from the (status, seq) index, not a walk over every newer run; a tenant's list from the
+(tenant, seq) index, not a sort of all its runs."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from sqlalchemy import event, text
 
 from app.store.database import Database
 from app.store.runs import RunRepository
-from app.store.tenancy import EVERY_TENANT
+from app.store.tenancy import EVERY_TENANT, Tenancy
 from tests.conftest import is_postgres
 
 pytestmark = pytest.mark.anyio
@@ -24,7 +25,9 @@ FROM generate_series(1, :count) AS g
 """
 
 
-async def test_one_status_is_listed_from_its_index_under_newer_runs(db_url: str) -> None:
+async def seeded_page(db_url: str, tenancy: Tenancy, statuses: list[str]) -> tuple[list[str], str]:
+    """A page of 21 runs on a store of 20,000 parked runs under 200,000 completed ones (all of
+    the default tenant), and the plan of its query."""
     if not is_postgres(db_url):
         pytest.skip("the query plan in question is PostgreSQL's")
     db = Database(db_url)
@@ -46,11 +49,9 @@ async def test_one_status_is_listed_from_its_index_under_newer_runs(db_url: str)
             await session.execute(text("ANALYZE runs"))
         event.listen(db.engine.sync_engine, "before_cursor_execute", capture)
         async with db.read_scope() as session:
-            page = await RunRepository(session, EVERY_TENANT).page(
-                statuses=["pending_approval"], limit=21
-            )
+            page = await RunRepository(session, tenancy).page(statuses=statuses, limit=21)
         event.remove(db.engine.sync_engine, "before_cursor_execute", capture)
-        statement, parameters = statements[-1]
+        statement, parameters = statements[0]
         async with db.engine.connect() as connection:
             explained = await connection.exec_driver_sql(
                 f"EXPLAIN (FORMAT JSON) {statement}", parameters
@@ -58,6 +59,19 @@ async def test_one_status_is_listed_from_its_index_under_newer_runs(db_url: str)
             plan = json.dumps(explained.scalar())
     finally:
         await db.dispose()
+    return [run.id for run in page], plan
 
-    assert [run.id for run in page] == [f"p{i}" for i in range(20_000, 19_979, -1)]
+
+async def test_one_status_is_listed_from_its_index_under_newer_runs(db_url: str) -> None:
+    page, plan = await seeded_page(db_url, EVERY_TENANT, ["pending_approval"])
+
+    assert page == [f"p{i}" for i in range(20_000, 19_979, -1)]
     assert "ix_runs_status_seq" in plan, plan
+
+
+async def test_a_tenant_s_runs_are_listed_from_its_index_not_sorted(db_url: str) -> None:
+    page, plan = await seeded_page(db_url, Tenancy("default"), [])
+
+    assert page == [f"c{i}" for i in range(200_000, 199_979, -1)]
+    assert "ix_runs_tenant_seq" in plan, plan
+    assert '"Sort"' not in plan, plan

@@ -122,6 +122,8 @@ class Run(Base):
         Index(None, "status", "seq"),
         Index(None, "session_id", "seq"),
         Index(None, "agent", "seq"),
+        # A tenant's list, newest first: every caller but an admin lists its tenant's runs.
+        Index(None, "tenant", "seq"),
         # The claim walks runs in queue order and stops at its limit (its condition, an OR of
         # two statuses, uses no index of its own); the queue's head is found by status.
         Index(None, "queue_rank", "seq"),
