@@ -5,8 +5,8 @@ statements (the run's row, its new messages and steps, its events). Through the 
 statement costs 150-250 µs of Python (its cache key, its parameters, its result) and BEGIN and
 COMMIT are round trips of their own. Here each write is one statement: data-modifying CTEs
 that update or insert the run's row and insert its other rows only when the row was written,
-committed on its own, prepared once per connection by asyncpg. The CPU of a write falls to a
-few tens of µs.
+committed on its own, prepared once per connection by asyncpg: a two-row write measured
+about 150 µs of CPU, against 600 µs through the ORM.
 
 Only writes that are the whole of their transaction come here: a run without a session (a
 session run's history and end are written with its session, under the session's lock), not
