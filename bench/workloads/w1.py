@@ -26,7 +26,13 @@ async def _measure(ctx: Context, service: Service, database: str) -> dict[str, A
         for _ in range(20):  # warm-up: connections, the pools, the first claims
             await client.completed(http, ONE_TURN, 1)
         found = await saturate_one_turn(ctx, service, http, start_rate=20, label=f"w1 {database}")
-        half = found.best.throughput / 2
+    half = found.best.throughput / 2
+    # A client of its own, not the one the sweep's saturated last step left behind: with that
+    # one, a full run's driver fell behind its own schedule at half the rate (886 of 894
+    # streams attached after their run had ended), where a fresh client kept up at that rate.
+    async with client.http(service.url) as http:
+        for _ in range(20):
+            await client.completed(http, ONE_TURN, 1)
 
         async def send(_: int) -> None:
             """Returns at the run's first delta: the step's latencies are POST -> delta."""
