@@ -22,7 +22,7 @@ from app.store.database import Database, is_transient
 from app.store.direct import DirectWrites
 from app.store.events import EventRecord
 from app.store.leases import Claim
-from app.store.lifecycle import Progress, Rest, RunLifecycle, Saved
+from app.store.lifecycle import FencedWrites, Progress, Rest, RunLifecycle, Saved
 from app.store.models import Run
 from app.store.runs import RunRepository
 from app.store.sessions import SessionRepository
@@ -194,34 +194,34 @@ class RunDriver:
         if run is None or self.claim.takeovers > self.max_takeovers:
             return
         history = await session_history(session, run)
-        try:
-            state, progress, records = self._opening(run, history)
-        except Exception:
-            return
-        saved = await RunLifecycle(session).start(
-            self.claim, run, progress, records, now(), first=run.state is None
-        )
-        if saved is not None:
-            self._started = (run, state)
+        await self._start_with(RunLifecycle(session), run, history)
 
     @property
     def starts_directly(self) -> bool:
         """Whether the run's start writes only its own rows (no session), in one statement."""
         run = self.claim.run
-        return self.direct is not None and run is not None and run.session_id is None
+        return run is not None and self._direct_for(run) is not None
 
     async def start_directly(self) -> None:
         """`start_in` for a run that `starts_directly`, in a statement of its own."""
         run = self.claim.run
-        assert self.direct is not None
         assert run is not None
-        if self.claim.takeovers > self.max_takeovers:
-            return
+        direct = self._direct_for(run)
+        assert direct is not None
+        if self.claim.takeovers <= self.max_takeovers:
+            await self._start_with(direct, run, NO_HISTORY)
+
+    def _direct_for(self, run: Run) -> DirectWrites | None:
+        """How the run's writes of its own rows alone go in one statement: on PostgreSQL, for
+        a run of no session."""
+        return self.direct if run.session_id is None else None
+
+    async def _start_with(self, writes: FencedWrites, run: Run, history: History) -> None:
         try:
-            state, progress, records = self._opening(run, NO_HISTORY)
+            state, progress, records = self._opening(run, history)
         except Exception:
             return
-        saved = await self.direct.start(
+        saved = await writes.start(
             self.claim, run, progress, records, now(), first=run.state is None
         )
         if saved is not None:
@@ -261,10 +261,9 @@ class RunDriver:
 
         async def start() -> None:
             saved: Saved | None
-            if self.direct is not None and run.session_id is None:
-                saved = await self.direct.start(
-                    self.claim, run, progress, records, now(), first=first
-                )
+            direct = self._direct_for(run)
+            if direct is not None:
+                saved = await direct.start(self.claim, run, progress, records, now(), first=first)
             else:
                 async with self.db.session_scope() as session:
                     saved = await RunLifecycle(session).start(
